@@ -1,0 +1,1 @@
+"""The ``medeff`` command. Each subcommand module is a thin wrapper over a plain library function."""

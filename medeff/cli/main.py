@@ -1,0 +1,77 @@
+"""``medeff`` entry point: dispatches ``medeff <command> ...`` to ``medeff.cli.<command>``.
+
+A command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Commands that take a Hydra config accept trailing ``key=value`` overrides in ``args.overrides``.
+User errors (:class:`medeff.errors.MedeffError`) are printed as one paragraph, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import textwrap
+from collections.abc import Sequence
+
+from medeff import __version__
+from medeff.errors import MedeffError
+
+__all__ = ["main", "COMMANDS"]
+
+# command name -> module under medeff.cli
+COMMANDS: dict[str, str] = {
+    "convert": "medeff.cli.convert",
+    "index": "medeff.cli.index",
+    "bench": "medeff.cli.bench",
+    "evaluate": "medeff.cli.evaluate",
+    "report": "medeff.cli.report",
+    "demo": "medeff.cli.demo",
+}
+
+
+def _available() -> dict[str, object]:
+    mods = {}
+    for name, modname in COMMANDS.items():
+        try:
+            mods[name] = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:  # command not written yet in this build
+                continue
+            raise
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medeff", description="EfficientNet for CT: data, models, training, reports.")
+    parser.add_argument("--version", action="version", version=f"medeff {__version__}")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, mod in _available().items():
+        p = sub.add_parser(name, help=getattr(mod, "HELP", ""), description=getattr(mod, "HELP", ""))
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 1
+    from medeff.utils.logging import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        return int(args._run(args) or 0)
+    except MedeffError as exc:
+        msg = textwrap.fill(f"medeff {args.command}: error: {exc}", width=100)
+        print(msg, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medeff {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

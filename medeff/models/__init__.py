@@ -1,0 +1,1 @@
+"""medeff.models."""

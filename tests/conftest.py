@@ -1,0 +1,34 @@
+"""Shared fixtures. Tests that need ../shared/data use the ``shared_data`` fixture, which skips with a reason
+when the folder is absent (CI has it, so those tests run there)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEDEFF_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def pytest_configure(config):
+    # keep CPU tests predictable on the 2-core machines
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path to ../shared/data; skips the test with a clear reason when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real CT data not found at {SHARED_DATA} (set MEDEFF_SHARED_DATA to its location)")
+    return SHARED_DATA
+
+
+@pytest.fixture()
+def rng():
+    import numpy as np
+
+    return np.random.default_rng(0)
