@@ -1,0 +1,1 @@
+"""Built-in phantom data and the end-to-end demo (``medeff demo``)."""
