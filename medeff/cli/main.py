@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "evaluate": "medeff.cli.evaluate",
     "report": "medeff.cli.report",
     "demo": "medeff.cli.demo",
+    "train": "medeff.cli.train",
+    "predict": "medeff.cli.predict",
 }
 
 
@@ -65,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except MedeffError as exc:
-        msg = textwrap.fill(f"medeff {args.command}: error: {exc}", width=100)
+        # wrap long lines but keep the line structure (aggregated errors list one problem per line)
+        lines = f"medeff {args.command}: error: {exc}".splitlines()
+        msg = "\n".join(textwrap.fill(line, width=100, subsequent_indent="  ") if line else "" for line in lines)
         print(msg, file=sys.stderr)
         return 2
     except KeyboardInterrupt:

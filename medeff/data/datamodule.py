@@ -1,0 +1,233 @@
+"""Dataset index -> MONAI datasets -> Lightning data loaders.
+
+Two kinds of data, chosen by ``data.kind``:
+
+* ``volume``: one image file (or DICOM folder) per case, optionally a label map (segmentation) and/or a class.
+  Records go through :func:`medeff.data.transforms.train_transforms` in a :class:`monai.data.CacheDataset`:
+  the deterministic part is computed once, so epochs after the first read nothing from disk.
+* ``archive``: 2D slices stored as rows of an ``.npz`` archive (LIDC-style nodule slices). One training item per
+  row; with ``context_slices = n`` the ``n`` neighbouring rows of the same case on each side are stacked as
+  channels (2.5D; edges repeat the last slice). The arrays are read once into memory.
+
+Splits come from the folds written in the index (``fold`` is the validation fold); nothing is re-drawn here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from monai.data import CacheDataset, DataLoader
+
+from medeff.data.transforms import eval_transforms, train_transforms
+from medeff.errors import ConfigError, IndexValidationError
+
+__all__ = ["MedeffDataModule", "load_dataset_index", "archive_items", "KINDS"]
+
+KINDS = ("volume", "archive")
+TASKS = ("classification", "segmentation", "joint")
+
+
+def load_dataset_index(path: str | Path):
+    """Load a dataset index (``medeff.data.load_index`` when present, else the JSON contract directly).
+
+    Raises:
+        IndexValidationError: the file is missing or not a medeff index.
+    """
+    path = Path(path)
+    try:
+        from medeff.data import load_index  # type: ignore[attr-defined]
+    except ImportError:
+        load_index = None
+    if load_index is not None:
+        return load_index(path)
+    from medeff.data.index_types import DatasetIndex
+
+    if not path.is_file():
+        raise IndexValidationError(f"Dataset index '{path}' does not exist.",
+                                   hint="create it with `medeff index`, then set data.index to its path.",
+                                   path=str(path))
+    with open(path, encoding="utf-8") as fh:
+        return DatasetIndex.from_json(json.load(fh), path=str(path))
+
+
+def archive_items(records: Sequence[Mapping[str, Any]], *, context_slices: int = 0,
+                  class_key: str = "label") -> list[dict[str, Any]]:
+    """Expand archive case records into one item per row, with ``2*context_slices+1`` channels.
+
+    Args:
+        records: index records with ``image`` (npz path), ``archive_key`` and ``rows`` (slice order).
+        context_slices: neighbouring rows on each side stacked as channels (0 = plain 2D).
+        class_key: record key of the class index (absent for unlabelled data).
+
+    Returns:
+        Dictionaries with ``image`` (uint8/float array ``(C, H, W)``), ``label`` (class, when known),
+        ``case_id``, ``row`` and ``slice`` (position within the case).
+    """
+    from medeff.data.index_images import load_archive_array
+
+    items: list[dict[str, Any]] = []
+    for rec in records:
+        arr = load_archive_array(rec["image"], rec.get("archive_key", "images"))
+        rows = [int(r) for r in rec["rows"]]
+        if arr.ndim != 3:
+            raise IndexValidationError(f"Archive '{rec['image']}' array '{rec.get('archive_key')}' has shape "
+                                       f"{arr.shape}; 2D slices need (rows, H, W).",
+                                       hint="store one 2D slice per row.", path=str(rec["image"]))
+        for pos, row in enumerate(rows):
+            picks = [rows[min(max(pos + o, 0), len(rows) - 1)] for o in range(-context_slices, context_slices + 1)]
+            item = {"image": np.ascontiguousarray(arr[picks]), "case_id": str(rec["case_id"]), "row": row,
+                    "slice": pos}
+            if rec.get(class_key) is not None:
+                item["label"] = int(rec[class_key])
+            items.append(item)
+    return items
+
+
+class MedeffDataModule(L.LightningDataModule):
+    """Lightning data module over a medeff dataset index.
+
+    Args:
+        index: path to the dataset index JSON.
+        name: short name of this data config (for run names).
+        kind: ``volume`` or ``archive`` (see module docstring).
+        task: ``classification``, ``segmentation`` or ``joint``.
+        spatial_dims: 2 or 3.
+        in_channels: channels the model sees (checked against the data; archive: ``2*context_slices+1``).
+        num_classes: classes (classification) or labels including background (segmentation).
+        class_names: class names in index order (default: the index's).
+        label_names: segmentation label names in value order (default: the index's).
+        fold: validation fold.
+        context_slices: 2.5D neighbours on each side (archive only).
+        patch_size: training patch / crop size (segmentation crops, classification crops).
+        preprocessing: deterministic preprocessing spec (see :mod:`medeff.data.transforms`).
+        augmentation: random augmentation spec (``conf/augmentation``).
+        batch_size: training batch size (volumes: cases per batch, each giving ``num_samples`` crops).
+        val_batch_size: validation batch size (1 for whole volumes of varying size).
+        num_workers: data-loader worker processes.
+        cache_rate: fraction of cases whose preprocessing is cached in memory.
+        class_key: record key holding the class for joint segmentation + classification data.
+    """
+
+    def __init__(self, index: str, *, name: str = "data", kind: str = "volume", task: str = "classification",
+                 spatial_dims: int = 3, in_channels: int = 1, num_classes: int = 2,
+                 class_names: Sequence[str] | None = None, label_names: Sequence[str] | None = None, fold: int = 0,
+                 context_slices: int = 0, patch_size: Sequence[int] | None = None,
+                 preprocessing: Mapping[str, Any] | None = None, augmentation: Mapping[str, Any] | None = None,
+                 batch_size: int = 2, val_batch_size: int = 1, num_workers: int = 0, cache_rate: float = 1.0,
+                 class_key: str = "meta_class") -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ConfigError(f"Unknown data.kind {kind!r}.", hint=f"use one of {KINDS}.")
+        if task not in TASKS:
+            raise ConfigError(f"Unknown task kind {task!r} for the data module.", hint=f"use one of {TASKS}.")
+        if kind == "archive" and (task != "classification" or spatial_dims != 2):
+            raise ConfigError("data.kind=archive holds 2D slices for classification only.",
+                              hint="use data.kind=volume for 3D or segmentation data.")
+        if kind == "archive" and in_channels != 2 * int(context_slices) + 1:
+            raise ConfigError(f"data.in_channels={in_channels} but context_slices={context_slices} gives "
+                              f"{2 * int(context_slices) + 1} channels.",
+                              hint="set data.in_channels to 2*context_slices+1.")
+        if index in (None, "", "???"):
+            raise ConfigError("data.index is not set.", hint="pass data.index=PATH/TO/index.json.")
+        self.index_path = str(index)
+        self.name, self.kind, self.task = name, kind, task
+        self.spatial_dims, self.in_channels, self.num_classes = int(spatial_dims), int(in_channels), int(num_classes)
+        self.class_names = list(class_names) if class_names else None
+        self.label_names = list(label_names) if label_names else None
+        self.fold, self.context_slices = int(fold), int(context_slices)
+        self.patch_size = list(patch_size) if patch_size else None
+        self.preprocessing = dict(preprocessing or {})
+        self.augmentation = dict(augmentation or {})
+        self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
+        self.num_workers, self.cache_rate, self.class_key = int(num_workers), float(cache_rate), class_key
+        self.index = None
+        self.train_ds = self.val_ds = None
+
+    # ---- set-up -----------------------------------------------------------------------------------------------
+    @property
+    def has_label_image(self) -> bool:
+        return self.task in ("segmentation", "joint")
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-type description of the data contract, stored in checkpoints (class/label maps, preprocessing)."""
+        return {"kind": self.kind, "spatial_dims": self.spatial_dims, "in_channels": self.in_channels,
+                "num_classes": self.num_classes, "context_slices": self.context_slices,
+                "patch_size": list(self.patch_size) if self.patch_size else None,
+                "preprocessing": dict(self.preprocessing), "class_names": list(self.class_names or []),
+                "label_names": list(self.label_names or [])}
+
+    def prepare_index(self) -> None:
+        """Load the index and take class/label names from it; check they agree with the config."""
+        if self.index is not None:
+            return
+        self.index = load_dataset_index(self.index_path)
+        if self.task in ("classification", "joint") and self.index.class_names:
+            if self.class_names and self.class_names != list(self.index.class_names) and self.task == "classification":
+                raise ConfigError(f"data.class_names {self.class_names} differ from the index's "
+                                  f"{self.index.class_names} ('{self.index_path}').",
+                                  hint="remove data.class_names to take the index's, or fix the index.")
+            if self.task == "classification":
+                self.class_names = list(self.index.class_names)
+        if self.has_label_image and self.index.labels:
+            by_value = sorted(self.index.labels.items(), key=lambda kv: kv[1])
+            if [v for _, v in by_value] != list(range(len(by_value))):
+                raise IndexValidationError(f"Index '{self.index_path}' label values {dict(by_value)} are not "
+                                           "0..N-1.", hint="relabel the maps to consecutive values.",
+                                           path=self.index_path)
+            self.label_names = [k for k, _ in by_value]
+        names = self.class_names if self.task == "classification" else self.label_names
+        if names and len(names) != self.num_classes and not (self.num_classes == 1 and len(names) == 2):
+            raise ConfigError(f"data.num_classes={self.num_classes} but the index '{self.index_path}' names "
+                              f"{len(names)}: {names}.", hint=f"set data.num_classes={len(names)}.")
+
+    def _records(self, split: str) -> list[dict[str, Any]]:
+        recs = self.index.records(fold=self.fold, split=split)
+        if not recs:
+            raise IndexValidationError(f"Index '{self.index_path}' has no {split} cases for fold {self.fold}.",
+                                       hint=f"choose data.fold in 0..{self.index.num_folds - 1}.",
+                                       path=self.index_path)
+        if self.task == "joint":
+            missing = [r["case_id"] for r in recs if r.get(self.class_key) is None]
+            if missing:
+                raise IndexValidationError(f"Joint task: cases {missing[:5]} lack the class key '{self.class_key}'.",
+                                           hint="store the class in each case's metadata (meta_class).",
+                                           path=self.index_path)
+            for r in recs:
+                r["class"] = int(r[self.class_key])
+        return recs
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the train/val datasets (caching the deterministic transforms)."""
+        self.prepare_index()
+        if self.train_ds is not None:
+            return
+        common = dict(spatial_dims=self.spatial_dims, has_label=self.has_label_image, patch_size=self.patch_size)
+        if self.kind == "archive":
+            load = False
+            train_data = archive_items(self._records("train"), context_slices=self.context_slices)
+            val_data = archive_items(self._records("val"), context_slices=self.context_slices)
+        else:
+            load = True
+            train_data, val_data = self._records("train"), self._records("val")
+        t_train = train_transforms(self.preprocessing, self.augmentation, load=load, **common)
+        t_val = eval_transforms(self.preprocessing, load=load, **common)
+        self.train_ds = CacheDataset(train_data, t_train, cache_rate=self.cache_rate, num_workers=None,
+                                     progress=False, copy_cache=True)
+        self.val_ds = CacheDataset(val_data, t_val, cache_rate=self.cache_rate, num_workers=None, progress=False,
+                                   copy_cache=False)
+
+    # ---- loaders ----------------------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                          drop_last=len(self.train_ds) > self.batch_size and self.kind == "archive",
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        bs = self.batch_size if self.kind == "archive" else self.val_batch_size
+        return DataLoader(self.val_ds, batch_size=bs, shuffle=False, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)

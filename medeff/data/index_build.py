@@ -1,0 +1,229 @@
+"""Build a dataset index: scan a source, pseudonymise, validate every case, fingerprint, draw folds, write JSON.
+
+``build_index(source, out, cfg)`` is what ``medeff index SOURCE OUT.json [key=value ...]`` runs. All problems of all
+cases are collected and raised together as one :class:`medeff.errors.IndexValidationError`; nothing is written
+then. The index is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medeff import __version__
+from medeff.data.fingerprint import case_fingerprint, dataset_fingerprint
+from medeff.data.folds import assign_folds, split_groups
+from medeff.data.index_sources import RawCase, Scan, detect_kind, scan_source
+from medeff.data.index_types import CaseRecord, DatasetIndex
+from medeff.data.index_validation import Problem, inspect_case, raise_problems
+from medeff.data.leakage import array_hash, confirm_size, find_leaks, thumbnail
+from medeff.data.pseudonyms import Pseudonymiser, case_ids, check_mapping_path, write_mapping
+from medeff.errors import ConfigError
+from medeff.utils.atomic import check_writable, write_json_atomic
+from medeff.utils.logging import get_logger
+
+__all__ = ["build_index", "index_config"]
+
+log = get_logger(__name__)
+
+
+def index_config(overrides: Sequence[str] = ()) -> Any:
+    """Compose ``conf/index.yaml`` with Hydra ``key=value`` overrides."""
+    from medeff.config import compose
+
+    return compose("index", overrides)
+
+
+def _to_cfg(cfg: Any) -> Any:
+    from omegaconf import DictConfig, OmegaConf
+
+    if cfg is None:
+        return index_config()
+    if isinstance(cfg, DictConfig):
+        return cfg
+    if isinstance(cfg, Mapping):
+        return OmegaConf.merge(index_config(), OmegaConf.create(dict(cfg)))
+    raise TypeError(f"cfg must be a DictConfig, a mapping or None, got {type(cfg).__name__}")
+
+
+def _label_names(cfg: Any, found: set[int]) -> dict[str, int]:
+    """Label name -> value: from ``labels``, else ``labels_file`` (JSON id -> name), else derived."""
+    from omegaconf import OmegaConf
+
+    labels = OmegaConf.to_container(cfg.labels) if cfg.get("labels") else {}
+    if not labels and cfg.get("labels_file"):
+        path = Path(str(cfg.labels_file))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"labels_file '{path}' cannot be read as JSON ({exc}).",
+                              hint="give a JSON object mapping label id -> name.") from exc
+        if cfg.get("labels_file_key"):
+            data = data[str(cfg.labels_file_key)]
+        labels = {str(name): int(i) for i, name in data.items() if int(i) in found}
+    if not labels:
+        labels = {f"label_{v}": v for v in sorted(found) if v != 0}
+    out = {"background": 0}
+    out.update({str(k): int(v) for k, v in labels.items() if int(v) != 0})
+    return out
+
+
+def _path_identifier_problems(cases: Sequence[RawCase], ids: Sequence[str]) -> list[Problem]:
+    """Cases whose file paths contain their own patient identifier (the value itself is never shown)."""
+    out = []
+    for c, cid in zip(cases, ids):
+        paths = list(c.image) + ([c.label] if isinstance(c.label, str) else [])
+        for ident in c.identifiers:
+            if len(ident) >= 3 and any(ident in p for p in paths):
+                out.append(Problem(cid, "-", "a file or folder name contains the patient identifier",
+                                   "rename the folders/files to pseudonyms, or set "
+                                   "pseudonym.forbid_identifiers_in_paths=false if the id is already a pseudonym"))
+                break
+    return out
+
+
+def build_index(source: str | os.PathLike, out: str | os.PathLike, cfg: Any = None,
+                *, overrides: Sequence[str] = ()) -> DatasetIndex:
+    """Scan ``source``, validate and fingerprint every case, draw folds and write the index to ``out``.
+
+    Args:
+        source: a DICOM folder, a NIfTI folder, a CSV manifest or an ``.npz`` archive (or its folder).
+        out: the index JSON to write.
+        cfg: the composed ``index`` config (DictConfig), a mapping merged over the defaults, or None.
+        overrides: Hydra overrides applied when ``cfg`` is None.
+
+    Returns:
+        The index that was written.
+
+    Raises:
+        IndexValidationError: any invalid case (all listed); nothing is written.
+        ConfigError: a bad option.
+        InputError: the source cannot be read.
+    """
+    cfg = index_config(overrides) if cfg is None and overrides else _to_cfg(cfg)
+    source = Path(source).expanduser().absolute()
+    out = Path(out).expanduser()
+    check_writable(out, overwrite=bool(cfg.overwrite))
+    if cfg.pseudonym.get("mapping_out"):
+        check_mapping_path(str(cfg.pseudonym.mapping_out), out)
+    kind = str(cfg.source.kind)
+    if kind == "auto":
+        kind = detect_kind(source, cfg)
+    scan: Scan = scan_source(source, kind, cfg)
+    task = scan.task if str(cfg.task) == "auto" else str(cfg.task)
+    if task not in (scan.task, "unlabelled"):
+        raise ConfigError(f"task={cfg.task} but the source gives {scan.task} cases.",
+                          hint="use task=auto, or point the label column/naming rule at the right files.")
+    log.info("Indexing %s source: %d case(s), task %s.", kind, len(scan.cases), task)
+
+    # deterministic order: by original group, then source reference (original values stay in memory)
+    order = sorted(range(len(scan.cases)), key=lambda i: (scan.cases[i].group_key, scan.cases[i].source_ref))
+    raw = [scan.cases[i] for i in order]
+    pc = cfg.pseudonym
+    ids = case_ids(len(raw), prefix=str(pc.case_prefix))
+    ref_to_id = {c.source_ref: cid for c, cid in zip(raw, ids)}
+    pseudo = Pseudonymiser(None if pc.salt is None else str(pc.salt), prefix=str(pc.group_prefix))
+    group_of = pseudo.map(c.group_key for c in raw)
+    problems = [Problem(ref_to_id.get(ref, ref), file, prob, fix) for ref, file, prob, fix in scan.problems]
+    if bool(pc.forbid_identifiers_in_paths):
+        problems += _path_identifier_problems(raw, ids)
+
+    records = [
+        CaseRecord(case_id=cid, image=list(c.image), label=c.label if task != "unlabelled" else None,
+                   group=group_of[c.group_key], fold=0, archive=c.archive, series_uid=c.series_uid,
+                   metadata=dict(c.metadata))
+        for c, cid in zip(raw, ids)
+    ]
+    spatial_dims = int(cfg.spatial_dims) if cfg.get("spatial_dims") else scan.spatial_dims
+    index = DatasetIndex(task=task, source_kind=kind, root=str(scan.root), spatial_dims=spatial_dims,
+                         channel_names=scan.channel_names, labels={}, class_names=list(scan.class_names),
+                         num_folds=int(cfg.folds.k), fold_seed=int(cfg.folds.seed),
+                         stratified=bool(cfg.folds.stratify) and task == "classification", all_cases=records)
+    if kind != "archive" and not cfg.get("spatial_dims") and records:
+        # the first readable header decides 2D vs 3D (DICOM series are 3D)
+        for r in records:
+            hdr = inspect_case(index, r).header
+            if hdr is not None:
+                index.spatial_dims = hdr.ndim
+                break
+
+    atol = float(cfg.validation.geometry_atol)
+    lk = cfg.leakage
+    samples, hashes, thumbs, fine, found_labels = [], [], [], [], set()
+    for rec in records:
+        ins = inspect_case(index, rec, check_voxels=True, load=True, atol=atol)
+        problems += ins.problems
+        if ins.problems or ins.image is None:
+            samples.append(np.zeros(0))
+            hashes.append(f"missing:{rec.case_id}")
+            thumbs.append(None)
+            fine.append(None)
+            continue
+        hdr = ins.header
+        if ins.label is not None:
+            found_labels.update(int(v) for v in np.unique(ins.label))
+        fp, sample = case_fingerprint(
+            ins.image, ins.label, shape=hdr.shape, spacing=hdr.spacing, orientation=hdr.orientation,
+            dtype=hdr.dtype or str(ins.image.dtype),
+            class_index=rec.label if task == "classification" else None,
+            sample=int(cfg.fingerprint.samples_per_case), seed=int(cfg.folds.seed),
+        )
+        fp["image_sha1"] = array_hash(ins.image)
+        if ins.label_reoriented:
+            fp["label_reoriented"] = True
+        rec.fingerprint = fp
+        samples.append(sample)
+        hashes.append(fp["image_sha1"])
+        if bool(lk.enabled):
+            thumb_src = ins.image[len(ins.image) // 2] if rec.archive is not None else ins.image
+            thumbs.append(thumbnail(thumb_src, int(lk.thumbnail_size)))
+            fine.append(thumbnail(thumb_src, confirm_size(thumb_src.ndim, int(lk.confirm_voxels))))
+        else:
+            thumbs.append(None)
+            fine.append(None)
+    if task == "segmentation":
+        index.labels = _label_names(cfg, found_labels)
+        unknown = sorted(found_labels - set(index.labels.values()))
+        if unknown:
+            problems.append(Problem("-", "-", f"label values {unknown} occur in the label maps but not in `labels`",
+                                    "add them to `labels` (name: value) or fix the label maps"))
+    raise_problems(problems, f"Source '{source}'", str(source))
+
+    classes = [int(r.label) for r in records] if task == "classification" else None
+    # folds are drawn on the original group keys (in memory only) so they do not depend on the pseudonym salt
+    folds = assign_folds([c.group_key for c in raw], classes, k=index.num_folds, seed=index.fold_seed,
+                         stratify=index.stratified)
+    for r, f in zip(records, folds):
+        r.fold = int(f)
+    assert not split_groups([r.group for r in records], folds), "fold assignment split a patient group"
+    index.leakage = find_leaks(ids, folds, hashes, thumbs, fine, threshold=float(lk.near_threshold),
+                               max_pairs=int(lk.max_pairs)) if bool(lk.enabled) else {}
+    index.fingerprint = dataset_fingerprint([r.fingerprint for r in records], samples,
+                                            groups=[r.group for r in records], class_names=index.class_names)
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.to_container(cfg, resolve=True)
+    conf.get("pseudonym", {}).pop("salt", None)  # never store the secret
+    conf.get("pseudonym", {}).pop("mapping_out", None)
+    conf["medeff_version"] = __version__
+    conf["created_utc"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    index.config = conf
+    if index.leakage.get("n_identical") or index.leakage.get("n_near_identical"):
+        log.warning("Leakage guard: %d identical and %d near-identical image pair(s) lie in different folds "
+                    "(listed under 'leakage' in %s).", index.leakage["n_identical"],
+                    index.leakage["n_near_identical"], out)
+    write_json_atomic(out, index.to_json(), overwrite=bool(cfg.overwrite))
+    index.path = str(out)
+    if pc.get("mapping_out"):
+        rows = [("case", cid, c.source_ref) for c, cid in zip(raw, ids)]
+        rows += [("group", p, g) for g, p in group_of.items()]
+        write_mapping(str(pc.mapping_out), rows, index_path=out)
+        log.info("Wrote the pseudonym mapping (keep it private).")
+    log.info("Wrote %s: %d case(s), %d group(s), %d folds.", out, len(records), len(group_of), index.num_folds)
+    return index

@@ -1,0 +1,437 @@
+"""Scanners that turn a source (DICOM folder, NIfTI folder, CSV manifest, array archive) into raw cases.
+
+A raw case still carries its original group key (e.g. the DICOM PatientID) in memory; the index builder
+replaces it with a pseudonym before anything is written or logged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medeff.data.index_images import NIFTI_SUFFIXES, is_nifti, load_archive_array
+from medeff.data.index_types import ArchiveRef
+from medeff.errors import ConfigError, InputError
+from medeff.utils.logging import get_logger
+
+__all__ = ["RawCase", "Scan", "detect_kind", "scan_source", "IDENTIFIER_COLUMNS"]
+
+log = get_logger(__name__)
+
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + (".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".npy")
+# column names that may hold direct identifiers: never copied into case metadata
+IDENTIFIER_COLUMNS = r"(?i)(name|birth|accession|mrn|institution|address|phone|patient|exam|study|series|uid|(^|_)id$)"
+
+
+@dataclass
+class RawCase:
+    """A case before pseudonymisation (``group_key`` and ``source_ref`` are never written to the index)."""
+
+    image: list[str]
+    label: str | int | None
+    group_key: str
+    source_ref: str
+    archive: ArchiveRef | None = None
+    series_uid: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    identifiers: tuple[str, ...] = ()
+
+
+@dataclass
+class Scan:
+    """What a scanner found."""
+
+    kind: str
+    root: Path
+    task: str
+    cases: list[RawCase]
+    channel_names: list[str]
+    class_names: list[str] = field(default_factory=list)
+    spatial_dims: int = 3
+    problems: list[tuple[str, str, str, str]] = field(default_factory=list)  # (ref, file, problem, fix)
+
+
+def detect_kind(source: Path, cfg: Any = None) -> str:
+    """Guess the source kind: ``csv``, ``archive``, ``nifti`` or ``dicom``.
+
+    A folder is NIfTI when it has the configured images folder or ``<case><image_suffix>.nii.gz`` files, or holds
+    nothing but NIfTI files; otherwise it is read as DICOM (other NIfTI files beside a DICOM export are ignored).
+
+    Raises:
+        InputError: the source does not exist or holds nothing indexable.
+    """
+    if not source.exists():
+        raise InputError(f"Source '{source}' does not exist.", hint="check the path.", path=str(source))
+    if source.is_file():
+        if source.suffix.lower() == ".csv":
+            return "csv"
+        if source.suffix.lower() == ".npz":
+            return "archive"
+        raise InputError(
+            f"Source '{source}' is a file that is neither a CSV manifest nor an .npz archive.",
+            hint="pass a folder (DICOM or NIfTI), a .csv manifest or an .npz archive.",
+            path=str(source),
+        )
+    if list(source.glob("*.npz")):
+        return "archive"
+    nc = cfg.nifti if cfg is not None else None
+    if nc is not None and (source / str(nc.images_dir)).is_dir():
+        return "nifti"
+    niftis = [p for p in source.rglob("*.nii*") if is_nifti(p)]
+    if nc is not None and any(_strip_suffix(p.name).endswith(str(nc.image_suffix)) for p in niftis):
+        return "nifti"
+    others = any(p.is_file() and not is_nifti(p) and not p.name.startswith(".") for p in source.rglob("*"))
+    return "dicom" if others or not niftis else "nifti"
+
+
+def scan_source(source: Path, kind: str, cfg: Any) -> Scan:
+    """Dispatch to the scanner of ``kind`` (see :func:`detect_kind`)."""
+    scanners = {"dicom": scan_dicom, "nifti": scan_nifti, "csv": scan_csv, "archive": scan_archive}
+    from medeff.utils.options import look_up
+
+    return look_up(kind, scanners, what="source kind", key="source.kind")(source, cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+def scan_dicom(source: Path, cfg: Any) -> Scan:
+    """One case per DICOM series; group = PatientID (or StudyInstanceUID when ``dicom.group_by=study``)."""
+    try:
+        from medeff.io import find_series  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise InputError(
+            "DICOM folders cannot be indexed: this medeff build has no DICOM series reader (medeff.io.find_series).",
+            hint="convert the series to NIfTI first, or install a medeff build with DICOM support.",
+        ) from exc
+    infos = find_series(source)
+    if not infos:
+        raise InputError(
+            f"No DICOM series found under '{source}'.",
+            hint="pass a folder holding DICOM files, or set source.kind to nifti/csv/archive.",
+            path=str(source),
+        )
+    group_by = str(cfg.dicom.group_by)
+    cases = []
+    modalities = set()
+    for info in sorted(infos, key=lambda s: (str(s.patient_key or ""), str(s.study_uid), str(s.series_uid))):
+        files = [Path(f) for f in info.files]
+        folder = Path(_common_parent(files)) if files else source
+        rel = _rel(folder, source)
+        patient = str(info.patient_key or "")
+        if group_by == "study" or not patient:
+            group = f"study:{info.study_uid}"
+        else:
+            group = f"patient:{patient}"
+        modalities.add(str(info.modality or "image"))
+        meta = {"modality": info.modality}
+        cases.append(RawCase(image=[rel], label=None, group_key=group, source_ref=f"{rel}#{info.series_uid}",
+                             series_uid=str(info.series_uid), metadata=meta,
+                             identifiers=(patient,) if patient else ()))
+    channels = _channel_names(cfg, 1, default=[sorted(modalities)[0]] if len(modalities) == 1 else ["image"])
+    return Scan("dicom", source, "unlabelled", cases, channels)
+
+
+def _common_parent(files: list[Path]) -> str:
+    import os
+
+    return os.path.commonpath([str(f.parent) for f in files])
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _strip_suffix(name: str) -> str:
+    low = name.lower()
+    for s in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if low.endswith(s):
+            return name[: -len(s)]
+    return name
+
+
+def _channel_names(cfg: Any, n: int, default: list[str] | None = None) -> list[str]:
+    names = list(cfg.channel_names) if cfg.get("channel_names") else None
+    if names is None:
+        if default is not None and len(default) == n:
+            return default
+        return ["image"] if n == 1 else [f"channel_{i}" for i in range(n)]
+    if len(names) != n:
+        raise ConfigError(
+            f"channel_names has {len(names)} name(s) {names} but the images have {n} channel(s).",
+            hint=f"give {n} names, e.g. channel_names=[{','.join(f'c{i}' for i in range(n))}].",
+        )
+    return names
+
+
+def _group_from(regex: str | None, text: str, fallback: str) -> str:
+    if not regex:
+        return fallback
+    m = re.search(regex, text)
+    if not m:
+        return fallback
+    return m.groupdict().get("group") or m.group(1 if m.groups() else 0)
+
+
+def scan_nifti(source: Path, cfg: Any) -> Scan:
+    """Images + label maps matched by ``nifti.rule``: ``folders`` (imagesTr/x + labelsTr/x) or ``suffix``."""
+    nc = cfg.nifti
+    rule = str(nc.rule)
+    chan_re = re.compile(str(nc.channel_regex)) if nc.get("channel_regex") else None
+    images: dict[str, dict[int, Path]] = defaultdict(dict)
+    labels: dict[str, Path] = {}
+    if rule == "folders":
+        img_dir, lab_dir = source / str(nc.images_dir), source / str(nc.labels_dir)
+        if not img_dir.is_dir():
+            subs = sorted(p.name for p in source.iterdir() if p.is_dir())
+            raise InputError(
+                f"NIfTI source '{source}' has no images folder '{nc.images_dir}' (sub-folders: {subs[:10]}).",
+                hint="set nifti.images_dir/nifti.labels_dir to your folder names, or nifti.rule=suffix for "
+                "<name>_ct.nii.gz / <name>_seg.nii.gz pairs.",
+                path=str(source),
+            )
+        for p in sorted(img_dir.iterdir()):
+            if is_nifti(p):
+                stem = _strip_suffix(p.name)
+                m = chan_re.search(stem) if chan_re else None
+                base, ch = (stem[: m.start()], int(m.group(1))) if m else (stem, 0)
+                images[base][ch] = p
+        if lab_dir.is_dir():
+            for p in sorted(lab_dir.iterdir()):
+                if is_nifti(p):
+                    labels[_strip_suffix(p.name)] = p
+    elif rule == "suffix":
+        isuf, lsuf = str(nc.image_suffix), str(nc.label_suffix)
+        for p in sorted(source.rglob("*")):
+            if not is_nifti(p):
+                continue
+            stem = _strip_suffix(p.name)
+            rel_base = str(p.parent.relative_to(source) / stem)
+            if stem.endswith(isuf):
+                images[rel_base[: -len(isuf)]][0] = p
+            elif stem.endswith(lsuf):
+                labels[rel_base[: -len(lsuf)]] = p
+    else:
+        from medeff.utils.options import look_up
+
+        look_up(rule, ["folders", "suffix"], what="naming rule", key="nifti.rule")
+    if not images:
+        raise InputError(
+            f"No NIfTI images found in '{source}' with naming rule '{rule}'.",
+            hint="check nifti.rule, nifti.images_dir or nifti.image_suffix (see docs/dataset_index.md).",
+            path=str(source),
+        )
+    labels_dir_exists = rule == "folders" and (source / str(nc.labels_dir)).is_dir()
+    want_labels = bool(labels) or (bool(nc.require_labels) and labels_dir_exists)
+    problems = []
+    n_ch = {len(v) for v in images.values()}
+    n_channels = max(n_ch)
+    cases = []
+    for base in sorted(images):
+        chans = images[base]
+        files = [_rel(chans[c], source) for c in sorted(chans)]
+        if len(chans) != n_channels or sorted(chans) != list(range(n_channels)):
+            problems.append((base, files[0], f"has channels {sorted(chans)}, expected 0..{n_channels - 1}",
+                             "add the missing channel files or remove the case"))
+        lab = labels.get(base)
+        if want_labels and lab is None:
+            problems.append((base, files[0], "has no label map", "add the label map or remove the image"))
+        group = _group_from(nc.get("group_regex"), Path(base).name, Path(base).name)
+        cases.append(RawCase(image=files, label=_rel(lab, source) if lab is not None else None,
+                             group_key=group, source_ref=base))
+    for base in sorted(set(labels) - set(images)):
+        problems.append((base, _rel(labels[base], source), "label map has no image",
+                         "add the image or remove the label map"))
+    scan = Scan("nifti", source, "segmentation" if want_labels else "unlabelled", cases,
+                _channel_names(cfg, n_channels), problems=problems)
+    return scan
+
+
+def _read_csv(path: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise InputError(f"Cannot read CSV '{path}': {exc}.", hint="check that it is a comma-separated file.",
+                         path=str(path)) from exc
+
+
+def _metadata_columns(columns: list[str], explicit: Any, used: set[str], where: str) -> list[str]:
+    if explicit is not None:
+        missing = [c for c in explicit if c not in columns]
+        if missing:
+            raise ConfigError(f"Metadata column(s) {missing} are not in '{where}' (columns: {columns}).",
+                              hint="fix the metadata_columns list.")
+        cols = list(explicit)
+    else:
+        cols = [c for c in columns if c not in used]
+    dropped = [c for c in cols if re.search(IDENTIFIER_COLUMNS, c)]
+    if dropped:
+        log.info("Not copying identifier-like column(s) %s of %s into case metadata.", dropped, where)
+    return [c for c in cols if c not in dropped]
+
+
+def _as_number(v: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def scan_csv(source: Path, cfg: Any) -> Scan:
+    """A CSV manifest: image path(s), label map path or class, group id, extra metadata columns."""
+    cc = cfg.csv
+    df = _read_csv(source)
+    cols = list(df.columns)
+    for key in ("image_col", "group_col"):
+        if cc[key] not in cols:
+            raise ConfigError(f"CSV '{source}' has no column '{cc[key]}' (csv.{key}); its columns are {cols}.",
+                              hint=f"set csv.{key}=<column> to the right column name.")
+    label_col = cc.label_col if cc.get("label_col") in cols else None
+    series_col = cc.series_col if cc.get("series_col") in cols else None
+    base = source.parent
+    sep = str(cc.separator)
+    kind = str(cc.label_kind)
+    if label_col is None:
+        kind = "none"
+    elif kind == "auto":
+        vals = [v for v in df[label_col] if v.strip()]
+        kind = "map" if vals and all(v.lower().endswith(IMAGE_SUFFIXES) for v in vals) else "class"
+    used = {cc.image_col, cc.group_col} | {c for c in (label_col, series_col) if c}
+    meta_cols = _metadata_columns(cols, cc.get("metadata_columns"), used, str(source))
+    class_names = [str(c) for c in cfg.get("class_names") or []]
+    raw_classes = sorted({v for v in df[label_col] if v.strip()}) if kind == "class" else []
+    if kind == "class" and not class_names:
+        if all(re.fullmatch(r"\d+", v) for v in raw_classes):
+            class_names = [str(i) for i in range(max(int(v) for v in raw_classes) + 1)]
+        else:
+            class_names = raw_classes
+    problems = []
+    cases = []
+    for row_no, row in df.iterrows():
+        ref = f"row {row_no + 2}"
+        images = [s.strip() for s in str(row[cc.image_col]).split(sep) if s.strip()]
+        image_rel = [_rel(Path(p) if Path(p).is_absolute() else base / p, base) for p in images]
+        if not images:
+            problems.append((ref, str(source), "has an empty image cell", f"fill column '{cc.image_col}'"))
+            continue
+        label: str | int | None = None
+        lv = str(row[label_col]).strip() if label_col else ""
+        if kind == "map":
+            if lv:
+                label = _rel(Path(lv) if Path(lv).is_absolute() else base / lv, base)
+            else:
+                problems.append((ref, images[0], "has no label map", f"fill column '{label_col}' or drop the row"))
+        elif kind == "class":
+            if lv in class_names:
+                label = class_names.index(lv)
+            elif re.fullmatch(r"\d+", lv) and int(lv) < len(class_names):
+                label = int(lv)
+            else:
+                problems.append((ref, images[0], f"has class {lv!r}, not one of {class_names}",
+                                 "fix the class or set class_names to the full list"))
+        group = str(row[cc.group_col]).strip()
+        if not group:
+            problems.append((ref, images[0], f"has an empty group cell ('{cc.group_col}')",
+                             "give every row its patient/group id"))
+        meta = {c: _as_number(str(row[c])) for c in meta_cols if str(row[c]) != ""}
+        cases.append(RawCase(image=image_rel, label=label, group_key=group, source_ref=ref,
+                             series_uid=str(row[series_col]).strip() or None if series_col else None,
+                             metadata=meta, identifiers=(group,)))
+    task = {"map": "segmentation", "class": "classification", "none": "unlabelled"}[kind]
+    n_channels = max((len(c.image) for c in cases), default=1)
+    return Scan("csv", base, task, cases, _channel_names(cfg, n_channels), class_names=class_names,
+                problems=problems)
+
+
+def scan_archive(source: Path, cfg: Any) -> Scan:
+    """An ``.npz`` archive with one row per slice; rows sharing ``archive.case_key`` form one case."""
+    ac = cfg.archive
+    if source.is_dir():
+        files = [Path(ac.file)] if ac.get("file") else sorted(source.glob("*.npz"))
+        files = [f if f.is_absolute() else source / f.name for f in files]
+        if len(files) != 1:
+            raise InputError(f"Folder '{source}' holds {len(files)} .npz archives; expected one.",
+                             hint="set archive.file=<name>.npz.", path=str(source))
+        npz, root = files[0], source
+    else:
+        npz, root = source, source.parent
+    images = load_archive_array(npz, str(ac.images_key))
+    keys = load_archive_array(npz, str(ac.case_key)).astype(str)
+    n = images.shape[0]
+    order = load_archive_array(npz, str(ac.order_key)) if ac.get("order_key") else np.arange(n)
+    labels = load_archive_array(npz, str(ac.labels_key)) if ac.get("labels_key") else None
+    for name, arr in ((ac.case_key, keys), (ac.order_key, order), (ac.labels_key, labels)):
+        if arr is not None and len(arr) != n:
+            raise InputError(f"Archive '{npz}': array '{name}' has {len(arr)} rows but images has {n}.",
+                             hint="the archive arrays must be aligned row by row.", path=str(npz))
+    meta_rows = None
+    meta_cols: list[str] = []
+    if ac.get("metadata_csv") and (root / str(ac.metadata_csv)).is_file():
+        mpath = root / str(ac.metadata_csv)
+        df = _read_csv(mpath)
+        if ac.get("metadata_row_col") and ac.metadata_row_col in df.columns:
+            df = df.set_index(df[ac.metadata_row_col].astype(int)).sort_index()
+        if len(df) != n or (ac.get("metadata_row_col") in df.columns and list(df.index) != list(range(n))):
+            raise InputError(f"Metadata CSV '{mpath}' has {len(df)} rows; the archive has {n}.",
+                             hint="the CSV must have one row per archive row (or unset archive.metadata_csv).",
+                             path=str(mpath))
+        check_cols = [str(c) for c in (ac.get("metadata_case_cols") or [])]
+        if check_cols and all(c in df.columns for c in check_cols):
+            joined = df[check_cols].astype(str).agg("/".join, axis=1).to_numpy()
+            bad_rows = np.flatnonzero(joined != keys)
+            if bad_rows.size:
+                raise InputError(
+                    f"Metadata CSV '{mpath}' is not aligned with the archive: {bad_rows.size} row(s) (first: "
+                    f"{bad_rows[:5].tolist()}) have {'/'.join(check_cols)} different from the archive's "
+                    f"'{ac.case_key}'.",
+                    hint="set archive.metadata_row_col to the CSV column holding the archive row, or fix the CSV.",
+                    path=str(mpath),
+                )
+        meta_cols = _metadata_columns(list(df.columns), ac.get("metadata_columns"), {str(ac.metadata_row_col)},
+                                      str(mpath))
+        # keep only columns that are constant within every case (per-case values, not per-row ones)
+        per_case = df[meta_cols].groupby(keys, sort=False).nunique(dropna=False).max() if meta_cols else None
+        meta_cols = [c for c in meta_cols if per_case is not None and int(per_case[c]) == 1]
+        meta_rows = df
+    meta_values = {c: meta_rows[c].to_numpy() for c in meta_cols} if meta_rows is not None else {}
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    for i, k in enumerate(keys):
+        rows_of[str(k)].append(i)
+    class_names = [str(c) for c in cfg.get("class_names") or []]
+    if labels is not None and not class_names:
+        class_names = [str(i) for i in range(int(labels.max()) + 1)]
+    problems = []
+    cases = []
+    rel = _rel(npz, root)
+    for key, rows in rows_of.items():
+        rows = sorted(rows, key=lambda r: (order[r], r))
+        label = None
+        if labels is not None:
+            vals = {int(labels[r]) for r in rows}
+            if len(vals) > 1:
+                problems.append((key, rel, f"rows {rows[:5]}... carry different labels {sorted(vals)}",
+                                 "one case must have one class; fix the archive labels"))
+            label = min(vals)
+        meta: dict[str, Any] = {}
+        for c, values in meta_values.items():
+            v = str(values[rows[0]])
+            if v != "":
+                meta[c] = _as_number(v)
+        meta["n_rows"] = len(rows)
+        group = _group_from(ac.get("group_regex"), key, key)
+        cases.append(RawCase(image=[], label=label, group_key=group, source_ref=key,
+                             archive=ArchiveRef(rel, str(ac.images_key), tuple(rows)), metadata=meta,
+                             identifiers=(group,)))
+    task = "classification" if labels is not None else "unlabelled"
+    return Scan("archive", root, task, cases, _channel_names(cfg, 1), class_names=class_names,
+                spatial_dims=images.ndim - 1, problems=problems)

@@ -1,0 +1,30 @@
+"""`medeff index SOURCE OUT.json key=value ...`: overrides, errors as one paragraph, atomic output."""
+
+from __future__ import annotations
+
+import json
+
+from index_fixtures import write_npz_archive
+
+from medeff.cli.main import main
+from medeff.data.index_types import SCHEMA_VERSION
+
+
+def test_cli_builds_index_with_overrides(tmp_path, rng, capsys):
+    folder = write_npz_archive(tmp_path / "arc", rng)
+    out = tmp_path / "o" / "idx.json"
+    assert main(["index", str(folder), str(out), "folds.k=3", "folds.seed=5", "class_names=[benign,malignant]"]) == 0
+    data = json.loads(out.read_text())
+    assert data["schema_version"] == SCHEMA_VERSION and data["num_folds"] == 3 and data["fold_seed"] == 5
+    assert data["class_names"] == ["benign", "malignant"] and "salt" not in data["config"]["pseudonym"]
+    assert {c["fold"] for c in data["cases"]} == {0, 1, 2}
+    assert "cases" in capsys.readouterr().out
+    assert [p.name for p in out.parent.iterdir()] == ["idx.json"]  # no temp files left
+
+
+def test_cli_errors_are_one_paragraph(tmp_path, capsys):
+    assert main(["index", str(tmp_path / "nope"), str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
+    assert main(["index", str(tmp_path), str(tmp_path / "o.json"), "folds.kk=3"]) == 2
+    assert "folds.kk" in capsys.readouterr().err
