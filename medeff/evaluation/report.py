@@ -1,0 +1,209 @@
+"""Render an evaluation result as a self-contained HTML report, a PDF with the same content, and JSON/CSV files.
+
+Outputs (all written atomically):
+    report.html   tables and figures (embedded base64 PNG), provenance, configuration
+    report.pdf    the same sections as pages of figures and text tables (matplotlib PdfPages, pure Python)
+    summary.json  every number except the per-case rows
+    metrics.csv   every summary number as one flat row (value, CI, method, n, unit)
+    per_case.csv  one row per case (and label, for segmentation)
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from medeff.evaluation.sections import build_sections, flat_metrics
+from medeff.evaluation.templates import HTML_TEMPLATE
+from medeff.utils.atomic import atomic_open, atomic_path, write_json_atomic, write_text_atomic
+from medeff.utils.options import look_up
+
+__all__ = ["render_report", "load_results", "save_results", "FORMATS"]
+
+FORMATS = ("html", "pdf", "json", "csv")
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        try:
+            return _json_safe(obj.item())
+        except (ValueError, AttributeError):
+            pass
+    return obj
+
+
+def save_results(results: dict, path: str | Path) -> Path:
+    """Write the full results (including per-case rows and curves) as JSON, atomically; NaN becomes null."""
+    return write_json_atomic(path, _json_safe(results))
+
+
+def load_results(path: str | Path) -> dict:
+    """Read results written by :func:`save_results` (``medeff evaluate``)."""
+    from medeff.errors import InputError
+
+    path = Path(path)
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InputError(f"Results file '{path}' does not exist.", hint="run `medeff evaluate` first.",
+                         path=str(path)) from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"Results file '{path}' is not valid JSON ({exc}).", hint="re-run `medeff evaluate`.",
+                         path=str(path)) from exc
+    if not isinstance(res, dict) or res.get("kind") not in ("classification", "segmentation"):
+        raise InputError(f"Results file '{path}' is not a medeff evaluation result.",
+                         hint="give the results.json written by `medeff evaluate`.", path=str(path))
+    return res
+
+
+def _figures(res: dict):
+    from medeff.evaluation.figures import classification_figures, segmentation_figures
+
+    return classification_figures(res) if res["kind"] == "classification" else segmentation_figures(res)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def render_report(results: dict, out_dir: str | Path, formats: Sequence[str] = FORMATS, *,
+                  overwrite: bool = True) -> dict[str, Path]:
+    """Write the report files for ``results`` into ``out_dir``.
+
+    Args:
+        results: output of :func:`evaluate_classification` / :func:`evaluate_segmentation` (or :func:`load_results`).
+        out_dir: destination folder (created).
+        formats: any of ``html``, ``pdf``, ``json``, ``csv``.
+        overwrite: replace existing files (else :class:`OutputExistsError`).
+
+    Returns:
+        Mapping of output name to path.
+    """
+    for f in formats:
+        look_up(f, FORMATS, what="report format", key="formats")
+    results = _json_safe(results)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    sections = build_sections(results)
+    if "json" in formats:
+        summary = {k: v for k, v in results.items() if k != "per_case"}
+        written["summary.json"] = write_json_atomic(out_dir / "summary.json", summary, overwrite=overwrite)
+    if "csv" in formats:
+        written["per_case.csv"] = _write_csv(out_dir / "per_case.csv", results.get("per_case", []), overwrite)
+        written["metrics.csv"] = _write_csv(out_dir / "metrics.csv", flat_metrics(results), overwrite)
+    if "html" in formats or "pdf" in formats:
+        figs = _figures(results)
+        if "html" in formats:
+            import jinja2
+
+            env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+            html = env.from_string(HTML_TEMPLATE).render(
+                title=results["title"], sections=sections, figures=[(cap, _png(f)) for cap, f in figs],
+                kind=results["kind"])
+            written["report.html"] = write_text_atomic(out_dir / "report.html", html, overwrite=overwrite)
+        if "pdf" in formats:
+            written["report.pdf"] = _write_pdf(out_dir / "report.pdf", results["title"], sections, figs, overwrite)
+    return written
+
+
+def _write_csv(path: Path, rows: list[dict], overwrite: bool) -> Path:
+    fields: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in fields:
+                fields.append(k)
+    with atomic_open(path, "w", overwrite=overwrite, newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else json.dumps(v) if isinstance(v, (dict, list)) else v)
+                        for k, v in r.items()})
+    return path
+
+
+def _wrap_table(tab: dict, width: int = 175) -> list[str]:
+    """A table as fixed-width text lines; wide cells are cut to fit the page width."""
+    cols = [tab["headers"]] + tab["rows"]
+    n = max(len(r) for r in cols)
+    widths = [max(len(str(r[i])) if i < len(r) else 0 for r in cols) for i in range(n)]
+    budget = max(10, (width - 3 * (n - 1)) // max(n, 1))
+    while sum(widths) + 3 * (n - 1) > width and max(widths) > budget:
+        i = widths.index(max(widths))
+        widths[i] -= 1
+    lines = []
+    for j, r in enumerate(cols):
+        cells = [(str(r[i]) if i < len(r) else "") for i in range(n)]
+        cells = [c if len(c) <= w else c[: max(w - 1, 1)] + "~" for c, w in zip(cells, widths)]
+        lines.append("   ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+        if j == 0:
+            lines.append("-" * min(width, sum(widths) + 3 * (n - 1)))
+    return lines
+
+
+def _write_pdf(path: Path, title: str, sections: list[dict], figs, overwrite: bool) -> Path:
+    import textwrap
+
+    lines: list[tuple[str, str]] = [("title", title), ("", "")]
+    for sec in sections:
+        lines.append(("h", sec["title"]))
+        for p in sec["paragraphs"]:
+            lines += [("", t) for t in textwrap.wrap(p, 150)]
+        for tab in sec["tables"]:
+            lines.append(("b", tab["caption"]))
+            lines += [("m", t) for t in _wrap_table(tab)]
+            lines.append(("", ""))
+        if sec.get("config"):
+            lines.append(("b", "Configuration used"))
+            lines += [("m", t[:150]) for t in sec["config"].splitlines()]
+    # the 14 standard PDF fonts keep text as plain strings: searchable and copyable in any PDF reader
+    rc = {"pdf.use14corefonts": True}
+    fm_log = logging.getLogger("matplotlib.font_manager")  # core-font lookups warn about weights; harmless
+    level = fm_log.level
+    fm_log.setLevel(logging.ERROR)
+    try:
+        return _pdf_pages(path, title, lines, figs, overwrite, rc)
+    finally:
+        fm_log.setLevel(level)
+
+
+def _pdf_pages(path: Path, title: str, lines: list, figs, overwrite: bool, rc: dict) -> Path:
+    import matplotlib
+    from matplotlib.backends.backend_pdf import PdfPages
+    from matplotlib.figure import Figure
+
+    per_page = 58
+    with matplotlib.rc_context(rc), atomic_path(path, overwrite=overwrite) as tmp, \
+            PdfPages(tmp, metadata={"Title": title, "Creator": "medeff"}) as pdf:
+        for start in range(0, len(lines), per_page):
+            fig = Figure(figsize=(11.69, 8.27))
+            y = 0.95
+            for style, text in lines[start:start + per_page]:
+                kw = {"family": "monospace", "size": 7} if style == "m" else {"size": 8}
+                if style == "title":
+                    kw = {"size": 14, "weight": "bold"}
+                elif style == "h":
+                    kw = {"size": 11, "weight": "bold"}
+                elif style == "b":
+                    kw = {"size": 8, "weight": "bold"}
+                fig.text(0.04, y, text, va="baseline", ha="left", **kw)  # baseline: glyph-independent rows
+                y -= 0.0155 if style != "h" else 0.02
+            pdf.savefig(fig)
+        for cap, f in figs:
+            f.suptitle(cap, fontsize=9, y=0.995)
+            pdf.savefig(f, bbox_inches="tight")
+    return path

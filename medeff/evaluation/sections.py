@@ -1,0 +1,221 @@
+"""Turn a results dict into report sections (titles, paragraphs, tables of strings), shared by the HTML and PDF
+renderers so both show the same content."""
+
+from __future__ import annotations
+
+import json
+
+from medeff.evaluation.operating_points import METRIC_LABELS
+from medeff.evaluation.tables import format_ci
+
+__all__ = ["build_sections", "flat_metrics"]
+
+
+def _ci(rec: dict, digits: int = 2, confidence: float = 0.95) -> str:
+    return format_ci(rec.get("value"), rec.get("ci_low"), rec.get("ci_high"), rec.get("digits", digits),
+                     rec.get("unit", ""), confidence)
+
+
+def _table(caption: str, headers: list[str], rows: list[list]) -> dict:
+    return {"caption": caption, "headers": headers, "rows": [[str(c) for c in r] for r in rows]}
+
+
+def build_sections(res: dict) -> list[dict]:
+    """Sections ``{"title", "paragraphs", "tables"}`` in report order (figures are added by the renderer)."""
+    conf = res["settings"].get("confidence", 0.95)
+    pct = f"{round(conf * 100):d}%"
+    secs = []
+    if res["kind"] == "classification":
+        secs += _classification(res, pct, conf)
+    else:
+        secs += _segmentation(res, pct, conf)
+    secs.append(_provenance(res))
+    return secs
+
+
+def _classification(res: dict, pct: str, conf: float) -> list[dict]:
+    s, c = res["settings"], res["counts"]
+    unit = s.get("unit", "case")
+    paras = [f"{c['cases']} {unit}s from {c['groups']} patients/groups ({c['input_rows']} input rows"
+             + (f", aggregated per {unit} by {s['aggregate']}" if s.get("aggregate") else "") + ")."]
+    if not res.get("multiclass"):
+        paras.append(f"Reference: {c['positive']} positive and {c['negative']} negative {unit}s.")
+    paras.append(f"Confidence intervals are {pct}: DeLong for ROC AUC, otherwise a cluster bootstrap that resamples "
+                 f"patients/groups ({s['n_resamples']} resamples, {s['bootstrap_method']} method, seed {s['seed']}).")
+    head = [[r["label"], _ci(r, 3 if r["key"] in ("brier", "ece") else 2, conf), r.get("ci_method") or "",
+             r.get("n") or ""] for r in res["headline"]]
+    out = [{"title": "Summary", "paragraphs": paras,
+            "tables": [_table("Headline results", ["Measure", f"Estimate ({pct} CI)", "CI method", "n"], head)]}]
+    if res.get("multiclass"):
+        rows = [[r["class"], r["n_positive"], _ci(r["auc"], 2, conf), _ci(r["auc_bootstrap"], 2, conf)]
+                for r in res["per_class"]]
+        names = res["class_names"]
+        cm = [[f"reference {n}"] + row for n, row in zip(names, res["confusion_matrix"])]
+        out.append({"title": "Per class (one-vs-rest)", "paragraphs": [],
+                    "tables": [_table("ROC AUC of each class against the rest",
+                                      ["Class", "n in class", f"AUC (DeLong {pct} CI)", f"AUC (bootstrap {pct} CI)"],
+                                      rows),
+                               _table("Confusion matrix (number of cases)", [""] + [f"predicted {n}" for n in names],
+                                      cm)]})
+        return out
+    ops = res["operating_points"]
+    rows = [["Threshold (positive if score >= threshold)"] + [f"{o['threshold']:.4g}" for o in ops]]
+    for k in METRIC_LABELS:
+        rows.append([METRIC_LABELS[k]] + [_ci(next(m for m in o["metrics"] if m["key"] == k), 2, conf)
+                                          for o in ops])
+    for key, lab in (("tp", "True positives"), ("fp", "False positives"), ("tn", "True negatives"),
+                     ("fn", "False negatives")):
+        rows.append([lab] + [o["confusion"][key] for o in ops])
+    rows.append(["Cases flagged positive"] + [o["flagged"] for o in ops])
+    rules = [f"{o['label']}: {o['rule']}." for o in ops]
+    out.append({"title": "Operating points", "paragraphs": rules + [
+        "Thresholds chosen on these data are held fixed in the bootstrap; their CIs do not include the uncertainty "
+        "of choosing the threshold."],
+        "tables": [_table("Metrics at each operating point", ["Measure"] + [o["label"] for o in ops], rows)]})
+    if res.get("calibration"):
+        cal = res["calibration"]
+        rows = [[f"{r['bin_low']:.2f}-{r['bin_high']:.2f}", r["n"],
+                 "" if r["mean_predicted"] is None else f"{r['mean_predicted']:.3f}",
+                 "" if r["observed_fraction"] is None else f"{r['observed_fraction']:.3f}"] for r in cal["table"]]
+        out.append({"title": "Calibration", "paragraphs": [
+            f"Expected calibration error uses {cal['bins']} {cal['binning']} bins: the mean over bins of "
+            "|mean predicted probability - observed fraction positive|, weighted by the share of cases in the bin."],
+            "tables": [_table("Reliability table", ["Probability bin", "n", "Mean predicted probability",
+                                                    "Observed fraction positive"], rows)]})
+    if res.get("comparison"):
+        cp = res["comparison"]
+        rows = [[cp["model_a"], format_ci(cp["auc_a"], *_auc_ci(res), 2, "", conf)],
+                [cp["model_b"], format_ci(cp["auc_b"], cp["auc_b_ci_low"], cp["auc_b_ci_high"], 2, "", conf)],
+                ["Difference (DeLong)", format_ci(cp["difference"], cp["ci_low"], cp["ci_high"], 3, "", conf)],
+                ["Difference (cluster bootstrap)", format_ci(cp["difference"], cp["difference_bootstrap_ci_low"],
+                                                             cp["difference_bootstrap_ci_high"], 3, "", conf)],
+                ["z statistic", f"{cp['z']:.3f}"], ["Two-sided p value", f"{cp['p']:.4g}"]]
+        out.append({"title": "Model comparison", "paragraphs": [
+            f"Paired DeLong test of equal ROC AUC on the same {cp['n_pos'] + cp['n_neg']} {unit}s."],
+            "tables": [_table("ROC AUC of both models", ["", f"Estimate ({pct} CI)"], rows)]})
+    for sg in res.get("subgroups", []):
+        rows = []
+        for r in sg["rows"]:
+            m = {x["key"]: x for x in r["metrics"]}
+            rows.append([r["level"], r["n"], f"{r['n_positive']} / {r['n_negative']}", _ci(m["auc"], 2, conf),
+                         _ci(m["sensitivity"], 2, conf), _ci(m["specificity"], 2, conf)])
+        out.append({"title": f"Subgroups by {sg['name']}", "paragraphs": [
+            f"Sensitivity and specificity at the configured threshold ({sg['threshold']:g}). 'not estimable': the "
+            "subgroup lacks positive or negative cases."],
+            "tables": [_table(f"Results by {sg['name']}", ["Subgroup", "n", "positive / negative",
+                                                           f"ROC AUC ({pct} CI)", "Sensitivity", "Specificity"],
+                              rows)]})
+    wrong = sorted(res["per_case"], key=lambda r: -abs(r["score"] - r["reference"]) if res.get("probabilities")
+                   else 0)[:10]
+    if res.get("probabilities"):
+        rows = [[r["case"], r["group"], "positive" if r["reference"] else "negative", f"{r['score']:.3f}"]
+                for r in wrong]
+        out.append({"title": "Most confidently wrong cases", "paragraphs": [
+            "The cases whose predicted probability lies furthest from the reference (identifiers pseudonymised)."],
+            "tables": [_table("Worst cases", ["Case", "Patient/group", "Reference", "Score"], rows)]})
+    return out
+
+
+def _auc_ci(res: dict) -> tuple:
+    r = res["headline"][0]
+    return r["ci_low"], r["ci_high"]
+
+
+def _segmentation(res: dict, pct: str, conf: float) -> list[dict]:
+    s, c = res["settings"], res["counts"]
+    both = "Dice, IoU, NSD = 1 and distances = 0" if s["empty_both"] == "perfect" else "all metrics NaN (excluded)"
+    paras = [f"{c['cases']} cases from {c['groups']} patients/groups, {c['labels']} labels.",
+             f"Means with {pct} cluster-bootstrap CIs ({s['n_resamples']} resamples, {s['bootstrap_method']}, seed "
+             f"{s['seed']}); NaN values are excluded and counted per metric.",
+             f"Empty masks: label absent from both reference and prediction -> "
+             f"{both}"
+             f"; absent from exactly one -> Dice = IoU = NSD = 0 and surface distances "
+             f"{'NaN (excluded)' if s['one_empty_distance'] == 'nan' else 'set to ' + str(s['one_empty_distance'])}"
+             f"{' (image diagonal in mm)' if s['one_empty_distance'] == 'diagonal' else ''}.",
+             f"Normalised surface Dice tolerance: {s['tolerance_mm']:g} mm."]
+    groups = (("Overlap", ["dice", "iou", "nsd"]),
+              ("Surface distance and volume", ["hd95", "assd", "volume_ref_ml", "volume_error_ml"]))
+    tables = []
+    for cap, keys in groups:
+        rows = []
+        for agg in res["aggregates"]:
+            m = {x["key"]: x for x in agg["metrics"]}
+            rows.append([agg["name"]] + [f"{_ci(m[k], 3, conf)} [n={m[k]['n']}]" for k in keys])
+        heads = ["Label"] + [_metric_head(res, k) for k in keys]
+        tables.append(_table(f"{cap}: mean ({pct} CI) [n]", heads, rows))
+    med = []
+    for agg in res["aggregates"]:
+        m = {x["key"]: x for x in agg["metrics"]}
+        med.append([agg["name"]] + [_median(m[k]) for k in ("dice", "hd95", "assd", "nsd")]
+                   + [m["dice"]["n_excluded"]])
+    tables.append(_table("Median [interquartile range]", ["Label", "Dice", "HD95 (mm)", "ASSD (mm)", "NSD",
+                                                          "Dice NaN excluded"], med))
+    out = [{"title": "Summary", "paragraphs": paras, "tables": tables}]
+    rows = [[w["case"], "" if w["mean_dice"] is None else f"{w['mean_dice']:.3f}",
+             ", ".join(f"{k}: {'NaN' if v is None else f'{v:.3f}'}" for k, v in w["dice_per_label"].items())]
+            for w in res["worst_cases"]]
+    out.append({"title": "Worst cases", "paragraphs": ["Cases with the lowest mean Dice over labels "
+                                                       "(identifiers pseudonymised where they look identifying)."],
+                "tables": [_table("Worst cases", ["Case", "Mean Dice", "Dice per label"], rows)]})
+    return out
+
+
+def _metric_head(res: dict, key: str) -> str:
+    from medeff.evaluation.segmentation import SEG_METRICS
+
+    label, unit, _ = SEG_METRICS[key]
+    if key == "nsd":
+        label += f" at {res['settings']['tolerance_mm']:g} mm"
+    return f"{label} ({unit})" if unit else label
+
+
+def _median(m: dict) -> str:
+    if m.get("median") is None:
+        return "not estimable"
+    d = m.get("digits", 3)
+    return f"{m['median']:.{d}f} [{m['q1']:.{d}f}-{m['q3']:.{d}f}]"
+
+
+def _provenance(res: dict) -> dict:
+    p = res["provenance"]
+    rows = [["medeff version", p["medeff_version"]], ["git commit", p.get("git_commit") or "not available"],
+            ["date", p["date_utc"]], ["python", p["python"]], ["platform", p["platform"]], ["seed", p["seed"]]]
+    rows += [[f"package {k}", v] for k, v in p["packages"].items()]
+    rows += [[f"input {role}", f"{v['file']} (sha256 {v['sha256']})"] for role, v in p["inputs"].items()]
+    return {"title": "Provenance", "paragraphs": [], "tables": [_table("Software and inputs", ["Item", "Value"], rows)],
+            "config": json.dumps(p.get("config", {}), indent=2, default=str)}
+
+
+def flat_metrics(res: dict) -> list[dict]:
+    """Every summary number as flat rows (section, item, key, label, value, ci_low, ci_high, ci_method, n, unit)."""
+    rows = []
+
+    def add(section, item, rec):
+        rows.append({"section": section, "item": item, **{k: rec.get(k) for k in
+                     ("key", "label", "value", "ci_low", "ci_high", "ci_method", "n", "unit")}})
+
+    for r in res.get("headline", []):
+        add("headline", "all", r)
+    for o in res.get("operating_points", []):
+        add("operating_point", o["name"], {"key": "threshold", "label": "Threshold", "value": o["threshold"]})
+        for r in o["metrics"]:
+            add("operating_point", o["name"], r)
+        for k, v in o["confusion"].items():
+            add("operating_point", o["name"], {"key": k, "label": k.upper(), "value": v})
+    for r in res.get("per_class", []):
+        add("per_class", r["class"], r["auc"])
+        add("per_class", r["class"], r["auc_bootstrap"])
+    for sg in res.get("subgroups", []):
+        for lv in sg["rows"]:
+            for r in lv["metrics"]:
+                add(f"subgroup:{sg['name']}", lv["level"], r)
+    if res.get("comparison"):
+        cp = res["comparison"]
+        add("comparison", f"{cp['model_a']} - {cp['model_b']}",
+            {"key": "auc_difference", "label": "AUC difference (DeLong)", "value": cp["difference"],
+             "ci_low": cp["ci_low"], "ci_high": cp["ci_high"], "ci_method": "DeLong"})
+        add("comparison", f"{cp['model_a']} - {cp['model_b']}", {"key": "p", "label": "p value", "value": cp["p"]})
+    for agg in res.get("aggregates", []):
+        for r in agg["metrics"]:
+            add("segmentation", agg["name"], r)
+    return rows
