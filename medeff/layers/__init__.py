@@ -1,0 +1,25 @@
+"""Dimension-generic layer factories and small building blocks shared by the models.
+
+Model code never names a 2D or 3D layer class directly: it asks these factories for a layer by
+``spatial_dims`` (1, 2 or 3), which are thin wrappers over MONAI's layer factories.
+"""
+
+from medeff.layers.activations import MemoryEfficientSiLU, SiLUFunction, make_act
+from medeff.layers.depthwise import DepthwiseConv3dFunction, FastDepthwiseConv3d
+from medeff.layers.drop_path import DropPath, drop_path
+from medeff.layers.factories import check_spatial_dims, make_conv, make_dropout, make_norm, to_tuple
+
+__all__ = [
+    "DepthwiseConv3dFunction",
+    "DropPath",
+    "FastDepthwiseConv3d",
+    "MemoryEfficientSiLU",
+    "SiLUFunction",
+    "check_spatial_dims",
+    "drop_path",
+    "make_act",
+    "make_conv",
+    "make_dropout",
+    "make_norm",
+    "to_tuple",
+]

@@ -1,0 +1,190 @@
+"""EfficientNet blocks, dimension-generic: squeeze-excitation, depthwise-separable, MBConv, Fused-MBConv.
+
+Parameter names follow timm's EfficientNet (``conv_pw``, ``bn1``, ``conv_dw``, ``se.conv_reduce``, ...) so
+that 2D state dicts map 1:1. Normalisation and activation are separate modules (``bnN``, ``actN``); the
+activations hold no parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from medeff.layers import DropPath, make_act, make_conv, make_norm
+from medeff.models.scaling import make_divisible
+
+__all__ = ["BLOCKS", "ConvNormAct", "DepthwiseSeparable", "FusedMBConv", "LayerConfig", "MBConv", "SqueezeExcite"]
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """Layer choices shared by every block of a model.
+
+    Attributes:
+        spatial_dims: 1, 2 or 3.
+        norm: norm spec for :func:`medeff.layers.make_norm`.
+        act: activation name for :func:`medeff.layers.make_act`.
+        memory_efficient: use the memory-efficient SiLU.
+        padding: ``"same"`` or ``"same_tf"``.
+        fast_depthwise: 3D depthwise convs use :class:`medeff.layers.FastDepthwiseConv3d` (faster CPU backward).
+    """
+
+    spatial_dims: int = 2
+    norm: Any = "batch"
+    act: str = "silu"
+    memory_efficient: bool = False
+    padding: str = "same"
+    fast_depthwise: bool = True
+
+    def conv(self, cin: int, cout: int, kernel: int | Sequence[int] = 1, stride: int | Sequence[int] = 1,
+             groups: int = 1, bias: bool = False) -> nn.Module:
+        """Convolution in this config's dimensionality and padding."""
+        return make_conv(self.spatial_dims, cin, cout, kernel, stride, groups=groups, bias=bias, padding=self.padding,
+                         fast_depthwise=self.fast_depthwise)
+
+    def bn(self, channels: int) -> nn.Module:
+        """Normalisation layer."""
+        return make_norm(self.norm, self.spatial_dims, channels)
+
+    def make_act(self) -> nn.Module:
+        """Activation layer."""
+        return make_act(self.act, memory_efficient=self.memory_efficient)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: global average, 1x1 reduce, act, 1x1 expand, sigmoid gate.
+
+    Args:
+        cfg: layer config.
+        channels: channels gated (the block's hidden channels).
+        reduced: channels of the bottleneck.
+    """
+
+    def __init__(self, cfg: LayerConfig, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.conv_reduce = cfg.conv(channels, reduced, 1, bias=True)
+        self.act1 = cfg.make_act()
+        self.conv_expand = cfg.conv(reduced, channels, 1, bias=True)
+        self.gate = nn.Sigmoid()
+        self._dims = tuple(range(2, 2 + cfg.spatial_dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        s = x.mean(self._dims, keepdim=True)
+        s = self.conv_expand(self.act1(self.conv_reduce(s)))
+        return x * self.gate(s)
+
+
+def _se(cfg: LayerConfig, channels: int, in_channels: int, se_ratio: float) -> nn.Module:
+    if se_ratio <= 0:
+        return nn.Identity()
+    return SqueezeExcite(cfg, channels, max(1, round(in_channels * se_ratio)))
+
+
+class _Block(nn.Module):
+    """Common residual logic: ``x + drop_path(f(x))`` when the shapes allow and ``skip`` is set."""
+
+    has_skip: bool
+
+    def _init_skip(self, in_channels: int, out_channels: int, stride: Sequence[int], skip: bool,
+                   drop_path_rate: float) -> None:
+        self.has_skip = bool(skip and in_channels == out_channels and all(s == 1 for s in stride))
+        self.drop_path = DropPath(drop_path_rate) if self.has_skip and drop_path_rate > 0 else nn.Identity()
+
+    def residual(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Add the (stochastically dropped) branch ``y`` to ``x`` when this block has a skip."""
+        return x + self.drop_path(y) if self.has_skip else y
+
+
+class ConvNormAct(_Block):
+    """``conv(k, stride) -> norm -> act`` (EfficientNetV2 first stage), with optional residual."""
+
+    def __init__(self, cfg: LayerConfig, in_channels: int, out_channels: int, kernel: Sequence[int],
+                 stride: Sequence[int], expansion: float = 1.0, se_ratio: float = 0.0, skip: bool = True,
+                 drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self._init_skip(in_channels, out_channels, stride, skip, drop_path_rate)
+        self.conv = cfg.conv(in_channels, out_channels, kernel, stride)
+        self.bn1 = cfg.bn(out_channels)
+        self.act1 = cfg.make_act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.residual(x, self.act1(self.bn1(self.conv(x))))
+
+
+class DepthwiseSeparable(_Block):
+    """Depthwise conv -> norm -> act -> SE -> pointwise conv -> norm (EfficientNet V1 first stage)."""
+
+    def __init__(self, cfg: LayerConfig, in_channels: int, out_channels: int, kernel: Sequence[int],
+                 stride: Sequence[int], expansion: float = 1.0, se_ratio: float = 0.0, skip: bool = True,
+                 drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self._init_skip(in_channels, out_channels, stride, skip, drop_path_rate)
+        self.conv_dw = cfg.conv(in_channels, in_channels, kernel, stride, groups=in_channels)
+        self.bn1 = cfg.bn(in_channels)
+        self.act1 = cfg.make_act()
+        self.se = _se(cfg, in_channels, in_channels, se_ratio)
+        self.conv_pw = cfg.conv(in_channels, out_channels, 1)
+        self.bn2 = cfg.bn(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        y = self.se(self.act1(self.bn1(self.conv_dw(x))))
+        return self.residual(x, self.bn2(self.conv_pw(y)))
+
+
+class MBConv(_Block):
+    """Inverted residual: 1x1 expand -> norm/act -> depthwise k -> norm/act -> SE -> 1x1 project -> norm."""
+
+    def __init__(self, cfg: LayerConfig, in_channels: int, out_channels: int, kernel: Sequence[int],
+                 stride: Sequence[int], expansion: float = 6.0, se_ratio: float = 0.0, skip: bool = True,
+                 drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self._init_skip(in_channels, out_channels, stride, skip, drop_path_rate)
+        mid = make_divisible(in_channels * expansion)
+        self.conv_pw = cfg.conv(in_channels, mid, 1)
+        self.bn1 = cfg.bn(mid)
+        self.act1 = cfg.make_act()
+        self.conv_dw = cfg.conv(mid, mid, kernel, stride, groups=mid)
+        self.bn2 = cfg.bn(mid)
+        self.act2 = cfg.make_act()
+        self.se = _se(cfg, mid, in_channels, se_ratio)
+        self.conv_pwl = cfg.conv(mid, out_channels, 1)
+        self.bn3 = cfg.bn(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        y = self.act1(self.bn1(self.conv_pw(x)))
+        y = self.se(self.act2(self.bn2(self.conv_dw(y))))
+        return self.residual(x, self.bn3(self.conv_pwl(y)))
+
+
+class FusedMBConv(_Block):
+    """Fused-MBConv (EfficientNetV2): full k-conv expand -> norm/act -> SE -> 1x1 project -> norm."""
+
+    def __init__(self, cfg: LayerConfig, in_channels: int, out_channels: int, kernel: Sequence[int],
+                 stride: Sequence[int], expansion: float = 4.0, se_ratio: float = 0.0, skip: bool = True,
+                 drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self._init_skip(in_channels, out_channels, stride, skip, drop_path_rate)
+        mid = make_divisible(in_channels * expansion)
+        self.conv_exp = cfg.conv(in_channels, mid, kernel, stride)
+        self.bn1 = cfg.bn(mid)
+        self.act1 = cfg.make_act()
+        self.se = _se(cfg, mid, in_channels, se_ratio)
+        self.conv_pwl = cfg.conv(mid, out_channels, 1)
+        self.bn2 = cfg.bn(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        y = self.se(self.act1(self.bn1(self.conv_exp(x))))
+        return self.residual(x, self.bn2(self.conv_pwl(y)))
+
+
+#: Block type (as in block strings) -> block class.
+BLOCKS: dict[str, type[_Block]] = {
+    "ds": DepthwiseSeparable,
+    "mb": MBConv,
+    "fmb": FusedMBConv,
+    "cba": ConvNormAct,
+}

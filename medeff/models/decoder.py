@@ -1,0 +1,143 @@
+"""U-Net decoder sized from an encoder's ``feature_info`` (no hand-written channel tables)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from medeff.models.blocks import LayerConfig
+from medeff.models.features import FeatureInfo
+
+__all__ = ["DEFAULT_DECODER_CHANNELS", "DecoderBlock", "UNetDecoder", "default_decoder_channels"]
+
+#: Decoder widths, deepest level first. 3D halves the 2D widths: the full-resolution levels dominate the cost
+#: of a 3D U-Net (memory and FLOPs grow with the voxel count), so they are kept narrow.
+DEFAULT_DECODER_CHANNELS = {1: (256, 128, 64, 32, 16), 2: (256, 128, 64, 32, 16), 3: (128, 64, 32, 16, 8)}
+
+
+def default_decoder_channels(spatial_dims: int, num_blocks: int) -> tuple[int, ...]:
+    """Default decoder widths for ``num_blocks`` decoder levels (deepest first)."""
+    base = DEFAULT_DECODER_CHANNELS[spatial_dims]
+    if num_blocks <= len(base):
+        return base[len(base) - num_blocks:]
+    return (base[0],) * (num_blocks - len(base)) + base
+
+
+class _ConvNormAct(nn.Module):
+    def __init__(self, cfg: LayerConfig, cin: int, cout: int, kernel: Sequence[int] | int = 3) -> None:
+        super().__init__()
+        self.conv = cfg.conv(cin, cout, kernel)
+        self.norm = cfg.bn(cout)
+        self.act = cfg.make_act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+class DecoderBlock(nn.Module):
+    """Upsample (nearest, to the skip's size), concatenate the skip, then two conv-norm-act layers.
+
+    Args:
+        cfg: layer config.
+        in_channels: channels coming from the deeper level.
+        skip_channels: channels of the skip feature (0 for none).
+        out_channels: output channels.
+        kernel: conv kernel, int or per axis.
+    """
+
+    def __init__(self, cfg: LayerConfig, in_channels: int, skip_channels: int, out_channels: int,
+                 kernel: Sequence[int] | int = 3) -> None:
+        super().__init__()
+        self.conv1 = _ConvNormAct(cfg, in_channels + skip_channels, out_channels, kernel)
+        self.conv2 = _ConvNormAct(cfg, out_channels, out_channels, kernel)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None, size: Sequence[int]) -> torch.Tensor:
+        """Upsample ``x`` to ``size``, concatenate ``skip`` when given, convolve."""
+        x = F.interpolate(x, size=tuple(size), mode="nearest")
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv2(self.conv1(x))
+
+
+class UNetDecoder(nn.Module):
+    """U-Net decoder: one :class:`DecoderBlock` per encoder level, plus a last block at input resolution.
+
+    Args:
+        feature_info: the encoder's feature info (shallow to deep).
+        decoder_channels: output channels per decoder block, deepest first (default:
+            :func:`default_decoder_channels`). Needs ``len(feature_info) - 1`` entries, plus one when the
+            shallowest feature is below input resolution (the usual case).
+        spatial_dims: 1, 2 or 3.
+        norm: norm spec.
+        act: activation name.
+        memory_efficient: memory-efficient SiLU.
+        level_kernels: per encoder level, ``None`` or per-axis kernel overrides (``1`` along a coarse axis), as
+            built by the encoder (``EfficientNet.level_kernels``); decoder blocks at that level use them, the
+            full-resolution block uses level 0's.
+        checkpointing: activation checkpointing per decoder block in training.
+
+    Attributes:
+        out_channels: channels of each block's output, deepest first.
+        reductions: per-axis reduction of each block's output, deepest first.
+
+    Raises:
+        ValueError: wrong number of decoder channels.
+    """
+
+    def __init__(self, feature_info: FeatureInfo, decoder_channels: Sequence[int] | None = None, *,
+                 spatial_dims: int = 2, norm: Any = "batch", act: str = "silu",
+                 memory_efficient: bool = False,
+                 level_kernels: Sequence[Sequence[int | None] | None] | None = None,
+                 checkpointing: bool = False) -> None:
+        super().__init__()
+        self.checkpointing = checkpointing
+        enc_ch = feature_info.channels()
+        enc_red = feature_info.reduction()
+        self.full_resolution = any(r > 1 for r in enc_red[0])
+        num_blocks = len(enc_ch) - 1 + int(self.full_resolution)
+        if decoder_channels is None:
+            decoder_channels = default_decoder_channels(spatial_dims, num_blocks)
+        if len(decoder_channels) != num_blocks:
+            raise ValueError(f"decoder_channels needs {num_blocks} entries for this encoder (features with "
+                             f"channels {enc_ch}: one per skip level, deepest first, plus one at input resolution), "
+                             f"got {len(decoder_channels)}: {list(decoder_channels)}.")
+        cfg = LayerConfig(spatial_dims, norm, act, memory_efficient)
+        skips = list(reversed(enc_ch[:-1])) + ([0] if self.full_resolution else [])
+        ones = (1,) * spatial_dims
+        self.reductions = list(reversed(enc_red[:-1])) + ([ones] if self.full_resolution else [])
+        levels = [s.level for s in reversed(list(feature_info)[:-1])] + ([0] if self.full_resolution else [])
+        blocks, cin = [], enc_ch[-1]
+        for skip, cout, level in zip(skips, decoder_channels, levels):
+            override = level_kernels[level] if level_kernels is not None else None
+            kernel = tuple(3 if o is None else int(o) for o in (override or (None,) * spatial_dims))
+            blocks.append(DecoderBlock(cfg, cin, skip, int(cout), kernel))
+            cin = int(cout)
+        self.blocks = nn.ModuleList(blocks)
+        self.out_channels = [int(c) for c in decoder_channels]
+
+    def forward(self, features: list[torch.Tensor], input_size: Sequence[int]) -> list[torch.Tensor]:
+        """Decode.
+
+        Args:
+            features: encoder features, shallow to deep.
+            input_size: spatial size of the (padded) network input, for the last block.
+
+        Returns:
+            Every block's output, deepest first (the last is at the finest resolution).
+        """
+        skips: list[torch.Tensor | None] = list(reversed(features[:-1]))
+        sizes = [tuple(s.shape[2:]) for s in features[:-1]][::-1]
+        if self.full_resolution:
+            skips.append(None)
+            sizes.append(tuple(input_size))
+        x, outs = features[-1], []
+        use_ckpt = self.checkpointing and self.training and torch.is_grad_enabled()
+        for block, skip, size in zip(self.blocks, skips, sizes):
+            x = checkpoint(block, x, skip, size, use_reentrant=False) if use_ckpt else block(x, skip, size)
+            outs.append(x)
+        return outs
