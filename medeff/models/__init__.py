@@ -48,3 +48,23 @@ __all__ = [
     "round_repeats",
     "scaling_from_phi",
 ]
+
+# Weight loading, stem adaptation, 2D -> 3D inflation and export.
+from medeff.models.convert import is_torchvision_state_dict, strip_prefixes, torchvision_to_timm  # noqa: E402
+from medeff.models.export import EXPORT_FORMATS, export_model, native_layers  # noqa: E402
+from medeff.models.inflate import adapt_input_channels, inflate_weight  # noqa: E402
+from medeff.models.weights import LoadReport, load_weights, read_state_dict  # noqa: E402
+
+__all__ += [
+    "EXPORT_FORMATS",
+    "LoadReport",
+    "adapt_input_channels",
+    "export_model",
+    "inflate_weight",
+    "is_torchvision_state_dict",
+    "load_weights",
+    "native_layers",
+    "read_state_dict",
+    "strip_prefixes",
+    "torchvision_to_timm",
+]

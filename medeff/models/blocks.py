@@ -9,15 +9,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from medeff.layers import DropPath, make_act, make_conv, make_norm
 from medeff.models.scaling import make_divisible
 
-__all__ = ["BLOCKS", "ConvNormAct", "DepthwiseSeparable", "FusedMBConv", "LayerConfig", "MBConv", "SqueezeExcite"]
+__all__ = [
+    "BLOCKS",
+    "ConvNormAct",
+    "DepthwiseSeparable",
+    "FusedMBConv",
+    "LayerConfig",
+    "MBConv",
+    "SqueezeExcite",
+    "frozen_norm_stats",
+    "recompute",
+]
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,9 @@ class LayerConfig:
         memory_efficient: use the memory-efficient SiLU.
         padding: ``"same"`` or ``"same_tf"``.
         fast_depthwise: 3D depthwise convs use :class:`medeff.layers.FastDepthwiseConv3d` (faster CPU backward).
+        recompute: MBConv blocks keep only their input and the depthwise conv's input/output for backward and
+            recompute the expansion (1x1 conv, norm, act) and the norm/act/SE after the depthwise conv in backward
+            (see :func:`recompute`); same outputs and gradients, less memory.
     """
 
     spatial_dims: int = 2
@@ -39,6 +54,7 @@ class LayerConfig:
     memory_efficient: bool = False
     padding: str = "same"
     fast_depthwise: bool = True
+    recompute: bool = False
 
     def conv(self, cin: int, cout: int, kernel: int | Sequence[int] = 1, stride: int | Sequence[int] = 1,
              groups: int = 1, bias: bool = False) -> nn.Module:
@@ -76,6 +92,49 @@ class SqueezeExcite(nn.Module):
         s = x.mean(self._dims, keepdim=True)
         s = self.conv_expand(self.act1(self.conv_reduce(s)))
         return x * self.gate(s)
+
+
+@contextmanager
+def frozen_norm_stats(modules: Sequence[nn.Module]):
+    """Make the batch norms among ``modules`` leave their running statistics untouched while the context is open.
+
+    A recomputed forward (activation checkpointing) must not update the running mean/variance a second time:
+    the momentum is set to 0 (the update becomes an exact no-op) and ``num_batches_tracked`` is restored.
+    Batch statistics, outputs and gradients are unaffected.
+    """
+    norms = [m for mod in modules for m in mod.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training]
+    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    try:
+        for m in norms:
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
+def recompute(fn: Any, modules: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` that saves only ``x`` for backward and runs ``fn`` again in backward (activation checkpointing).
+
+    Unlike a plain ``torch.utils.checkpoint``, the batch norms in ``modules`` update their running statistics
+    once (in the forward), not again in the recomputation.
+
+    Args:
+        fn: the function of ``x`` to recompute (deterministic, or using only torch's RNG).
+        modules: the modules ``fn`` uses (their batch norms are frozen during the recomputation).
+        x: the input.
+
+    Returns:
+        ``fn(x)``.
+    """
+
+    def contexts() -> tuple[AbstractContextManager, AbstractContextManager]:
+        return nullcontext(), frozen_norm_stats(modules)
+
+    return checkpoint(fn, x, use_reentrant=False, context_fn=contexts)
 
 
 def _se(cfg: LayerConfig, channels: int, in_channels: int, se_ratio: float) -> nn.Module:
@@ -153,11 +212,23 @@ class MBConv(_Block):
         self.se = _se(cfg, mid, in_channels, se_ratio)
         self.conv_pwl = cfg.conv(mid, out_channels, 1)
         self.bn3 = cfg.bn(out_channels)
+        self.recompute = cfg.recompute
+
+    def _expand(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act1(self.bn1(self.conv_pw(x)))
+
+    def _project(self, y: torch.Tensor) -> torch.Tensor:
+        return self.bn3(self.conv_pwl(self.se(self.act2(self.bn2(y)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        y = self.act1(self.bn1(self.conv_pw(x)))
-        y = self.se(self.act2(self.bn2(self.conv_dw(y))))
-        return self.residual(x, self.bn3(self.conv_pwl(y)))
+        if self.recompute and self.training and torch.is_grad_enabled():
+            # keep x, the depthwise input and output; recompute the cheap 1x1/norm/act/SE parts in backward
+            y = recompute(self._expand, (self.conv_pw, self.bn1), x)
+            if self.recompute == "expand":
+                return self.residual(x, self._project(self.conv_dw(y)))
+            y = recompute(self._project, (self.bn2, self.se, self.conv_pwl, self.bn3), self.conv_dw(y))
+            return self.residual(x, y)
+        return self.residual(x, self._project(self.conv_dw(self._expand(x))))
 
 
 class FusedMBConv(_Block):

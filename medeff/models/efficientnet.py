@@ -96,7 +96,7 @@ class EfficientNet(nn.Module):
         depth: repeat multiplier.
         dropout: dropout before the classifier.
         drop_path_rate: stochastic depth; block ``i`` of ``n`` drops its branch with ``rate * i / n``.
-        norm: ``"batch"`` (eps 1e-3, momentum 0.01), ``"instance"``, ``"group"`` or ``(name, kwargs)``.
+        norm: ``"batch"`` (eps 1e-3, momentum 0.1), ``"instance"``, ``"group"`` or ``(name, kwargs)``.
         act: activation name (``"silu"``).
         memory_efficient: memory-efficient SiLU (saves only the input for backward).
         padding: ``"same"`` (symmetric) or ``"same_tf"`` (TF dynamic padding, for TF-ported weights).

@@ -17,6 +17,7 @@ from torch import nn
 from medeff.errors import ConfigError
 from medeff.models.arch import ARCH_DEFS, ArchDef
 from medeff.models.efficientnet import EfficientNet
+from medeff.models.init import init_weights
 from medeff.models.scaling import B_VARIANTS, Scaling, scaling_from_phi
 from medeff.models.unet import EfficientNetUNet
 from medeff.registry import Registry
@@ -186,8 +187,8 @@ def create_model(
         **options,
     }
     if task == "classification":
-        return EfficientNet(variant.arch_def, spatial_dims=spatial_dims, in_channels=in_channels,
-                            num_classes=num_classes, **enc_kwargs)
+        return init_weights(EfficientNet(variant.arch_def, spatial_dims=spatial_dims, in_channels=in_channels,
+                                         num_classes=num_classes, **enc_kwargs))
     if enc_kwargs.pop("features_only", True) is False:
         raise ConfigError(f"features_only=False makes no sense for task {task!r}; the encoder always returns "
                           "features there.", hint="drop the option.")
@@ -200,4 +201,4 @@ def create_model(
         unet_kwargs.setdefault("aux_dropout", dropout)
     elif "aux_classes" in unet_kwargs:
         raise ConfigError("aux_classes applies only to task='joint'.", hint="set task='joint' or drop aux_classes.")
-    return EfficientNetUNet(encoder, num_classes, **unet_kwargs)
+    return init_weights(EfficientNetUNet(encoder, num_classes, **unet_kwargs))

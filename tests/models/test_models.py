@@ -137,7 +137,7 @@ def test_norms(norm):
 
 def test_batchnorm_defaults_like_tf():
     model = create_model(SMALL)
-    assert model.bn1.eps == 1e-3 and model.bn1.momentum == 0.01
+    assert model.bn1.eps == 1e-3 and model.bn1.momentum == 0.1
 
 
 def test_checkpointing_same_output_and_grads():
