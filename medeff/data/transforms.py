@@ -184,7 +184,7 @@ def preprocessing_transforms(spec: Mapping[str, Any] | None, *, spatial_dims: in
     if load:
         out.append(LoadImageDatad(keys, dtypes={"label": "int16"}))
     if spatial_dims == 3 and spec.get("orientation"):
-        out.append(Orientationd(keys, axcodes=str(spec["orientation"])))
+        out.append(Orientationd(keys, axcodes=str(spec["orientation"]), labels=None))
     if spec.get("spacing") is not None:
         pixdim = [float(s) for s in spec["spacing"]]
         if len(pixdim) != spatial_dims:

@@ -1,0 +1,284 @@
+"""Lightning tasks: classification, segmentation and joint segmentation + classification.
+
+Every task receives a built network (``net``, from ``conf/model`` through ``medeff.models.create_model``) and
+partial factories for the optimizer and the scheduler (``conf/optimizer``, ``conf/scheduler``); nothing about the
+architecture or the hyperparameters is fixed here. Metrics are logged with slash keys: ``train/loss``,
+``val/loss``, ``val/auc``, ``val/balanced_accuracy``, ``val/dice``, ``val/dice_<label>``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from medeff.engine.inference import first_output, sliding_window
+from medeff.engine.losses import ClassificationLoss, DeepSupervisionLoss
+from medeff.engine.metrics import DiceTracker, aggregate_by_case, class_probabilities, classification_metrics
+from medeff.errors import ConfigError
+
+__all__ = ["BaseTask", "ClassificationTask", "SegmentationTask", "JointTask", "TASK_KINDS"]
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+class BaseTask(L.LightningModule):
+    """What every task shares: the injected net, optimizer/scheduler factories and the checkpoint metadata.
+
+    Args:
+        net: the network.
+        optimizer: ``optimizer(params) -> torch.optim.Optimizer`` (a Hydra partial); AdamW(1e-3) when None.
+        scheduler: ``scheduler(optimizer[, total_steps=...]) -> LRScheduler`` (a Hydra partial) or None.
+        scheduler_interval: ``step`` or ``epoch``.
+        monitor: metric the checkpoint callback and plateau schedulers watch (e.g. ``val/auc``).
+        monitor_mode: ``max`` or ``min``.
+    """
+
+    kind = "base"
+
+    def __init__(self, net: nn.Module, *, optimizer: Callable | None = None, scheduler: Callable | None = None,
+                 scheduler_interval: str = "step", monitor: str | None = None, monitor_mode: str = "max") -> None:
+        super().__init__()
+        if not isinstance(net, nn.Module):
+            raise ConfigError(f"The task's net must be a torch nn.Module, got {type(net).__name__}.",
+                              hint="check conf/model: its _target_ must build a network (not a partial).")
+        if scheduler_interval not in ("step", "epoch"):
+            raise ConfigError(f"scheduler interval must be 'step' or 'epoch', got {scheduler_interval!r}.")
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.monitor, self.monitor_mode = monitor, monitor_mode
+        self.medeff_meta: dict[str, Any] | None = None
+
+    def forward(self, x: torch.Tensor):
+        return self.net(x)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.AdamW(params, lr=1e-3)
+        if self.scheduler_factory is None:
+            return opt
+        kwargs = {}
+        if _accepts(self.scheduler_factory, "total_steps"):
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        sched = self.scheduler_factory(opt, **kwargs)
+        cfg = {"scheduler": sched, "interval": self.scheduler_interval}
+        if self.monitor:
+            cfg["monitor"] = self.monitor
+        return {"optimizer": opt, "lr_scheduler": cfg}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Attach the self-description (config, class/label maps, preprocessing, versions) to every checkpoint."""
+        if self.medeff_meta is not None:
+            checkpoint["medeff"] = self.medeff_meta
+
+
+class ClassificationTask(BaseTask):
+    """Image classification: logits ``(B, K)``; per-epoch AUC and balanced accuracy per case.
+
+    Validation items of one case (slices of a nodule) are averaged before the case-level metrics.
+
+    Args:
+        net: network returning logits ``(B, K)``.
+        num_classes: K.
+        loss: ``ce``, ``bce`` or ``focal``.
+        class_weights: per-class loss weights.
+        label_smoothing: CE label smoothing.
+        focal_gamma: focal exponent.
+        threshold: triage threshold on the positive-class probability (stored for ``medeff predict``).
+        positive_classes: class indices whose probabilities sum to the triage score (default: the last class).
+        kind: must be ``classification`` (lets the config name the task).
+        **base: :class:`BaseTask` arguments.
+    """
+
+    kind = "classification"
+
+    def __init__(self, net: nn.Module, *, num_classes: int, loss: str = "ce",
+                 class_weights: Sequence[float] | None = None, label_smoothing: float = 0.0, focal_gamma: float = 2.0,
+                 threshold: float = 0.5, positive_classes: Sequence[int] | None = None,
+                 kind: str = "classification", **base: Any) -> None:
+        super().__init__(net, **base)
+        if kind != self.kind:
+            raise ConfigError(f"task.kind={kind!r} does not match {type(self).__name__}.",
+                              hint=f"use task.kind={self.kind}.")
+        self.num_classes = int(num_classes)
+        self.loss_fn = ClassificationLoss(loss, num_classes=self.num_classes, class_weights=class_weights,
+                                          label_smoothing=label_smoothing, focal_gamma=focal_gamma)
+        self.threshold = float(threshold)
+        self.positive_classes = list(positive_classes) if positive_classes else [max(self.num_classes, 2) - 1]
+        self._val: dict[str, list] = {"probs": [], "targets": [], "cases": []}
+
+    def _step_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        return first_output(self.net(batch["image"]))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self._step_logits(batch)
+        loss = self.loss_fn(logits, batch["label"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=logits.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self._step_logits(batch)
+        loss = self.loss_fn(logits, batch["label"])
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=logits.shape[0])
+        self._val["probs"].append(class_probabilities(logits).detach().cpu().numpy())
+        self._val["targets"].append(batch["label"].detach().cpu().numpy().reshape(-1))
+        cases = batch.get("case_id")
+        self._val["cases"] += list(cases) if cases is not None else [f"item{len(self._val['cases']) + i}"
+                                                                       for i in range(logits.shape[0])]
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val["probs"]:
+            return
+        probs = np.concatenate(self._val["probs"])
+        targets = np.concatenate(self._val["targets"])
+        _, p_case, t_case, _ = aggregate_by_case(probs, self._val["cases"], targets)
+        metrics = classification_metrics(p_case, t_case)
+        self._val = {"probs": [], "targets": [], "cases": []}
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name == "auc")
+
+
+class SegmentationTask(BaseTask):
+    """Semantic segmentation: Dice + CE with deep supervision; validation by Gaussian sliding window.
+
+    Args:
+        net: network returning logits ``(B, C, *spatial)`` (a list of scales in train mode with deep supervision).
+        num_classes: labels including background.
+        label_names: names of the labels in value order (for ``val/dice_<name>``).
+        include_background: whether Dice (loss and metric) counts label 0.
+        lambda_dice: Dice weight.
+        lambda_ce: cross-entropy weight.
+        deep_supervision_weights: weights of the output scales, finest first.
+        roi_size: sliding-window size for validation (the training patch).
+        sw_batch_size: windows per forward pass.
+        overlap: window overlap.
+        sw_mode: ``gaussian`` or ``constant`` blending.
+        kind: must be ``segmentation``.
+        **base: :class:`BaseTask` arguments.
+    """
+
+    kind = "segmentation"
+
+    def __init__(self, net: nn.Module, *, num_classes: int, label_names: Sequence[str] | None = None,
+                 include_background: bool = False, lambda_dice: float = 1.0, lambda_ce: float = 1.0,
+                 deep_supervision_weights: Sequence[float] = (1.0, 0.5, 0.25, 0.125),
+                 roi_size: Sequence[int] | None = None, sw_batch_size: int = 2, overlap: float = 0.5,
+                 sw_mode: str = "gaussian", kind: str = "segmentation", **base: Any) -> None:
+        super().__init__(net, **base)
+        if kind != self.kind:
+            raise ConfigError(f"task.kind={kind!r} does not match {type(self).__name__}.",
+                              hint=f"use task.kind={self.kind}.")
+        if not roi_size:
+            raise ConfigError("Segmentation needs a sliding-window size (task.roi_size).",
+                              hint="set data.patch_size; task.roi_size follows it.")
+        self.num_classes = int(num_classes)
+        self.label_names = list(label_names) if label_names else [f"label{i}" for i in range(self.num_classes)]
+        self.include_background = include_background
+        self.seg_loss = DeepSupervisionLoss(deep_supervision_weights, include_background=include_background,
+                                            lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+        self.roi_size = [int(r) for r in roi_size]
+        self.sw = {"sw_batch_size": int(sw_batch_size), "overlap": float(overlap), "mode": sw_mode}
+        self.dice = DiceTracker(self.num_classes, include_background)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.net(batch["image"])
+        loss = self.seg_loss(out, batch["label"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def _log_dice(self) -> None:
+        values = self.dice.compute()
+        names = self.label_names[(0 if self.include_background else 1):]
+        finite = [v for v in values if np.isfinite(v)]
+        self.log("val/dice", float(np.mean(finite)) if finite else float("nan"), prog_bar=True)
+        for name, v in zip(names, values):
+            self.log(f"val/dice_{name}", v)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = sliding_window(self.net, batch["image"], roi_size=self.roi_size, **self.sw)
+        self.log("val/loss", self.seg_loss(logits, batch["label"]), on_epoch=True, batch_size=logits.shape[0])
+        self.dice.update(logits, batch["label"])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_dice()
+
+
+class JointTask(SegmentationTask):
+    """Segmentation and classification from one net returning ``(seg_logits, class_logits)``.
+
+    Args:
+        net: joint network.
+        num_classes: segmentation labels including background.
+        num_class_outputs: classification classes K.
+        seg_weight: weight of the segmentation loss.
+        cls_weight: weight of the classification loss.
+        loss: classification loss name.
+        class_weights: classification class weights.
+        threshold: triage threshold on the positive-class probability.
+        positive_classes: classes summed into the triage score.
+        kind: must be ``joint``.
+        **seg: :class:`SegmentationTask` arguments.
+    """
+
+    kind = "joint"
+
+    def __init__(self, net: nn.Module, *, num_classes: int, num_class_outputs: int = 2, seg_weight: float = 1.0,
+                 cls_weight: float = 1.0, loss: str = "ce", class_weights: Sequence[float] | None = None,
+                 threshold: float = 0.5, positive_classes: Sequence[int] | None = None, kind: str = "joint",
+                 **seg: Any) -> None:
+        if kind != self.kind:
+            raise ConfigError(f"task.kind={kind!r} does not match {type(self).__name__}.",
+                              hint=f"use task.kind={self.kind}.")
+        super().__init__(net, num_classes=num_classes, kind=kind, **seg)
+        self.num_class_outputs = int(num_class_outputs)
+        self.cls_loss = ClassificationLoss(loss, num_classes=self.num_class_outputs, class_weights=class_weights)
+        self.seg_weight, self.cls_weight = float(seg_weight), float(cls_weight)
+        self.threshold = float(threshold)
+        self.positive_classes = list(positive_classes) if positive_classes else [self.num_class_outputs - 1]
+        self._val: dict[str, list] = {"probs": [], "targets": []}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        seg, cls = self.net(batch["image"])
+        loss_seg = self.seg_loss(seg, batch["label"])
+        loss_cls = self.cls_loss(cls, batch["class"])
+        loss = self.seg_weight * loss_seg + self.cls_weight * loss_cls
+        bs = batch["image"].shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log("train/loss_seg", loss_seg, on_epoch=True, batch_size=bs)
+        self.log("train/loss_cls", loss_cls, on_epoch=True, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        seg, cls = sliding_window(self.net, batch["image"], roi_size=self.roi_size, joint=True, **self.sw)
+        loss = self.seg_weight * self.seg_loss(seg, batch["label"]) + self.cls_weight * self.cls_loss(cls,
+                                                                                                        batch["class"])
+        self.log("val/loss", loss, on_epoch=True, batch_size=seg.shape[0])
+        self.dice.update(seg, batch["label"])
+        self._val["probs"].append(class_probabilities(cls).cpu().numpy())
+        self._val["targets"].append(batch["class"].cpu().numpy().reshape(-1))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_dice()
+        if self._val["probs"]:
+            metrics = classification_metrics(np.concatenate(self._val["probs"]), np.concatenate(self._val["targets"]))
+            for name, value in metrics.items():
+                self.log(f"val/{name}", value)
+        self._val = {"probs": [], "targets": []}
+
+
+TASK_KINDS = {"classification": ClassificationTask, "segmentation": SegmentationTask, "joint": JointTask}

@@ -1,0 +1,152 @@
+"""``train(cfg)``: build data, net, task, callbacks, loggers and trainer from a composed config, then fit.
+
+The config is ``conf/train.yaml`` composed with overrides (``medeff train experiment=nodule_2d data.index=...``).
+Everything is built through ``_target_``; this function only wires the pieces and writes the checkpoint
+self-description. ``ckpt_path=last`` resumes from ``${run_dir}/checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from medeff.engine.checkpoint import AtomicCheckpointIO, build_metadata, load_checkpoint
+from medeff.errors import CheckpointError, ConfigError, MedeffError
+from medeff.utils.logging import get_logger
+
+__all__ = ["train", "build", "resolve_config", "resolve_ckpt_path"]
+
+log = get_logger(__name__)
+
+
+def resolve_config(cfg: DictConfig) -> dict[str, Any]:
+    """Resolve every interpolation and return plain containers; a missing mandatory value is a ConfigError."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        key = getattr(exc, "full_key", None) or str(exc)
+        raise ConfigError(f"Config value '{key}' is required but not set.",
+                          hint=f"pass it as an override, e.g. {key}=...") from exc
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path) -> str | None:
+    """``None`` -> None; ``last`` -> ``run_dir/checkpoints/last.ckpt`` (must exist); a path -> itself.
+
+    Raises:
+        CheckpointError: ``last`` asked for but absent.
+    """
+    if ckpt_path in (None, "", "null"):
+        return None
+    if str(ckpt_path) == "last":
+        last = Path(run_dir) / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise CheckpointError(f"ckpt_path=last but '{last}' does not exist.",
+                                  hint="train once without ckpt_path first, or give run_dir of an earlier run.",
+                                  path=str(last))
+        return str(last)
+    return str(ckpt_path)
+
+
+def build(node: Any, what: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets medeff's own errors through (instead of Hydra's wrapper) and names the
+    config group of any other failure.
+
+    Raises:
+        MedeffError: raised by the built object itself.
+        ConfigError: the target cannot be imported or called with these arguments.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, MedeffError):
+            raise cause from None
+        target = node.get("_target_", "?") if hasattr(node, "get") else "?"
+        raise ConfigError(f"Cannot build {what} <{target}>: {str(exc).splitlines()[0]}",
+                          hint=f"check conf/{what.split('.')[0]} and its overrides.") from exc
+
+
+def _instantiate_group(group: Any, what: str) -> list:
+    if not group:
+        return []
+    return [build(c, f"{what}.{k}") for k, c in group.items() if c is not None and "_target_" in c]
+
+
+def _uses_names(cfg: dict[str, Any], kind: str, dm) -> dict[str, Any]:
+    if kind == "classification":
+        return {}
+    return {"label_names": dm.label_names}
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train a model as configured.
+
+    Args:
+        cfg: a composed ``train`` config.
+
+    Returns:
+        ``{"metrics": {...final logged metrics...}, "best_checkpoint": path, "last_checkpoint": path,
+        "run_dir": path}``.
+
+    Raises:
+        ConfigError: a required value is missing or the parts disagree.
+        CheckpointError: ``ckpt_path`` is missing, unreadable or from another task / label map.
+    """
+    import lightning as L
+
+    resolved = resolve_config(cfg)
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    kind = str(cfg.task.kind)
+    run_dir = Path(resolved["run_dir"])
+    log.info("Run folder: %s", run_dir)
+
+    log.info("Instantiating data <%s>", cfg.data._target_)
+    dm = build(cfg.data, "data", augmentation=resolved.get("augmentation") or {})
+    dm.prepare_index()
+
+    log.info("Instantiating net <%s>", cfg.model._target_)
+    net = build(cfg.model, "model")
+    optimizer = build(cfg.optimizer, "optimizer") if cfg.get("optimizer") else None
+    sched_cfg = cfg.get("scheduler") or {}
+    scheduler = build(sched_cfg.factory, "scheduler") if sched_cfg.get("factory") else None
+    extra = _uses_names(resolved, kind, dm)
+    log.info("Instantiating task <%s>", cfg.task._target_)
+    task = build(cfg.task, "task", net=net, optimizer=optimizer, scheduler=scheduler,
+                 scheduler_interval=str(sched_cfg.get("interval", "step")), **extra)
+
+    threshold = getattr(task, "threshold", None)
+    task.medeff_meta = build_metadata(
+        task=kind, config=resolved, data=dm.describe(), class_names=dm.class_names or [],
+        label_names=dm.label_names or [], threshold=threshold, positive_classes=getattr(task, "positive_classes", None))
+
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    if ckpt_path is not None:
+        load_checkpoint(ckpt_path, task=kind, class_names=dm.class_names if kind != "segmentation" else None,
+                        label_names=dm.label_names if kind != "classification" else None)
+        log.info("Resuming from %s", ckpt_path)
+
+    callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
+    loggers = _instantiate_group(cfg.get("logger"), "logger")
+    log.info("Instantiating trainer <%s>", cfg.trainer._target_)
+    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+                    plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    ckpt_cb = getattr(trainer, "checkpoint_callback", None)
+    best = getattr(ckpt_cb, "best_model_path", "") or None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    result = {"metrics": metrics, "best_checkpoint": best,
+              "last_checkpoint": str(last) if last.is_file() else None, "run_dir": str(run_dir)}
+    log.info("Finished: %s", {k: round(v, 4) for k, v in metrics.items()})
+    optimized = cfg.get("optimized_metric")
+    if optimized:
+        result["optimized_metric"] = metrics.get(str(optimized))
+    return result
