@@ -19,6 +19,16 @@ def pytest_configure(config):
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Deselect ``@pytest.mark.slow`` tests unless a ``-m`` expression is given (``pytest -m slow`` runs them)."""
+    if config.getoption("-m"):
+        return
+    keep = [item for item in items if "slow" not in item.keywords]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if "slow" in item.keywords])
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path to ../shared/data; skips the test with a clear reason when it is absent."""
