@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "OutputExistsError",
+    "OutputWriteError",
 ]
 
 
@@ -67,3 +68,8 @@ class CheckpointError(MedeffError):
 
 class OutputExistsError(MedeffError, FileExistsError):
     """An output already exists and overwriting was not asked for."""
+
+
+class OutputWriteError(MedeffError, OSError):
+    """An output cannot be written (folder not writable, read-only file system, disk full); nothing was left
+    under the output's name."""

@@ -73,13 +73,23 @@ def run(args: argparse.Namespace) -> int:
     from medeff.utils.logging import get_logger
 
     log = get_logger(__name__)
+    from medeff.evaluation.report import report_files
+    from medeff.utils.atomic import check_writable
+
+    from medeff.utils.options import look_up
+
     cfg = OmegaConf.to_container(compose(args.config_name, args.overrides), resolve=True)
-    results = evaluate_from_config(cfg)
+    look_up(cfg["kind"], ("classification", "segmentation"), what="evaluation kind", key="kind")  # config first
     out = Path(cfg["out_dir"])
-    path = save_results(results, out / "results.json")
+    overwrite = bool(cfg.get("overwrite", False))
+    formats = cfg.get("formats") or ("html", "pdf", "json", "csv")
+    names = ["results.json"] + (report_files(formats) if cfg.get("render", True) else [])
+    for name in names:  # refuse before the (possibly long) evaluation, and before writing anything
+        check_writable(out / name, overwrite=overwrite)
+    results = evaluate_from_config(cfg)
+    path = save_results(results, out / "results.json", overwrite=overwrite)
     log.info("wrote %s", path)
     if cfg.get("render", True):
-        for name, p in render_report(results, out, cfg.get("formats") or ("html", "pdf", "json", "csv"),
-                                     overwrite=bool(cfg.get("overwrite", True))).items():
+        for name, p in render_report(results, out, formats, overwrite=overwrite).items():
             log.info("wrote %s", p)
     return 0

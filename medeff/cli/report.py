@@ -25,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = OmegaConf.to_container(compose(args.config_name, args.overrides), resolve=True)
     results = load_results(cfg["results"])
     for name, p in render_report(results, cfg["out_dir"], cfg.get("formats") or ("html", "pdf", "json", "csv"),
-                                 overwrite=bool(cfg.get("overwrite", True))).items():
+                                 overwrite=bool(cfg.get("overwrite", False))).items():
         log.info("wrote %s", p)
     return 0

@@ -10,26 +10,69 @@ Two kinds of data, chosen by ``data.kind``:
   channels (2.5D; edges repeat the last slice). The arrays are read once into memory.
 
 Splits come from the folds written in the index (``fold`` is the validation fold); nothing is re-drawn here.
+
+With ``seed`` set, every training epoch is seeded from ``(seed, epoch)`` alone (:class:`EpochSeededSampler`): the
+shuffle order, the state of every MONAI random transform and the global torch / NumPy / ``random`` generators
+(dropout, drop-path) are reseeded when the epoch's iterator starts. A run resumed from an epoch-end checkpoint
+then sees exactly the data of the uninterrupted run (with ``num_workers=0`` or non-persistent workers, whose
+transform copies are taken at each epoch start).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from monai.data import CacheDataset, DataLoader
+from torch.utils.data import Sampler
 
 from medeff.data.transforms import eval_transforms, train_transforms
 from medeff.errors import ConfigError, IndexValidationError
 
-__all__ = ["MedeffDataModule", "load_dataset_index", "archive_items", "KINDS"]
+__all__ = ["MedeffDataModule", "load_dataset_index", "archive_items", "KINDS", "EpochSeededSampler", "epoch_seed"]
 
 KINDS = ("volume", "archive")
 TASKS = ("classification", "segmentation", "joint")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 31-bit seed derived from ``(seed, epoch)`` only (independent streams for different epochs)."""
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Random permutation of ``range(n)`` drawn from ``(seed, epoch)``; reseeds the other generators as well.
+
+    Args:
+        n: dataset length.
+        seed: run seed.
+        epoch_fn: returns the epoch about to start (the trainer's ``current_epoch``).
+        reseed: called with the epoch seed when an epoch's iterator starts (reseeds the random transforms).
+    """
+
+    def __init__(self, n: int, seed: int, epoch_fn: Callable[[], int],
+                 reseed: Callable[[int], None] | None = None) -> None:
+        self.n, self.seed, self.epoch_fn, self.reseed = int(n), int(seed), epoch_fn, reseed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        s = epoch_seed(self.seed, int(self.epoch_fn()))
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+        if self.reseed is not None:
+            self.reseed(s)
+        g = torch.Generator()
+        g.manual_seed(s)
+        yield from torch.randperm(self.n, generator=g).tolist()
 
 
 def load_dataset_index(path: str | Path):
@@ -111,6 +154,8 @@ class MedeffDataModule(L.LightningDataModule):
         num_workers: data-loader worker processes.
         cache_rate: fraction of cases whose preprocessing is cached in memory.
         class_key: record key holding the class for joint segmentation + classification data.
+        seed: when set, each training epoch's order and augmentation depend on ``(seed, epoch)`` only
+            (exact resume from epoch-end checkpoints); None shuffles from the global generator.
     """
 
     def __init__(self, index: str, *, name: str = "data", kind: str = "volume", task: str = "classification",
@@ -119,7 +164,7 @@ class MedeffDataModule(L.LightningDataModule):
                  context_slices: int = 0, patch_size: Sequence[int] | None = None,
                  preprocessing: Mapping[str, Any] | None = None, augmentation: Mapping[str, Any] | None = None,
                  batch_size: int = 2, val_batch_size: int = 1, num_workers: int = 0, cache_rate: float = 1.0,
-                 class_key: str = "meta_class") -> None:
+                 class_key: str = "meta_class", seed: int | None = None) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ConfigError(f"Unknown data.kind {kind!r}.", hint=f"use one of {KINDS}.")
@@ -145,6 +190,7 @@ class MedeffDataModule(L.LightningDataModule):
         self.augmentation = dict(augmentation or {})
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.num_workers, self.cache_rate, self.class_key = int(num_workers), float(cache_rate), class_key
+        self.seed = None if seed is None else int(seed)
         self.index = None
         self.train_ds = self.val_ds = None
 
@@ -222,10 +268,21 @@ class MedeffDataModule(L.LightningDataModule):
                                    copy_cache=False)
 
     # ---- loaders ----------------------------------------------------------------------------------------------
+    def _current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
+    def _reseed_transforms(self, seed: int) -> None:
+        self.train_ds.transform.set_random_state(seed=seed)
+
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                          drop_last=len(self.train_ds) > self.batch_size and self.kind == "archive",
-                          persistent_workers=self.num_workers > 0)
+        drop_last = len(self.train_ds) > self.batch_size and self.kind == "archive"
+        if self.seed is None:
+            return DataLoader(self.train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                              drop_last=drop_last, persistent_workers=self.num_workers > 0)
+        sampler = EpochSeededSampler(len(self.train_ds), self.seed, self._current_epoch, self._reseed_transforms)
+        return DataLoader(self.train_ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          drop_last=drop_last, persistent_workers=False)
 
     def val_dataloader(self) -> DataLoader:
         bs = self.batch_size if self.kind == "archive" else self.val_batch_size

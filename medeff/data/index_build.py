@@ -116,10 +116,10 @@ def build_index(source: str | os.PathLike, out: str | os.PathLike, cfg: Any = No
     if kind == "auto":
         kind = detect_kind(source, cfg)
     scan: Scan = scan_source(source, kind, cfg)
-    task = scan.task if str(cfg.task) == "auto" else str(cfg.task)
+    task = scan.task if str(cfg.task_kind) == "auto" else str(cfg.task_kind)
     if task not in (scan.task, "unlabelled"):
-        raise ConfigError(f"task={cfg.task} but the source gives {scan.task} cases.",
-                          hint="use task=auto, or point the label column/naming rule at the right files.")
+        raise ConfigError(f"task_kind={cfg.task_kind} but the source gives {scan.task} cases.",
+                          hint="use task_kind=auto, or point the label column/naming rule at the right files.")
     log.info("Indexing %s source: %d case(s), task %s.", kind, len(scan.cases), task)
 
     # deterministic order: by original group, then source reference (original values stay in memory)

@@ -148,6 +148,15 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
+def _inside(path: str, root: Path) -> bool:
+    """Whether ``path`` (relative to ``root``, or absolute) lies under ``root`` once ``..`` parts are resolved
+    (lexically: links placed inside the root by its owner are followed as they are)."""
+    import os
+
+    full = os.path.normpath(os.path.join(os.path.abspath(root), path))
+    return os.path.commonpath([full, os.path.abspath(root)]) == os.path.abspath(root)
+
+
 def _strip_suffix(name: str) -> str:
     low = name.lower()
     for s in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
@@ -317,12 +326,20 @@ def scan_csv(source: Path, cfg: Any) -> Scan:
             class_names = raw_classes
     problems = []
     cases = []
+    allow_outside = bool(cc.get("allow_outside_root", False))
     for row_no, row in df.iterrows():
         ref = f"row {row_no + 2}"
         images = [s.strip() for s in str(row[cc.image_col]).split(sep) if s.strip()]
         image_rel = [_rel(Path(p) if Path(p).is_absolute() else base / p, base) for p in images]
         if not images:
             problems.append((ref, str(source), "has an empty image cell", f"fill column '{cc.image_col}'"))
+            continue
+        lv_path = str(row[label_col]).strip() if label_col and kind == "map" else ""
+        outside = [p for p in images + ([lv_path] if lv_path else []) if not allow_outside and not _inside(p, base)]
+        if outside:
+            problems.append((ref, str(source), f"refers to {outside[0]!r}, outside the manifest's folder '{base}'",
+                             "move the files under the manifest's folder and use relative paths, or set "
+                             "csv.allow_outside_root=true if this manifest is trusted"))
             continue
         label: str | int | None = None
         lv = str(row[label_col]).strip() if label_col else ""

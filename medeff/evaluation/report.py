@@ -24,7 +24,7 @@ from medeff.evaluation.templates import HTML_TEMPLATE
 from medeff.utils.atomic import atomic_open, atomic_path, write_json_atomic, write_text_atomic
 from medeff.utils.options import look_up
 
-__all__ = ["render_report", "load_results", "save_results", "FORMATS"]
+__all__ = ["render_report", "load_results", "save_results", "report_files", "FORMATS"]
 
 FORMATS = ("html", "pdf", "json", "csv")
 
@@ -44,9 +44,21 @@ def _json_safe(obj):
     return obj
 
 
-def save_results(results: dict, path: str | Path) -> Path:
-    """Write the full results (including per-case rows and curves) as JSON, atomically; NaN becomes null."""
-    return write_json_atomic(path, _json_safe(results))
+def save_results(results: dict, path: str | Path, *, overwrite: bool = True) -> Path:
+    """Write the full results (including per-case rows and curves) as JSON, atomically; NaN becomes null.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        OutputWriteError: the file cannot be written (permissions, disk full).
+    """
+    return write_json_atomic(path, _json_safe(results), overwrite=overwrite)
+
+
+def report_files(formats: Sequence[str] = FORMATS) -> list[str]:
+    """Names of the files :func:`render_report` writes for ``formats``."""
+    names = {"json": ["summary.json"], "csv": ["per_case.csv", "metrics.csv"], "html": ["report.html"],
+             "pdf": ["report.pdf"]}
+    return [n for f in FORMATS if f in formats for n in names[f]]
 
 
 def load_results(path: str | Path) -> dict:
@@ -92,12 +104,30 @@ def render_report(results: dict, out_dir: str | Path, formats: Sequence[str] = F
 
     Returns:
         Mapping of output name to path.
+
+    Raises:
+        OutputExistsError: a report file exists and ``overwrite`` is False (checked before anything is written).
+        OutputWriteError: a file cannot be written; the files this call created are removed again.
     """
+    from medeff.utils.atomic import check_writable
+
     for f in formats:
         look_up(f, FORMATS, what="report format", key="formats")
     results = _json_safe(results)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = [out_dir / name for name in report_files(formats)]
+    for target in targets:  # refuse before writing anything, so a refusal leaves no mixed report behind
+        check_writable(target, overwrite=overwrite)
+    new = [t for t in targets if not t.exists()]
+    try:
+        return _render(results, out_dir, formats, overwrite)
+    except BaseException:
+        for t in new:  # no half report: drop the files this call created (each was complete, but not the set)
+            t.unlink(missing_ok=True)
+        raise
+
+
+def _render(results: dict, out_dir: Path, formats: Sequence[str], overwrite: bool) -> dict[str, Path]:
     written: dict[str, Path] = {}
     sections = build_sections(results)
     if "json" in formats:

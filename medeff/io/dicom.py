@@ -112,7 +112,7 @@ def read_series_info(info: DicomSeriesInfo, options: DicomReadOptions | None = N
     """Read the series described by ``info`` (from :func:`find_series`) under ``options``."""
     options = options or DicomReadOptions.from_config()
     plan = plan_series(list(info.slices), info.label, options, _pixels_equal)
-    volume = _read_pixels(plan.slices, info.label)  # (k, rows, columns)
+    volume = _read_pixels(plan.slices, info.label, plan.warnings)  # (k, rows, columns)
     if plan.shifts is not None:
         volume = _apply_tilt(volume, plan, options.fill_value)
     if plan.targets is not None:
@@ -122,12 +122,23 @@ def read_series_info(info: DicomSeriesInfo, options: DicomReadOptions | None = N
     for text in plan.warnings:
         log.warning("DICOM series %s: %s", info.label, text)
     first = plan.slices[0]
+    n_warn = len(plan.warnings)
     if not info.modality:
         plan.warnings.append("Modality tag missing; values are rescaled stored values (HU if this is CT).")
     if first.photometric == "MONOCHROME1":
         plan.warnings.append("MONOCHROME1 (low values display bright); values are rescaled, not inverted.")
     if any((s.slope, s.intercept) != (first.slope, first.intercept) for s in plan.slices):
         plan.warnings.append("RescaleSlope/RescaleIntercept differ between slices; applied per slice (float32).")
+    n_missing = sum(s.rescale_missing for s in plan.slices)
+    if n_missing:
+        plan.warnings.append(f"RescaleSlope/RescaleIntercept missing in {n_missing} of {len(plan.slices)} file(s); "
+                             "slope 1 and intercept 0 assumed (stored values, not HU, if this is CT).")
+    if info.skipped:
+        names = ", ".join(p.name for p in info.skipped[:5]) + (" ..." if len(info.skipped) > 5 else "")
+        plan.warnings.append(f"{len(info.skipped)} unreadable DICOM-like file(s) skipped beside the series ({names}); "
+                             "the volume may lack slices.")
+    for text in plan.warnings[n_warn:]:
+        log.warning("DICOM series %s: %s", info.label, text)
     meta = {
         "format": "dicom",
         "source": str(info.folder),
@@ -156,7 +167,11 @@ def _raw_bytes(hdr: SliceHeader) -> bytes:
             return fh.read(hdr.pixel_length)
     import pydicom
 
-    return bytes(pydicom.dcmread(hdr.path).PixelData)
+    try:
+        return bytes(pydicom.dcmread(hdr.path).PixelData)
+    except Exception as exc:  # noqa: BLE001 - any pydicom failure on a damaged file
+        raise DicomSeriesError(f"DICOM file '{hdr.path}' cannot be read ({type(exc).__name__}).",
+                               hint="copy the file again from the source or remove it.", path=str(hdr.path)) from exc
 
 
 def _output_dtype(hdr: SliceHeader) -> np.dtype:
@@ -177,7 +192,7 @@ def _output_dtype(hdr: SliceHeader) -> np.dtype:
     return np.dtype(np.float32)
 
 
-def _read_pixels(slices: list[SliceHeader], label: str) -> np.ndarray:
+def _read_pixels(slices: list[SliceHeader], label: str, notes: list[str] | None = None) -> np.ndarray:
     first = slices[0]
     nbytes = first.rows * first.columns * first.bits_allocated // 8
     native = first.bits_allocated in (8, 16, 32) and all(
@@ -197,11 +212,15 @@ def _read_pixels(slices: list[SliceHeader], label: str) -> np.ndarray:
                                    "bytes).", hint="copy the file again from the source.", path=str(hdr.path))
     if first.bits_stored < first.bits_allocated:
         shift = first.bits_allocated - first.bits_stored
+        before = vol.copy() if notes is not None else None
         if first.signed:
             vol <<= shift
             vol >>= shift
         else:
             vol &= np.array((1 << first.bits_stored) - 1, dtype=stored)
+        if before is not None and not np.array_equal(before, vol):
+            notes.append(f"pixel values use more than BitsStored={first.bits_stored} bits; the extra high bits were "
+                         "masked off as the header says (check BitsStored if the image looks wrong).")
     return _rescale(vol, slices)
 
 

@@ -150,6 +150,9 @@ def plan_series(
                       targets=targets, repairs=repairs, warnings=warnings)
 
 
+MAX_PIXEL_SPACING_MM = 1000.0  # a pixel wider than a metre means a corrupt header
+
+
 def _check_files(slices: list[SliceHeader], label: str, options: DicomReadOptions) -> SliceHeader:
     """Check every file; returns the reference header (the most common size/orientation/spacing)."""
     def fail(msg: str, hdr: SliceHeader, hint: str) -> None:
@@ -170,6 +173,7 @@ def _check_files(slices: list[SliceHeader], label: str, options: DicomReadOption
         if hdr.samples != 1:
             fail(f"{hdr.samples} samples per pixel ({hdr.photometric}); only greyscale images form a volume", hdr,
                  "select a greyscale series (--series-uid / --description).")
+        _check_pixel_layout(hdr, fail)
         missing = [name for name, value in (("ImagePositionPatient", hdr.position),
                                             ("ImageOrientationPatient", hdr.orientation),
                                             ("PixelSpacing", hdr.pixel_spacing)) if value is None]
@@ -180,6 +184,11 @@ def _check_files(slices: list[SliceHeader], label: str, options: DicomReadOption
         if (hdr.rows, hdr.columns) != (first.rows, first.columns):
             fail(f"image size {hdr.rows}x{hdr.columns} differs from {first.rows}x{first.columns} in "
                  f"'{first.path.name}'", hdr, "the folder mixes scans; select one series or separate the files.")
+        layout = (hdr.bits_allocated, hdr.bits_stored, hdr.signed)
+        if layout != (first.bits_allocated, first.bits_stored, first.signed):
+            fail(f"pixel layout (BitsAllocated, BitsStored, signed) {layout} differs from "
+                 f"{(first.bits_allocated, first.bits_stored, first.signed)} in '{first.path.name}'", hdr,
+                 "the folder mixes scans or a header is corrupt; select one series or remove the odd file.")
         if not np.allclose(hdr.orientation, first.orientation, atol=options.orientation_tolerance):
             fail(f"ImageOrientationPatient differs from '{first.path.name}' (mixed orientations, e.g. a localizer "
                  "in the series)", hdr, "remove the files with the other orientation or select another series.")
@@ -193,7 +202,33 @@ def _check_files(slices: list[SliceHeader], label: str, options: DicomReadOption
              "the header is corrupt; re-export the series.")
     if any(v <= 0 for v in first.pixel_spacing):
         fail(f"PixelSpacing {first.pixel_spacing} is not positive", first, "the header is corrupt; re-export it.")
+    if any(v > MAX_PIXEL_SPACING_MM for v in first.pixel_spacing):
+        fail(f"PixelSpacing {first.pixel_spacing} exceeds {MAX_PIXEL_SPACING_MM:g} mm, which no scanner produces",
+             first, "the header is corrupt; re-export it.")
     return first
+
+
+def _check_pixel_layout(hdr: SliceHeader, fail) -> None:
+    """Image size, bit depth and rescale must be usable, and native pixel data must have the size they imply."""
+    if hdr.rows <= 0 or hdr.columns <= 0:
+        fail(f"image size Rows={hdr.rows} x Columns={hdr.columns} is empty or missing", hdr,
+             "the header is corrupt; re-export the series or remove this file.")
+    if hdr.bits_allocated not in (8, 16, 32) or not 0 < hdr.bits_stored <= hdr.bits_allocated:
+        fail(f"BitsAllocated={hdr.bits_allocated} / BitsStored={hdr.bits_stored} is not a supported greyscale "
+             "layout (8, 16 or 32 bits allocated, no more bits stored than allocated)", hdr,
+             "the header is corrupt; re-export the series or remove this file.")
+    if hdr.pixel_length is not None:
+        expected = hdr.rows * hdr.columns * hdr.bits_allocated // 8 * max(hdr.frames, 1)
+        if hdr.pixel_length not in (expected, expected + 1):  # +1: odd lengths are padded to even
+            fail(f"pixel data holds {hdr.pixel_length} bytes but Rows x Columns x BitsAllocated imply {expected}",
+                 hdr, "the header or the pixel data is corrupt; copy the file again or remove it.")
+    for name, value in (("RescaleSlope", hdr.slope), ("RescaleIntercept", hdr.intercept)):
+        if not np.isfinite(value):
+            fail(f"{name} is not a finite number", hdr,
+                 "fix the header (CT needs a numeric RescaleSlope/RescaleIntercept) or remove this file.")
+    if hdr.slope == 0:
+        fail("RescaleSlope is 0 (every voxel would get the same value)", hdr,
+             "fix the header (RescaleSlope is usually 1 for CT) or remove this file.")
 
 
 def _check_line(slices, along_row, along_col, d, label, options) -> None:

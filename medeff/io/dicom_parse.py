@@ -32,9 +32,10 @@ class _NeedMore(Exception):
 class FastHeader:
     """Raw values of the requested tags plus the transfer syntax and pixel data location."""
 
-    __slots__ = ("values", "transfer_syntax", "implicit", "pixel_offset", "pixel_length")
+    __slots__ = ("values", "transfer_syntax", "implicit", "pixel_offset", "pixel_length", "truncated")
 
     def __init__(self) -> None:
+        self.truncated = False  # the file ends inside an element: a cut copy, not a complete object
         self.values: dict[int, bytes] = {}
         self.transfer_syntax = ""
         self.implicit = False
@@ -104,6 +105,7 @@ def _walk(buf: bytes, wanted: frozenset[int], complete: bool = False) -> FastHea
     while True:
         if pos + 8 > end:
             if complete:
+                out.truncated = pos != end
                 return out  # no pixel data
             raise _NeedMore
         tag, length, start = _implicit_header(buf, pos) if implicit else _explicit_header(buf, pos)
@@ -115,8 +117,11 @@ def _walk(buf: bytes, wanted: frozenset[int], complete: bool = False) -> FastHea
             nested_implicit = implicit or buf[pos + 4:pos + 6] == b"UN"
             pos = _skip_sequence(buf, start, nested_implicit, complete)
             continue
-        if start + length > end and not complete:
-            raise _NeedMore
+        if start + length > end:
+            if not complete:
+                raise _NeedMore
+            out.truncated = True
+            return out
         if tag in wanted:
             out.values[tag] = buf[start:start + length]
         pos = start + length

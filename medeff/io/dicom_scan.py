@@ -41,6 +41,7 @@ _FAST = {
 }
 _WANTED = frozenset(_FAST.values())
 _UNCOMPRESSED = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}  # syntax -> implicit VR
+_DICOMDIR_SOP = "1.2.840.10008.1.3.10"
 _ENHANCED_SOP = {
     "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT",
     "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT",
@@ -73,6 +74,7 @@ class SliceHeader:
     sop_class: str
     pixel_offset: int | None = None  # byte offset of raw pixel values (uncompressed files only)
     pixel_length: int | None = None
+    rescale_missing: bool = False  # RescaleSlope or RescaleIntercept absent (1 / 0 assumed; noted by the reader)
 
     @property
     def enhanced(self) -> str | None:
@@ -98,6 +100,7 @@ class DicomSeriesInfo:
         folder: the folder holding the first file.
         patient_key: raw PatientID, only for grouping series in memory. Never print, log or store it.
         slices: per-file geometry and pixel layout (no identifiers), used by the reader.
+        skipped: files beside the series that look like DICOM (marker or ``.dcm`` suffix) but cannot be parsed.
     """
 
     series_uid: str
@@ -112,6 +115,7 @@ class DicomSeriesInfo:
     folder: Path
     patient_key: str = field(default="", repr=False, compare=False)
     slices: list[SliceHeader] = field(default_factory=list, repr=False, compare=False)
+    skipped: list[Path] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -143,7 +147,8 @@ def find_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
     if not folder.exists():
         raise ImageReadError(f"DICOM folder '{folder}' does not exist.", hint="check the path.", path=str(folder))
     files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
-    headers = scan_files(files)
+    skipped: list[Path] = []
+    headers = scan_files(files, skipped=skipped)
     groups: dict[str, list[tuple[SliceHeader, dict]]] = {}
     for hdr, ids in headers:
         groups.setdefault(ids["series_uid"], []).append((hdr, ids))
@@ -156,47 +161,62 @@ def find_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
             files=[m[0].path for m in members], n_files=len(members), rows=first.rows, columns=first.columns,
             orientation=_orientation_name(first.orientation), folder=first.path.parent,
             patient_key=ids["patient_key"], slices=[m[0] for m in members],
+            skipped=[p for p in skipped if p.parent == first.path.parent],
         ))
     out.sort(key=lambda s: (-s.n_files, str(s.folder), s.series_uid))
     return out
 
 
-def scan_files(files: Iterable[Path]) -> list[tuple[SliceHeader, dict]]:
+def scan_files(files: Iterable[Path], *, skipped: list[Path] | None = None) -> list[tuple[SliceHeader, dict]]:
     """Read the headers of ``files``; non-DICOM files are skipped. Returns (header, grouping ids) pairs.
 
     The fast tag walker (:mod:`medeff.io.dicom_parse`) handles little endian Part 10 files; anything else goes
     through pydicom.
+
+    Args:
+        files: the files to scan.
+        skipped: when given, receives the files that look like DICOM (``DICM`` marker or a ``.dcm``/``.ima``
+            suffix) but cannot be parsed (truncated, zero-byte, garbage): the reader reports them.
     """
     out = []
     for path in files:
         path = Path(path)
         fast = read_tags(path, _WANTED)
-        if fast is not None:
-            if _FAST["SeriesInstanceUID"] not in fast.values and _FAST["Rows"] not in fast.values:
-                continue  # DICOMDIR, structured reports and other non-image objects
+        if fast is not None and fast.truncated:
+            if skipped is not None:
+                skipped.append(path)  # cut before its pixel data: unusable, and its tags may be cut short
+            continue
+        if fast is not None and (_FAST["SeriesInstanceUID"] in fast.values or _FAST["Rows"] in fast.values):
             out.append((_fast_slice_header(path, fast), _fast_ids(fast)))
             continue
-        item = _scan_with_pydicom(path)
+        # DICOMDIR, structured reports and other non-image objects have neither tag; so has a stream the fast
+        # walker misread (e.g. a transfer syntax that does not match the encoding): pydicom decides
+        item = _scan_with_pydicom(path, skipped)
         if item is not None:
             out.append(item)
     return out
 
 
-def _scan_with_pydicom(path: Path) -> tuple[SliceHeader, dict] | None:
+def _scan_with_pydicom(path: Path, skipped: list[Path] | None = None) -> tuple[SliceHeader, dict] | None:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         with open(path, "rb") as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns on odd files; they are skipped or checked below
             if not _has_preamble(fh):
+                if skipped is not None and path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+                    skipped.append(path)  # a DICOM name without a DICOM body (zero-byte, cut copy)
                 return None
             ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_TAGS)
             offset, length = _pixel_location(fh, ds)
-    except (InvalidDicomError, OSError, EOFError, struct.error, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged files; any of them means skip
         log.debug("skipping %s: not readable as DICOM (%s)", path.name, type(exc).__name__)
+        if skipped is not None:
+            skipped.append(path)
         return None
     if "SeriesInstanceUID" not in ds and "Rows" not in ds:
+        if skipped is not None and str(ds.get("SOPClassUID", "")) != _DICOMDIR_SOP:
+            skipped.append(path)  # an image object cut short before its series and size tags
         return None
     return _slice_header(path, ds, offset, length), _ids(ds)
 
@@ -210,6 +230,13 @@ def _fast_slice_header(path: Path, h: FastHeader) -> SliceHeader:
         vals = h.numbers(_FAST[name])
         return cast(vals[0]) if vals else default
 
+    def rescale(name: str, default: float) -> float:
+        text = h.text(_FAST[name])
+        if text is None:
+            return default
+        vals = h.numbers(_FAST[name])
+        return float(vals[0]) if vals and len(vals) == 1 else float("nan")  # present but unusable: refused later
+
     def ushort(name: str, default: int) -> int:
         value = h.ushort(_FAST[name])
         return default if value is None else value
@@ -221,9 +248,10 @@ def _fast_slice_header(path: Path, h: FastHeader) -> SliceHeader:
         bits_allocated=bits_allocated, bits_stored=ushort("BitsStored", bits_allocated),
         signed=bool(ushort("PixelRepresentation", 0)), samples=ushort("SamplesPerPixel", 1),
         photometric=h.text(_FAST["PhotometricInterpretation"]) or "MONOCHROME2",
-        frames=number("NumberOfFrames", 1, int), slope=number("RescaleSlope", 1.0),
-        intercept=number("RescaleIntercept", 0.0), slice_thickness=number("SliceThickness", None),
+        frames=number("NumberOfFrames", 1, int), slope=rescale("RescaleSlope", 1.0),
+        intercept=rescale("RescaleIntercept", 0.0), slice_thickness=number("SliceThickness", None),
         sop_class=h.text(_FAST["SOPClassUID"]) or "", pixel_offset=h.pixel_offset, pixel_length=h.pixel_length,
+        rescale_missing=_FAST["RescaleSlope"] not in h.values or _FAST["RescaleIntercept"] not in h.values,
     )
 
 
@@ -280,6 +308,17 @@ def _slice_header(path: Path, ds, offset: int | None, length: int | None) -> Sli
         except (TypeError, ValueError):
             return default
 
+    def rescale(name: str, default: float) -> float:
+        if name not in ds:
+            return default
+        try:
+            value = ds[name].value
+            if isinstance(value, (list, tuple)) or hasattr(value, "__len__") and not isinstance(value, str):
+                return float("nan")  # several values: unusable, refused later
+            return float(value)
+        except (TypeError, ValueError, OverflowError):
+            return float("nan")
+
     return SliceHeader(
         path=path,
         position=_floats(ds.get("ImagePositionPatient"), 3),
@@ -289,9 +328,11 @@ def _slice_header(path: Path, ds, offset: int | None, length: int | None) -> Sli
         bits_allocated=num("BitsAllocated", 16, int), bits_stored=num("BitsStored", num("BitsAllocated", 16, int), int),
         signed=bool(num("PixelRepresentation", 0, int)), samples=num("SamplesPerPixel", 1, int),
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2"),
-        frames=num("NumberOfFrames", 1, int), slope=num("RescaleSlope", 1.0), intercept=num("RescaleIntercept", 0.0),
+        frames=num("NumberOfFrames", 1, int), slope=rescale("RescaleSlope", 1.0),
+        intercept=rescale("RescaleIntercept", 0.0),
         slice_thickness=num("SliceThickness", None), sop_class=str(ds.get("SOPClassUID", "") or ""),
         pixel_offset=offset, pixel_length=length,
+        rescale_missing="RescaleSlope" not in ds or "RescaleIntercept" not in ds,
     )
 
 

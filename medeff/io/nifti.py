@@ -23,6 +23,8 @@ __all__ = ["read_nifti", "write_nifti"]
 
 log = get_logger(__name__)
 
+MIN_SPACING_MM, MAX_SPACING_MM = 1e-6, 1e5  # voxel sizes outside these bounds mean a corrupt affine
+
 
 def read_nifti(path: str | os.PathLike) -> ImageData:
     """Read a NIfTI-1/2 file.
@@ -51,21 +53,31 @@ def read_nifti(path: str | os.PathLike) -> ImageData:
     # nibabel moves scl_slope/scl_inter into the array proxy (NaN or 0 slope -> 1, NaN inter -> 0)
     slope = float(getattr(img.dataobj, "slope", 1.0))
     inter = float(getattr(img.dataobj, "inter", 0.0))
-    if np.isfinite(slope) and slope != 0 and (slope != 1 or (np.isfinite(inter) and inter != 0)):
-        array = raw.astype(np.float32)
-        array *= np.float32(slope)
-        if np.isfinite(inter):
-            array += np.float32(inter)
-    elif np.isfinite(inter) and inter != 0:
-        array = raw.astype(np.float32) + np.float32(inter)
-    else:
-        array = raw
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+        if np.isfinite(slope) and slope != 0 and (slope != 1 or (np.isfinite(inter) and inter != 0)):
+            array = raw.astype(np.float32)
+            array *= np.float32(slope)
+            if np.isfinite(inter):
+                array += np.float32(inter)
+        elif np.isfinite(inter) and inter != 0:
+            array = raw.astype(np.float32) + np.float32(inter)
+        else:
+            array = raw
+    if array is not raw and array.size and not np.isfinite(array).all() and np.isfinite(raw).all():
+        raise ImageReadError(f"NIfTI file '{path}': scl_slope={slope:g} / scl_inter={inter:g} turn finite stored "
+                             "values into NaN/inf (overflow).", hint="fix the header's scl_slope/scl_inter "
+                             "(1 and 0 mean no scaling).", path=str(path))
     qcode, scode = int(header["qform_code"]), int(header["sform_code"])
-    if qcode > 0 and scode > 0 and not np.allclose(img.get_qform(), img.get_sform(), atol=1e-3):
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN quaternion is refused below, not warned about
+        differ = qcode > 0 and scode > 0 and not np.allclose(img.get_qform(), img.get_sform(), atol=1e-3)
+    if differ:
         text = f"qform and sform differ; the sform (code {scode}) is used."
         log.warning("NIfTI '%s': %s", path.name, text)
         warnings.append(text)
     affine = img.affine
+    if affine is None or not np.isfinite(affine).all():
+        raise ImageReadError(f"NIfTI file '{path}' has NaN/inf values in its affine (sform/qform).",
+                             hint="fix the header's qform/sform.", path=str(path))
     try:
         image = ImageData.from_affine_ras(array, affine, meta={
             "format": "nifti", "source": str(path), "qform_code": qcode, "sform_code": scode,
@@ -74,6 +86,11 @@ def read_nifti(path: str | os.PathLike) -> ImageData:
     except ValueError as exc:
         raise ImageReadError(f"NIfTI file '{path}' has an invalid affine: {exc}", hint="fix the header's qform/sform.",
                              path=str(path)) from exc
+    sp = np.asarray(image.spacing, dtype=float)
+    if not (np.isfinite(sp).all() and (sp > MIN_SPACING_MM).all() and (sp < MAX_SPACING_MM).all()):
+        raise ImageReadError(f"NIfTI file '{path}' has voxel sizes {tuple(float(v) for v in sp)} mm from its affine, "
+                             f"outside {MIN_SPACING_MM:g}..{MAX_SPACING_MM:g} mm: the header is corrupt.",
+                             hint="fix the header's qform/sform (pixdim).", path=str(path))
     d = image.direction
     if not np.allclose(d.T @ d, np.eye(3), atol=1e-3):
         raise ImageReadError(f"NIfTI file '{path}' has a sheared affine (axes not orthogonal); medeff grids are "

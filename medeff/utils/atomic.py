@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from medeff.errors import OutputExistsError
+from medeff.errors import OutputExistsError, OutputWriteError
 
-__all__ = ["atomic_path", "atomic_open", "write_text_atomic", "write_json_atomic", "check_writable"]
+__all__ = ["atomic_path", "atomic_open", "write_text_atomic", "write_json_atomic", "check_writable", "write_error"]
 
 
 def check_writable(path: str | os.PathLike, *, overwrite: bool = True) -> Path:
@@ -25,17 +25,38 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = True) -> Path:
 
     Raises:
         OutputExistsError: the file exists and ``overwrite`` is False.
-        PermissionError: the parent folder is not writable (with a message naming it).
+        OutputWriteError: the parent folder cannot be created or is not writable (the message names it).
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(
-            f"Output '{path}' already exists.", hint="choose another output path or pass --overwrite.", path=str(path)
+            f"Output '{path}' already exists.", hint="choose another output path or pass --overwrite "
+            "(overwrite=true for commands configured by key=value).", path=str(path)
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     if not os.access(path.parent, os.W_OK):
-        raise PermissionError(f"Output folder '{path.parent}' is not writable; choose a folder you can write to.")
+        raise OutputWriteError(f"Cannot write '{path}': the folder '{path.parent}' is not writable.",
+                               hint="choose an output folder you can write to, or fix its permissions.",
+                               path=str(path))
     return path
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> OutputWriteError:
+    """An :class:`OutputWriteError` for an ``OSError`` raised while writing ``path``, with a fitting fix."""
+    import errno
+
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = f"free space on the disk holding '{Path(path).parent}' or write to another disk, then run again."
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "choose an output folder you can write to (not read-only), or fix its permissions."
+    else:
+        hint = "check the output folder and the disk, then run again."
+    return OutputWriteError(f"Cannot write '{path}': {reason}; nothing was written under that name.", hint=hint,
+                            path=str(path))
 
 
 @contextlib.contextmanager
@@ -48,17 +69,27 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True, suffix: str 
     path = check_writable(path, overwrite=overwrite)
     if suffix is None:
         suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         _fsync_file(tmp_path)
+        if not overwrite and path.exists():  # appeared while this output was being written
+            raise OutputExistsError(f"Output '{path}' already exists.", hint="choose another output path or pass "
+                                    "--overwrite (overwrite=true).", path=str(path))
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except (OutputWriteError, OutputExistsError):
+        raise
+    except OSError as exc:  # disk full, read-only file system, permissions changed while writing
+        raise write_error(path, exc) from exc
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        with contextlib.suppress(OSError):
+            tmp_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -28,3 +28,15 @@ def test_cli_errors_are_one_paragraph(tmp_path, capsys):
     assert "does not exist" in err and "Traceback" not in err
     assert main(["index", str(tmp_path), str(tmp_path / "o.json"), "folds.kk=3"]) == 2
     assert "folds.kk" in capsys.readouterr().err
+
+
+def test_task_kind_override_does_not_clash_with_the_task_config_group(tmp_path):
+    """`task` is a training config group; the index option is `task_kind` and overriding it works."""
+    from medeff.cli.main import main
+    from medeff.demo.phantom import make_nodule_archive
+    from medeff.data import load_index
+
+    make_nodule_archive(tmp_path / "arc", n_exams=6, seed=3)
+    assert main(["index", str(tmp_path / "arc"), str(tmp_path / "i.json"), "task_kind=classification"]) == 0
+    assert load_index(tmp_path / "i.json").task == "classification"
+    assert main(["index", str(tmp_path / "arc"), str(tmp_path / "j.json"), "task_kind=segmentation"]) == 2

@@ -58,7 +58,7 @@ def test_totalsegmentator_pairs(shared_data, tmp_path, cfg_over):
         f"{d}/example_ct.nii.gz,{d}/example_seg_fast_force_split.nii.gz,c\n"
     )
     with pytest.raises(IndexValidationError) as ei:
-        build_index(manifest, tmp_path / "bad.json", cfg_over("folds.k=2"))
+        build_index(manifest, tmp_path / "bad.json", cfg_over("folds.k=2", "csv.allow_outside_root=true"))
     assert [p.file.split("/")[-1] for p in ei.value.problems] == ["example_seg.nii.gz"]
     assert "112" in ei.value.problems[0].problem and "30" in ei.value.problems[0].problem
     manifest.write_text(
@@ -67,8 +67,8 @@ def test_totalsegmentator_pairs(shared_data, tmp_path, cfg_over):
         f"{d}/example_ct.nii.gz,{d}/example_seg_fast_force_split.nii.gz,b\n"
     )
     out = tmp_path / "ct.json"
-    idx = build_index(manifest, out, cfg_over("folds.k=2", f"labels_file={d}/class_maps.json",
-                                              "labels_file_key=total"))
+    idx = build_index(manifest, out, cfg_over("folds.k=2", "csv.allow_outside_root=true",
+                                              f"labels_file={d}/class_maps.json", "labels_file_key=total"))
     assert idx.labels["liver"] == 5 and idx.labels["spleen"] == 1 and idx.labels["background"] == 0
     fps = {c.fingerprint["shape"][2]: c.fingerprint for c in idx.all_cases}
     assert fps[112]["spacing"] == pytest.approx([3.0, 3.0, 3.0]) and fps[112]["orientation"] == "RAS"
@@ -90,7 +90,7 @@ def test_dicom_series_with_reoriented_label_map(shared_data, tmp_path, cfg_over)
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"image,label,patient_id\n{d}/example_ct_dicom,{d}/example_seg_dicom.nii.gz,a\n"
                         f"{d}/example_ct_sm.nii.gz,{d}/example_seg.nii.gz,b\n")
-    idx = build_index(manifest, tmp_path / "i.json", cfg_over("folds.k=2"))
+    idx = build_index(manifest, tmp_path / "i.json", cfg_over("folds.k=2", "csv.allow_outside_root=true"))
     dcm = next(c for c in idx.all_cases if c.image[0].endswith("example_ct_dicom"))
     fp = dcm.fingerprint
     assert fp["label_reoriented"] is True and fp["shape"] == [512, 512, 20] and fp["orientation"] == "LPS"
