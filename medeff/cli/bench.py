@@ -12,7 +12,7 @@ HELP = "benchmark medeff train steps (time, memory) against MONAI and timm; writ
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-name", default="bench", help="config in conf/ (default: bench)")
     parser.add_argument("overrides", nargs="*",
-                        help="key=value overrides, e.g. preset=quick threads=2 pairs=9 'cases=[cls3d_b0]' output=x.json")
+                        help="key=value overrides, e.g. bench_preset=quick pairs=9 'cases=[cls3d_b0]' output=x.json")
 
 
 def run(args: argparse.Namespace) -> int:

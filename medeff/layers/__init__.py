@@ -5,12 +5,11 @@ Model code never names a 2D or 3D layer class directly: it asks these factories 
 """
 
 from medeff.layers.activations import MemoryEfficientSiLU, SiLUFunction, make_act
-from medeff.layers.depthwise import DepthwiseConv3dFunction, FastDepthwiseConv3d
 from medeff.layers.drop_path import DropPath, drop_path
 from medeff.layers.factories import check_spatial_dims, make_conv, make_dropout, make_norm, to_tuple
+from medeff.ops.modules import FastDepthwiseConv3d  # the fast depthwise op lives in medeff.ops
 
 __all__ = [
-    "DepthwiseConv3dFunction",
     "DropPath",
     "FastDepthwiseConv3d",
     "MemoryEfficientSiLU",

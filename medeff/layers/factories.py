@@ -17,7 +17,7 @@ from monai.networks.layers.factories import Conv, Dropout
 from monai.networks.layers.utils import get_norm_layer
 from torch import nn
 
-from medeff.layers.depthwise import FastDepthwiseConv3d
+from medeff.ops.modules import FastDepthwiseConv3d
 from medeff.utils.logging import get_logger
 from medeff.utils.options import look_up
 
@@ -112,7 +112,7 @@ def make_conv(
         padding: ``"same"`` (symmetric ``k // 2`` per axis, works for any input size) or ``"same_tf"``
             (TF-style dynamic padding, asymmetric for even totals; for TF-ported weights).
         fast_depthwise: for 3D depthwise layers, use :class:`FastDepthwiseConv3d` (same parameters, faster
-            CPU training; see :mod:`medeff.layers.depthwise`).
+            CPU training; see :mod:`medeff.ops.depthwise`).
 
     Returns:
         The convolution module, ``(B, in_channels, *spatial) -> (B, out_channels, *spatial / stride)``.

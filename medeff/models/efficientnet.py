@@ -11,12 +11,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from medeff.layers import check_spatial_dims, make_dropout, to_tuple
 from medeff.models.anisotropy import plan_levels
 from medeff.models.arch import ArchDef
-from medeff.models.blocks import BLOCKS, LayerConfig
+from medeff.models.blocks import BLOCKS, LayerConfig, recompute
 from medeff.models.features import FeatureInfo, FeatureSpec
 from medeff.models.scaling import round_channels, round_repeats
 
@@ -109,8 +108,11 @@ class EfficientNet(nn.Module):
         checkpointing: activation checkpointing per stage in training (recomputes the stage in backward).
         channels_last: use channels_last / channels_last_3d for weights and inputs (2D/3D).
         head_channels: channels of ``conv_head`` before width scaling (default from ``arch``).
-        fast_depthwise: 3D stride-1 depthwise convs use :class:`medeff.layers.FastDepthwiseConv3d`, whose CPU
+        fast_depthwise: 3D depthwise convs use :class:`medeff.ops.FastDepthwiseConv3d`, whose CPU
             backward is several times faster than PyTorch's (same parameters and results).
+        recompute: MBConv blocks recompute their expansion (1x1 conv, norm, act) in backward, keeping less for
+            backward (:func:`medeff.models.blocks.recompute`); None (default) means on in 3D, off in 1D/2D.
+            Ignored when ``checkpointing`` is on (whole stages are recomputed then).
 
     Attributes:
         stage_info: :class:`FeatureInfo` of the stem and every stage end.
@@ -150,6 +152,7 @@ class EfficientNet(nn.Module):
         channels_last: bool = False,
         head_channels: int | None = None,
         fast_depthwise: bool = True,
+        recompute: bool | None = None,
     ) -> None:
         super().__init__()
         check_spatial_dims(spatial_dims)
@@ -161,7 +164,9 @@ class EfficientNet(nn.Module):
         self.features_only = features_only
         self.checkpointing = checkpointing
         self.channels_last = bool(channels_last) and _memory_format(spatial_dims) is not None
-        cfg = LayerConfig(spatial_dims, norm, act, memory_efficient, padding, fast_depthwise)
+        recompute = spatial_dims == 3 if recompute is None else bool(recompute)
+        cfg = LayerConfig(spatial_dims, norm, act, memory_efficient, padding, fast_depthwise,
+                          recompute=recompute and not checkpointing)
         self.layer_config = cfg
         level_strides, level_kernels = resolve_levels(arch.num_levels, spatial_dims, strides, kernels, spacing)
         self.level_kernels = level_kernels
@@ -227,7 +232,7 @@ class EfficientNet(nn.Module):
 
     def _stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(stage, x, use_reentrant=False)
+            return recompute(stage, (stage,), x)  # batch norms update their running stats once
         return stage(x)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -41,7 +41,7 @@ TASKS = ("classification", "segmentation", "joint")
 ENCODER_OPTIONS = (
     "width", "depth", "dropout", "drop_path_rate", "norm", "act", "memory_efficient", "padding", "strides",
     "kernels", "spacing", "checkpointing", "channels_last", "head_channels", "features_only", "out_indices", "phi",
-    "fast_depthwise",
+    "fast_depthwise", "recompute",
 )
 #: Extra options of the segmentation and joint tasks (passed to :class:`EfficientNetUNet`).
 UNET_OPTIONS = ("decoder_channels", "deep_supervision", "deep_supervision_levels", "aux_classes", "aux_dropout",

@@ -1,10 +1,18 @@
 """Custom operators: fast CPU kernels for the layers that dominate medeff's training time.
 
 ``DepthwiseConv`` / ``convert_depthwise`` swap a faster-backward depthwise convolution into any model;
-``depthwise_conv`` is the functional form.
+``depthwise_conv`` is the functional form; ``FastDepthwiseConv3d`` is the ``nn.Conv3d`` subclass medeff's
+models build with ``fast_depthwise=True``.
 """
 
 from medeff.ops.depthwise import DepthwiseConvFunction, depthwise_conv
-from medeff.ops.modules import DepthwiseConv, convert_depthwise, is_convertible
+from medeff.ops.modules import DepthwiseConv, FastDepthwiseConv3d, convert_depthwise, is_convertible
 
-__all__ = ["DepthwiseConv", "DepthwiseConvFunction", "convert_depthwise", "depthwise_conv", "is_convertible"]
+__all__ = [
+    "DepthwiseConv",
+    "DepthwiseConvFunction",
+    "FastDepthwiseConv3d",
+    "convert_depthwise",
+    "depthwise_conv",
+    "is_convertible",
+]

@@ -129,7 +129,6 @@ def depthwise_grad_weight(
     Returns:
         ``(C, 1, *kernel_size)``, contiguous.
     """
-    n = x.dim() - 2
     b, c = x.shape[:2]
     pads: list[int] = []
     for p in reversed(padding):

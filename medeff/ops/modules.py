@@ -1,5 +1,8 @@
 """``DepthwiseConv`` module and ``convert_depthwise``: swap the fast depthwise op into any model.
 
+:class:`FastDepthwiseConv3d` is the same op as an ``nn.Conv3d`` subclass: medeff's models build it directly
+(``fast_depthwise=True``), so their modules stay ``nn.Conv3d`` for code that checks the type.
+
 ``DepthwiseConv`` holds the same parameters as ``nn.Conv{2,3}d(C, C, k, stride, padding, groups=C)``
 (``weight`` of shape ``(C, 1, *k)`` and an optional ``bias`` of shape ``(C,)``), so state dicts load in
 either direction. ``convert_depthwise(model)`` replaces every plain depthwise ``nn.Conv2d``/``nn.Conv3d``
@@ -17,7 +20,7 @@ from torch import nn
 from medeff.ops.depthwise import _CONV, _as_tuple, depthwise_conv, supports_fast_path
 from medeff.utils.logging import get_logger
 
-__all__ = ["DepthwiseConv", "convert_depthwise", "is_convertible"]
+__all__ = ["DepthwiseConv", "FastDepthwiseConv3d", "convert_depthwise", "is_convertible"]
 
 _log = get_logger(__name__)
 
@@ -177,3 +180,25 @@ def convert_depthwise(module: nn.Module) -> nn.Module:
                 count += 1
     _log.debug("convert_depthwise: replaced %d depthwise convolution(s) in %s", count, type(module).__name__)
     return module
+
+
+class FastDepthwiseConv3d(nn.Conv3d):
+    """``nn.Conv3d`` whose depthwise layers train through :func:`medeff.ops.depthwise_conv` on CPU.
+
+    Same constructor, parameters and state dict as ``nn.Conv3d``. The fast path is taken for a depthwise layer
+    (``groups == in == out channels``) with dilation 1, zero padding mode and numeric padding in ``[0, k-1]``,
+    on CPU with gradients enabled; anything else (inference, CUDA, other settings) runs ``nn.Conv3d.forward``.
+    """
+
+    def _eligible(self) -> bool:
+        if not (self.groups == self.in_channels == self.out_channels) or self.padding_mode != "zeros":
+            return False
+        if any(d != 1 for d in self.dilation):
+            return False
+        padding = _numeric_padding(self)
+        return padding is not None and supports_fast_path(self.kernel_size, self.stride, padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if x.device.type == "cpu" and torch.is_grad_enabled() and not torch.jit.is_scripting() and self._eligible():
+            return depthwise_conv(x, self.weight, self.bias, self.stride, _numeric_padding(self))
+        return super().forward(x)

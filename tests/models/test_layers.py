@@ -7,34 +7,41 @@ import torch
 import torch.nn.functional as F
 
 from medeff.errors import ConfigError
-from medeff.layers import DepthwiseConv3dFunction, FastDepthwiseConv3d, make_conv, make_norm
+from medeff.layers import FastDepthwiseConv3d, make_conv, make_norm
 
 
-@pytest.mark.parametrize("kernel", [(3, 3, 3), (1, 3, 3), (5, 5, 5)])
-def test_fast_depthwise_matches_conv3d(kernel):
+@pytest.mark.parametrize("kernel,stride", [((3, 3, 3), 1), ((1, 3, 3), 1), ((5, 5, 5), 1), ((3, 3, 3), 2)])
+def test_fast_depthwise_module_matches_conv3d(kernel, stride):
     torch.manual_seed(0)
+    dw = make_conv(3, 6, 6, kernel, stride, groups=6, fast_depthwise=True).double()
+    assert isinstance(dw, FastDepthwiseConv3d) and isinstance(dw, torch.nn.Conv3d) and dw._eligible()
     x = torch.randn(2, 6, 7, 8, 9, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(6, 1, *kernel, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(2, 6, 7, 8, 9, dtype=torch.float64)
-    out = DepthwiseConv3dFunction.apply(x, w)
-    gx, gw = torch.autograd.grad(out, (x, w), g)
-    ref = F.conv3d(x, w, padding=tuple(k // 2 for k in kernel), groups=6)
-    rx, rw = torch.autograd.grad(ref, (x, w), g)
+    out = dw(x)
+    g = torch.randn_like(out)
+    gx, gw = torch.autograd.grad(out, (x, dw.weight), g)
+    ref = F.conv3d(x, dw.weight, stride=stride, padding=tuple(k // 2 for k in kernel), groups=6)
+    rx, rw = torch.autograd.grad(ref, (x, dw.weight), g)
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(gx, rx)
     torch.testing.assert_close(gw, rw)
+    assert out.grad_fn is not None and "DepthwiseConvFunction" in type(out.grad_fn).__name__
 
 
-def test_fast_depthwise_gradcheck_and_module_fallback():
+def test_fast_depthwise_gradcheck_selection_and_fallback():
+    dw = make_conv(3, 2, 2, 3, 1, groups=2, fast_depthwise=True).double()
     x = torch.randn(1, 2, 4, 4, 3, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(2, 1, 3, 3, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(DepthwiseConv3dFunction.apply, (x, w))
-    dw = make_conv(3, 8, 8, 3, 1, groups=8, fast_depthwise=True)
-    assert isinstance(dw, FastDepthwiseConv3d) and dw._eligible()
-    strided = make_conv(3, 8, 8, 3, 2, groups=8, fast_depthwise=True)
-    assert not strided._eligible()  # stride 2 takes nn.Conv3d's path
-    assert strided(torch.randn(1, 8, 9, 9, 9)).shape == (1, 8, 5, 5, 5)
+    assert torch.autograd.gradcheck(dw, (x,))
     assert type(make_conv(3, 8, 16, 3, fast_depthwise=True)) is torch.nn.Conv3d  # not depthwise
+    assert type(make_conv(3, 8, 8, 3, groups=8, fast_depthwise=False)) is torch.nn.Conv3d
+    assert type(make_conv(2, 8, 8, 3, groups=8, fast_depthwise=True)) is torch.nn.Conv2d  # 3D only
+    with torch.no_grad():  # inference runs nn.Conv3d's own forward
+        y = dw(x)
+    assert y.grad_fn is None
+    torch.testing.assert_close(y, F.conv3d(x, dw.weight, padding=1, groups=2))
+    # state dicts are nn.Conv3d's
+    plain = torch.nn.Conv3d(2, 2, 3, padding=1, groups=2, bias=False).double()
+    plain.load_state_dict(dw.state_dict())
+    torch.testing.assert_close(plain(x), dw(x))
 
 
 def test_same_padding_keeps_size_and_same_tf_matches_tf_rule():

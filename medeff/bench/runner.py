@@ -1,0 +1,199 @@
+"""``run_bench(cfg)``: medeff against its peers, time and memory, each case in fresh worker processes.
+
+Per case (all settings come from ``conf/bench.yaml``):
+
+* **time**: one worker process builds every side of the case, warms each up, then runs ``pairs`` rounds of one
+  train step per side, alternating the order (A B, B A, ...). A check's time ratio is the median over rounds of
+  ``time(side) / time(ref)`` of the same round, so slow phases of a shared machine hit both sides alike.
+* **memory**: every side runs in its own fresh worker: peak RSS growth from just before the first step to after
+  ``warmup + memory_steps`` steps (the model, optimizer and batch exist before; imports and model weights are
+  not counted), and the bytes autograd saves for backward in one forward (deterministic).
+
+Every worker gets the same environment: ``threads`` torch/OpenMP threads and ``allocator_env`` (glibc malloc
+settings: large fresh buffers otherwise pay page faults on every step, which would be measured as model time).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from medeff.bench.environment import describe_environment, load_average
+from medeff.bench.peers import peer_available
+from medeff.errors import ConfigError
+from medeff.utils.atomic import check_writable, write_json_atomic
+from medeff.utils.logging import get_logger
+from medeff.utils.options import look_up
+
+__all__ = ["METRICS", "check_ratio", "resolve_config", "run_bench", "run_worker", "summarise_times"]
+
+_log = get_logger(__name__)
+
+#: Check metric -> (what it compares, unit).
+METRICS = {"time": "median of per-round step-time ratios", "memory": "peak RSS growth ratio",
+           "saved": "autograd saved-bytes ratio"}
+
+
+def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a benchmark config and fill in the default case list (every case in ``case_defs``).
+
+    Raises:
+        ConfigError: unknown case name, unknown metric, a check naming a side the case does not have, or
+            non-positive pairs/threads.
+    """
+    cfg = copy.deepcopy(dict(cfg))
+    defs = cfg.get("case_defs") or {}
+    cases = list(cfg.get("cases") or defs)
+    for name in cases:
+        look_up(name, defs, what="benchmark case", key="cases")
+        case = defs[name]
+        for check in case.get("checks", []):
+            look_up(check["metric"], METRICS, what="check metric", key=f"case_defs.{name}.checks.metric")
+            for role in ("side", "ref"):
+                if check[role] not in case["sides"]:
+                    raise ConfigError(f"bench config: case '{name}' has a check on side '{check[role]}', but its "
+                                      f"sides are {sorted(case['sides'])}.",
+                                      hint=f"name one of the sides in case_defs.{name}.sides")
+    if int(cfg.get("pairs", 0)) < 1 or int(cfg.get("threads", 0)) < 1:
+        raise ConfigError(f"bench config: pairs and threads must be >= 1 (got pairs={cfg.get('pairs')}, "
+                          f"threads={cfg.get('threads')}).", hint="e.g. pairs=7 threads=2")
+    cfg["cases"] = cases
+    return cfg
+
+
+def _worker_env(cfg: Mapping[str, Any]) -> dict[str, str]:
+    env = dict(os.environ)
+    threads = str(int(cfg["threads"]))
+    env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+    env.update({str(k): str(v) for k, v in (cfg.get("allocator_env") or {}).items()})
+    return env
+
+
+def run_worker(job: dict[str, Any], env: Mapping[str, str], timeout_s: float | None = None) -> dict[str, Any]:
+    """Run one job in a fresh ``python -m medeff.bench`` worker process and return its JSON result.
+
+    Raises:
+        RuntimeError: the worker failed (its stderr tail is in the message) or timed out.
+    """
+    try:
+        proc = subprocess.run([sys.executable, "-m", "medeff.bench"], input=json.dumps(job), env=dict(env),
+                              capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"benchmark worker ({job['mode']}) ran past {timeout_s} s") from exc
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark worker ({job['mode']}) failed with status {proc.returncode}: "
+                           f"{proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarise_times(times: list[float]) -> dict[str, float]:
+    """min/median/max of step times in seconds."""
+    return {"min_s": min(times), "median_s": statistics.median(times), "max_s": max(times)}
+
+
+def check_ratio(metric: str, side: dict[str, Any], ref: dict[str, Any], side_name: str | None = None,
+                ref_name: str | None = None, times: Mapping[str, list[float]] | None = None) -> float | None:
+    """The ratio ``side / ref`` for ``metric`` (``time`` uses the per-round ``times`` of the two named sides).
+
+    Returns:
+        The ratio, or None when a value is missing or the reference is zero.
+    """
+    if metric == "time":
+        if times is None or side_name not in times or ref_name not in times:
+            return None
+        ratios = [a / b for a, b in zip(times[side_name], times[ref_name]) if b > 0]
+        return statistics.median(ratios) if ratios else None
+    key = "peak_delta_bytes" if metric == "memory" else "saved_bytes"
+    a, b = side.get(key), ref.get(key)
+    if a is None or not b:
+        return None
+    return a / b
+
+
+def _run_case(name: str, case: dict[str, Any], cfg: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    result: dict[str, Any] = {"description": case.get("description", ""), "input": case["input"],
+                              "sides": {k: {"builder": v["builder"], "kwargs": v.get("kwargs") or {}}
+                                        for k, v in case["sides"].items()}}
+    for side in case["sides"].values():
+        reason = peer_available(side["builder"])
+        if reason:
+            _log.warning("bench: skipping case %s: %s", name, reason)
+            result.update(status="skipped", reason=reason)
+            return result
+    base = {"threads": int(cfg["threads"]), "seed": int(cfg.get("seed", 0)), "input": case["input"],
+            "warmup": int(cfg.get("warmup", 1))}
+    timeout = cfg.get("worker_timeout_s")
+    t0 = time.perf_counter()
+    try:
+        timed = run_worker({**base, "mode": "time", "sides": case["sides"],
+                                 "pairs": int(case.get("pairs") or cfg["pairs"])}, env, timeout)
+        times = timed["times_s"]
+        for side_name, side in result["sides"].items():
+            side.update(summarise_times(times[side_name]))
+            side["times_s"] = times[side_name]
+        if cfg.get("memory", True):
+            for side_name, side in case["sides"].items():
+                mem = run_worker({**base, "mode": "memory", "side": side, "steps": int(cfg.get("memory_steps", 2))},
+                                 env, timeout)
+                result["sides"][side_name].update(mem)
+    except RuntimeError as exc:
+        _log.error("bench: case %s failed: %s", name, exc)
+        result.update(status="error", reason=str(exc))
+        return result
+    checks = []
+    for check in case.get("checks", []):
+        ratio = check_ratio(check["metric"], result["sides"][check["side"]], result["sides"][check["ref"]],
+                            check["side"], check["ref"], times)
+        target = check.get("target")
+        passed = None if target is None or ratio is None else bool(ratio <= float(target))
+        entry = {**check, "ratio": ratio, "passed": passed}
+        if check["metric"] == "time":  # informational: the least-disturbed step of each side
+            entry["min_ratio"] = min(times[check["side"]]) / min(times[check["ref"]])
+        checks.append(entry)
+    result.update(status="ok", checks=checks, wall_s=time.perf_counter() - t0)
+    return result
+
+
+def run_bench(cfg: Mapping[str, Any], *, write: bool = True) -> dict[str, Any]:
+    """Run the configured cases and (unless ``write`` is False) write the JSON report to ``cfg["output"]``.
+
+    Args:
+        cfg: the ``conf/bench.yaml`` mapping (after Hydra overrides).
+        write: write the report file.
+
+    Returns:
+        ``{"environment": ..., "settings": ..., "cases": {name: result}}``; each case has ``status``
+        (``ok``/``skipped``/``error``), per-side times (``min_s``/``median_s``/``max_s`` and every ``times_s``),
+        ``peak_delta_bytes``, ``saved_bytes``, and ``checks`` with ``ratio``, ``target`` and ``passed``.
+
+    Raises:
+        ConfigError: invalid configuration.
+    """
+    cfg = resolve_config(cfg)
+    if write and cfg.get("output"):  # fail before hours of measuring, not after
+        check_writable(Path(cfg["output"]), overwrite=bool(cfg.get("overwrite", True)))
+    env = _worker_env(cfg)
+    report: dict[str, Any] = {
+        "environment": describe_environment(int(cfg["threads"]), dict(cfg.get("allocator_env") or {})),
+        "settings": {k: cfg.get(k) for k in ("preset", "pairs", "warmup", "memory_steps", "threads", "seed")},
+        "cases": {},
+    }
+    for name in cfg["cases"]:
+        _log.info("bench: case %s", name)
+        report["cases"][name] = _run_case(name, cfg["case_defs"][name], cfg, env)
+        report["environment"]["load_average_end"] = load_average()
+        if write and cfg.get("output"):  # after every case: an interrupted run keeps the finished cases
+            overwrite = bool(cfg.get("overwrite", True)) or "output" in report  # later cases replace our own file
+            path = write_json_atomic(Path(cfg["output"]), report, overwrite=overwrite)
+            report["output"] = str(path)
+    if report.get("output"):
+        _log.info("bench: wrote %s", report["output"])
+    return report

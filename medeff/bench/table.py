@@ -1,0 +1,83 @@
+"""Render a :func:`medeff.bench.run_bench` report as rich tables (checks, and per-side times and memory)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["format_report", "markdown_report", "print_report"]
+
+
+def _mb(value: Any) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value * 1000:.0f}"
+
+
+def _ratio(check: dict[str, Any]) -> str:
+    return "-" if check.get("min_ratio") is None else f"{check['min_ratio']:.3f}"
+
+
+def format_report(report: dict[str, Any]) -> list[Any]:
+    """Build the rich tables of a report (a list of ``rich.table.Table``)."""
+    from rich.table import Table
+
+    env = report["environment"]
+    checks = Table(title=f"medeff bench: checks (threads {env['threads']}, load at start {env['load_average_start']})")
+    for col in ("case", "metric", "side / ref", "ratio", "target", "result", "ratio of min times"):
+        checks.add_column(col)
+    sides = Table(title="per side: train step time (ms) and memory (MiB)")
+    for col in ("case", "side", "min", "median", "max", "rounds", "peak RSS growth", "saved for backward"):
+        sides.add_column(col)
+    for name, case in report["cases"].items():
+        if case["status"] != "ok":
+            checks.add_row(name, "-", "-", "-", "-", f"{case['status']}: {case.get('reason', '')[:80]}", "-")
+            continue
+        for c in case["checks"]:
+            verdict = "-" if c["passed"] is None else ("pass" if c["passed"] else "FAIL")
+            ratio = "-" if c["ratio"] is None else f"{c['ratio']:.3f}"
+            target = "-" if c.get("target") is None else f"<= {c['target']}"
+            checks.add_row(name, c["metric"], f"{c['side']} / {c['ref']}", ratio, target, verdict, _ratio(c))
+        for side_name, s in case["sides"].items():
+            sides.add_row(name, side_name, _ms(s.get("min_s")), _ms(s.get("median_s")), _ms(s.get("max_s")),
+                          str(len(s.get("times_s", []))), _mb(s.get("peak_delta_bytes")), _mb(s.get("saved_bytes")))
+    return [checks, sides]
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """Print the tables of a report to stdout."""
+    from rich.console import Console
+
+    console = Console(width=140)
+    for table in format_report(report):
+        console.print(table)
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The checks and per-side tables of a report as Markdown (for docs/benchmarks.md)."""
+    env = report["environment"]
+    lines = [f"torch {env['torch']}, MONAI {env['monai']}, {env['threads']} threads, {env['cpu_model']} "
+             f"({env['cpu_count']} CPUs), load average at start {env['load_average_start']}, at end "
+             f"{env.get('load_average_end')}", "",
+             "| case | metric | side / ref | ratio | target | result | ratio of min times |",
+             "|---|---|---|---|---|---|---|"]
+    for name, case in report["cases"].items():
+        if case["status"] != "ok":
+            lines.append(f"| {name} | - | - | - | - | {case['status']}: {case.get('reason', '')[:100]} | - |")
+            continue
+        for c in case["checks"]:
+            verdict = "-" if c["passed"] is None else ("pass" if c["passed"] else "**fail**")
+            ratio = "-" if c["ratio"] is None else f"{c['ratio']:.3f}"
+            target = "-" if c.get("target") is None else f"<= {c['target']}"
+            lines.append(f"| {name} | {c['metric']} | {c['side']} / {c['ref']} | {ratio} | {target} | {verdict} "
+                         f"| {_ratio(c)} |")
+    lines += ["", "| case | side | step min / median / max (ms) | rounds | peak RSS growth (MiB) "
+              "| saved for backward (MiB) |", "|---|---|---|---|---|---|"]
+    for name, case in report["cases"].items():
+        for side_name, s in case.get("sides", {}).items():
+            if "median_s" not in s:
+                continue
+            lines.append(f"| {name} | {side_name} | {_ms(s['min_s'])} / {_ms(s['median_s'])} / {_ms(s['max_s'])} | "
+                         f"{len(s['times_s'])} | {_mb(s.get('peak_delta_bytes'))} | {_mb(s.get('saved_bytes'))} |")
+    return "\n".join(lines) + "\n"

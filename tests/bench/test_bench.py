@@ -1,0 +1,100 @@
+"""``medeff bench``: the runner end to end with tiny sizes (fields, ratios, pass/fail), config errors, skipping."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from medeff.bench import check_ratio, make_batch, markdown_report, resolve_config, saved_bytes, summarise_times
+from medeff.bench import runner as bench_runner
+from medeff.cli.main import main
+from medeff.config import compose
+from medeff.errors import ConfigError, OutputExistsError
+
+
+def _cfg(*overrides: str) -> dict:
+    return OmegaConf.to_container(compose("bench", list(overrides)), resolve=True)
+
+
+def test_check_ratio_time_is_median_of_per_round_ratios():
+    times = {"a": [1.0, 2.0, 9.0], "b": [2.0, 2.0, 3.0]}
+    assert check_ratio("time", {}, {}, "a", "b", times) == pytest.approx(1.0)  # median of 0.5, 1.0, 3.0
+    assert check_ratio("memory", {"peak_delta_bytes": 30}, {"peak_delta_bytes": 60}) == pytest.approx(0.5)
+    assert check_ratio("saved", {"saved_bytes": 9}, {"saved_bytes": 10}) == pytest.approx(0.9)
+    assert check_ratio("memory", {"peak_delta_bytes": 30}, {"peak_delta_bytes": 0}) is None
+    assert summarise_times([3.0, 1.0, 2.0]) == {"min_s": 1.0, "median_s": 2.0, "max_s": 3.0}
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="cls3d_b0"):
+        resolve_config(_cfg("cases=[cls3d_b1]"))
+    with pytest.raises(ConfigError, match="quick"):
+        _cfg("bench_preset=quik")
+    cfg = _cfg()
+    cfg["case_defs"]["cls3d_b0"]["checks"][0]["ref"] = "peer"
+    with pytest.raises(ConfigError, match="peer"):
+        resolve_config(cfg)
+
+
+def test_quick_preset_merges_tiny_sizes():
+    cfg = resolve_config(_cfg("bench_preset=quick"))
+    assert cfg["preset"] == "quick" and cfg["output"] == "outputs/bench_quick.json"
+    assert cfg["case_defs"]["cls3d_b0"]["input"] == {"batch": 2, "channels": 1, "size": [32, 32, 32], "classes": 2,
+                                                     "task": "classification"}
+    assert cfg["pairs"] == 2 and cfg["cases"] == ["cls3d_b0", "seg3d_b0_unet", "cls2d_b0"]
+
+
+def test_missing_peer_skips_the_case_with_its_reason(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench_runner, "peer_available", lambda b: "timm is not importable" if b == "timm" else None)
+    report = bench_runner.run_bench(_cfg("bench_preset=quick", "cases=[cls2d_b0]", f"output={tmp_path / 'b.json'}"))
+    case = report["cases"]["cls2d_b0"]
+    assert case["status"] == "skipped" and "timm" in case["reason"]
+    assert json.loads((tmp_path / "b.json").read_text())["cases"]["cls2d_b0"]["status"] == "skipped"
+
+
+def test_saved_bytes_counts_what_autograd_keeps():
+    x, _ = make_batch({"batch": 2, "channels": 3, "size": [8, 8], "classes": 2, "task": "classification"})
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4))
+    # for the weight gradient Linear saves its input (2x192 floats); for the input gradient also its weight
+    assert saved_bytes(lin, x) == 2 * 192 * 4
+    assert saved_bytes(lin, x.requires_grad_()) == (2 * 192 + 4 * 192) * 4
+
+
+def test_cli_quick_run_writes_json_with_consistent_ratios(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "bench_preset=quick", "threads=1", "cases=[cls3d_b0]", f"output={out}"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    env = report["environment"]
+    assert env["threads"] == 1 and env["torch"] == torch.__version__ and len(env["load_average_start"]) == 3
+    assert env["allocator_env"]["MALLOC_MMAP_MAX_"] == "0"
+    case = report["cases"]["cls3d_b0"]
+    assert case["status"] == "ok"
+    sides = case["sides"]
+    for s in sides.values():
+        assert len(s["times_s"]) == 2 and s["min_s"] <= s["median_s"] <= s["max_s"]
+        assert s["saved_bytes"] > 0 and s["rss_peak_bytes"] >= s["rss_before_bytes"]
+        assert s["peak_delta_bytes"] == s["rss_peak_bytes"] - s["rss_before_bytes"]
+    by_metric = {c["metric"]: c for c in case["checks"]}
+    expected_time = statistics.median(a / b for a, b in zip(sides["medeff"]["times_s"], sides["monai"]["times_s"]))
+    assert by_metric["time"]["ratio"] == pytest.approx(expected_time)
+    assert by_metric["time"]["passed"] == (expected_time <= 0.75)
+    expected_min = min(sides["medeff"]["times_s"]) / min(sides["monai"]["times_s"])
+    assert by_metric["time"]["min_ratio"] == pytest.approx(expected_min)
+    assert by_metric["saved"]["ratio"] == pytest.approx(sides["medeff"]["saved_bytes"] / sides["monai"]["saved_bytes"])
+    assert by_metric["saved"]["passed"] is None  # no target: reported only
+    assert "cls3d_b0" in capsys.readouterr().out
+    assert f"| cls3d_b0 | time | medeff / monai | {expected_time:.3f} | <= 0.75 |" in markdown_report(report)
+
+
+def test_existing_output_without_overwrite_fails_before_measuring(tmp_path, monkeypatch):
+    out = tmp_path / "bench.json"
+    out.write_text("{}")
+    monkeypatch.setattr(bench_runner, "_run_case", lambda *a: pytest.fail("measured before checking the output"))
+    with pytest.raises(OutputExistsError, match="bench.json"):
+        bench_runner.run_bench(_cfg("bench_preset=quick", f"output={out}", "overwrite=false"))
+    assert out.read_text() == "{}"

@@ -1,0 +1,57 @@
+"""MBConv ``recompute`` (expansion recomputed in backward): same outputs, gradients and running stats, less saved."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from medeff.bench.worker import saved_bytes
+from medeff.models import create_model
+from medeff.models.blocks import MBConv
+
+
+def _pair(**kwargs):
+    torch.manual_seed(0)
+    ref = create_model("efficientnet_b0", spatial_dims=3, in_channels=1, num_classes=3, width=0.5, depth=0.5,
+                       dropout=0.0, drop_path_rate=0.0, recompute=False, **kwargs).double().train()
+    rec = copy.deepcopy(ref)
+    for m in rec.modules():
+        if isinstance(m, MBConv):
+            m.recompute = True
+    return ref, rec
+
+
+def test_recompute_default_on_in_3d_only():
+    m3 = create_model("efficientnet_b0", spatial_dims=3, in_channels=1, num_classes=2, width=0.25, depth=0.25)
+    m2 = create_model("efficientnet_b0", spatial_dims=2, in_channels=1, num_classes=2, width=0.25, depth=0.25)
+    ck = create_model("efficientnet_b0", spatial_dims=3, in_channels=1, num_classes=2, width=0.25, depth=0.25,
+                      checkpointing=True)
+    assert all(b.recompute for b in m3.modules() if isinstance(b, MBConv))
+    assert not any(b.recompute for b in m2.modules() if isinstance(b, MBConv))
+    assert not any(b.recompute for b in ck.modules() if isinstance(b, MBConv))  # stages are recomputed instead
+
+
+def test_recompute_same_outputs_grads_and_running_stats_less_saved():
+    ref, rec = _pair()
+    x = torch.randn(2, 1, 16, 16, 16, dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    outs = []
+    for model in (ref, rec):
+        out = model(x)
+        torch.nn.functional.cross_entropy(out, y).backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1])
+    for (name, p), (_, q) in zip(ref.named_parameters(), rec.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    # the recomputation must not update batch-norm running statistics a second time
+    for (name, a), (_, b) in zip(ref.named_buffers(), rec.named_buffers()):
+        torch.testing.assert_close(a, b, msg=name)
+    assert saved_bytes(rec, x) < 0.8 * saved_bytes(ref, x)
+
+
+def test_recompute_off_in_eval_and_no_grad():
+    ref, rec = _pair()
+    x = torch.randn(1, 1, 16, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ref.eval()(x), rec.eval()(x))
