@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "demo": "medeff.cli.demo",
     "train": "medeff.cli.train",
     "predict": "medeff.cli.predict",
+    "plan": "medeff.cli.plan",
 }
 
 

@@ -31,7 +31,7 @@ from medeff.errors import ConfigError, InputError
 from medeff.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
 from medeff.utils.logging import get_logger
 
-__all__ = ["predict", "load_model", "classification_table", "list_inputs"]
+__all__ = ["predict", "load_model", "load_models", "resolve_checkpoints", "classification_table", "list_inputs"]
 
 log = get_logger(__name__)
 NIFTI = (".nii.gz", ".nii")
@@ -65,6 +65,55 @@ def load_model(ckpt_path: str | Path, *, device: str = "cpu", expect: dict[str, 
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(state)
     return net.to(device).eval(), meta
+
+
+def resolve_checkpoints(ckpt: Any) -> list[str]:
+    """``ckpt`` -> checkpoint files: a file, a list of files, or a run folder (every ``checkpoints/last.ckpt`` under
+    it, sorted, e.g. the ``fold*`` folders of a cross-validation).
+
+    Raises:
+        ConfigError: a folder without any ``checkpoints/last.ckpt``.
+    """
+    if isinstance(ckpt, (list, tuple)):
+        return [str(p) for p in ckpt]
+    p = Path(str(ckpt))
+    if p.is_dir():
+        found = sorted(str(f) for f in p.rglob("last.ckpt") if f.parent.name == "checkpoints")
+        if not found:
+            raise ConfigError(f"Run folder '{p}' holds no checkpoints/last.ckpt.",
+                              hint="pass ckpt=FILE, ckpt=[A.ckpt,B.ckpt] or the folder of a finished run.")
+        return found
+    return [str(p)]
+
+
+def load_models(ckpt: Any, *, device: str = "cpu", expect: dict[str, Any] | None = None, tta: str | None = None):
+    """Load one checkpoint, or several (fold ensemble), optionally with flip test-time augmentation.
+
+    Returns:
+        ``(net, metadata of the first checkpoint, checkpoint paths)``; with several members or ``tta=flip`` the
+        net is an :class:`medeff.engine.ensemble.AveragedNet` (logits of the mean probabilities).
+
+    Raises:
+        CheckpointError: a member is unusable or differs from the first in task, classes or labels.
+    """
+    from medeff.engine.checkpoint import check_compatible
+    from medeff.engine.ensemble import AveragedNet, flip_views
+
+    paths = resolve_checkpoints(ckpt)
+    nets, metas = [], []
+    for path in paths:
+        net, meta = load_model(path, device=device, expect=expect)
+        if metas:
+            check_compatible(meta, path, task=metas[0]["task"], class_names=metas[0]["class_names"],
+                             label_names=metas[0]["label_names"])
+        nets.append(net)
+        metas.append(meta)
+    meta = metas[0]
+    flips = flip_views(int(meta["data"]["spatial_dims"]), tta)
+    if len(nets) == 1 and flips == [()]:
+        return nets[0], meta, paths
+    net = AveragedNet(nets, flips, joint=meta["task"] == "joint", spatial_output=meta["task"] != "classification")
+    return net.eval(), meta, paths
 
 
 def list_inputs(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
@@ -239,11 +288,12 @@ def predict(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         if c.get(key) in (None, "", "???"):
             raise ConfigError(f"predict needs '{key}'.", hint=f"pass {key}=PATH.")
     device = _device(str(c.get("device", "auto")))
-    net, meta = load_model(c["ckpt"], device=device, expect=c.get("expect"))
+    net, meta, ckpts = load_models(c["ckpt"], device=device, expect=c.get("expect"), tta=c.get("tta"))
     out_dir = Path(c.get("output_dir") or "predictions")
     overwrite = bool(c.get("overwrite", False))
     threshold = float(c["threshold"] if c.get("threshold") is not None else (meta.get("threshold") or 0.5))
-    header = {"checkpoint": str(c["ckpt"]), "task": meta["task"], "class_names": meta["class_names"],
+    header = {"checkpoint": ckpts[0] if len(ckpts) == 1 else ckpts, "tta": c.get("tta") or "none",
+              "task": meta["task"], "class_names": meta["class_names"],
               "positive_classes": meta["positive_classes"], "threshold": threshold,
               "versions": meta.get("versions", {})}
     kind, records = list_inputs(c["input"])

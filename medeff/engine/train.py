@@ -20,6 +20,7 @@ from medeff.utils.logging import get_logger
 __all__ = ["train", "build", "resolve_config", "resolve_ckpt_path"]
 
 log = get_logger(__name__)
+DATAMODULE = "medeff.data.datamodule.MedeffDataModule"
 
 
 def resolve_config(cfg: DictConfig) -> dict[str, Any]:
@@ -108,7 +109,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("Run folder: %s", run_dir)
 
     log.info("Instantiating data <%s>", cfg.data._target_)
-    dm = build(cfg.data, "data", augmentation=resolved.get("augmentation") or {})
+    data_extra: dict[str, Any] = {}
+    if cfg.get("seed") is not None and cfg.data.get("_target_") == DATAMODULE and "seed" not in cfg.data:
+        data_extra["seed"] = int(cfg.seed)  # epoch-seeded order and augmentation: exact resume at epoch ends
+    dm = build(cfg.data, "data", augmentation=resolved.get("augmentation") or {}, **data_extra)
     dm.prepare_index()
 
     log.info("Instantiating net <%s>", cfg.model._target_)
