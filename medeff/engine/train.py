@@ -85,6 +85,14 @@ def _uses_names(cfg: dict[str, Any], kind: str, dm) -> dict[str, Any]:
     return {"label_names": dm.label_names}
 
 
+def _save_config(resolved: dict[str, Any], run_dir: Path) -> None:
+    """Write the resolved configuration of the run to ``run_dir/config.yaml`` (atomically; a resume rewrites it)."""
+    from medeff.utils.atomic import write_text_atomic
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a model as configured.
 
@@ -107,6 +115,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     kind = str(cfg.task.kind)
     run_dir = Path(resolved["run_dir"])
     log.info("Run folder: %s", run_dir)
+    _save_config(resolved, run_dir)
 
     log.info("Instantiating data <%s>", cfg.data._target_)
     data_extra: dict[str, Any] = {}

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from .helpers import fast_overrides
 
 from medeff.config import compose
@@ -36,6 +37,10 @@ def test_training_writes_best_and_last_with_metrics(cls_run):
         assert key in result["metrics"], sorted(result["metrics"])
     assert 0.0 <= result["metrics"]["val/balanced_accuracy"] <= 1.0
     assert result["optimized_metric"] == result["metrics"]["val/auc"]
+    # the resolved configuration of the run sits beside its checkpoints
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["run_dir"] == str(run_dir) and saved["data"]["context_slices"] == 1
+    assert "${" not in (run_dir / "config.yaml").read_text()
 
 
 def test_checkpoint_describes_itself_and_loads_weights_only(cls_run):
