@@ -65,6 +65,16 @@ def _train(kind: str, section: Any, index: Path, out: Path, seed: int) -> Path:
     return Path(ckpt)
 
 
+def _provenance(cfg: Any, part: str, ckpt: Path) -> dict[str, Any]:
+    """What the report records as its configuration: the demo settings and the training run behind the model."""
+    from omegaconf import OmegaConf
+
+    demo = OmegaConf.to_container(cfg, resolve=True)
+    run_cfg = ckpt.parent.parent / "config.yaml"
+    training = OmegaConf.to_container(OmegaConf.load(run_cfg), resolve=False) if run_cfg.is_file() else {}
+    return {"demo": {k: demo[k] for k in ("seed", "data", part) if k in demo}, "training": training}
+
+
 def _nodule_references(archive_dir: Path, out_csv: Path) -> Path:
     """Per-nodule reference labels (and diameters) of a phantom archive, for the evaluation."""
     z = np.load(archive_dir / "nodule_slices_64x64.npz")
@@ -137,13 +147,14 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Pa
         merged, columns={"case": "nodule_key", "group": "exam_id", "label": "label", "scores": "score"},
         unit="nodule", threshold=float(pred_cls["cases"][0]["threshold"]) if pred_cls["cases"] else 0.5,
         subgroups=[{"column": "diameter_mm", "bins": [0, 10, 15, 20, 100], "unit": "mm"}], seed=seed,
-        title="Nodule triage (phantom demo)")
+        title="Nodule triage (phantom demo)", config=_provenance(cfg, "classifier", ckpt_cls))
     cls_files = render_report(res_cls, out / "report" / "classification", formats=tuple(cfg.report.formats))
     mask = Path(pred_seg["files"][0])
     seg_index = out / "predictions" / "segmentation_pairs.csv"
     seg_index.write_text(f"case_id,prediction,reference\nct_test,{mask},{data['ct_test_label']}\n")
     labels = {v: k for k, v in ORGAN_LABELS.items() if v}
-    res_seg = evaluate_segmentation(seg_index, labels=labels, seed=seed, title="Organ segmentation (phantom demo)")
+    res_seg = evaluate_segmentation(seg_index, labels=labels, seed=seed, title="Organ segmentation (phantom demo)",
+                                    config=_provenance(cfg, "segmenter", ckpt_seg))
     seg_files = render_report(res_seg, out / "report" / "segmentation", formats=tuple(cfg.report.formats))
     reports = {"classification_report": _html(cls_files), "segmentation_report": _html(seg_files),
                "converted_ct": Path(ct_test)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 
@@ -49,6 +50,12 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     mask = read_image(next((out / "predictions" / "ct").glob("*.nii.gz")))
     assert mask.shape == series.shape
     assert np.allclose(mask.affine_ras, series.affine_ras, atol=1e-4)
+
+    # the reports record what produced them: the demo settings and the resolved training config
+    results = json.loads((out / "report" / "classification" / "summary.json").read_text())
+    config = results["provenance"]["config"]
+    assert config["demo"]["classifier"]["epochs"] == 1
+    assert config["training"]["data"]["name"] == "nodule_2d"
 
     # nothing outside the input data folder carries the series' identifying values
     for path in out.rglob("*"):
