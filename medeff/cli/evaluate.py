@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "classification.predictions=preds.csv classification.columns.scores=prob")
 
 
-_PATH_KEYS = ("predictions", "index", "prediction_dir", "reference_dir", "out_dir")
+_PATH_KEYS = ("predictions", "index", "prediction_dir", "reference_dir", "out_dir", "references")
 
 
 def _recorded_config(cfg: dict) -> dict:

@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "train": "medeff.cli.train",
     "predict": "medeff.cli.predict",
     "plan": "medeff.cli.plan",
+    "crops": "medeff.cli.crops",
+    "lidc": "medeff.cli.lidc",
 }
 
 

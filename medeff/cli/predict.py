@@ -1,4 +1,8 @@
-"""``medeff predict ckpt=CKPT input=PATH [key=value ...]``: run a checkpoint on new images."""
+"""``medeff predict ckpt=CKPT input=PATH [key=value ...]``: run a checkpoint on new images.
+
+Exit status: 0 when every case was predicted, 1 when some cases failed and were skipped (``on_error=skip``; they
+are listed on stdout, in ``predictions.json`` and ``failed_cases.csv``), 2 on an error that stopped the run.
+"""
 
 from __future__ import annotations
 
@@ -20,4 +24,10 @@ def run(args: argparse.Namespace) -> int:
 
     result = predict(compose(args.config_name, args.overrides))
     print(f"{len(result['cases'])} case(s) -> {result['output_dir']}")
+    failed = result.get("failed") or []
+    if failed:  # partial success: the predictions are written, but not for every case
+        print(f"{len(failed)} case(s) failed and were skipped (listed in predictions.json and failed_cases.csv):")
+        for f in failed:
+            print(f"  {f['case_id']} ({f['image']}): {f['reason']}")
+        return 1
     return 0

@@ -226,6 +226,9 @@ class MedeffDataModule(L.LightningDataModule):
                                            "0..N-1.", hint="relabel the maps to consecutive values.",
                                            path=self.index_path)
             self.label_names = [k for k, _ in by_value]
+        if self.has_label_image and getattr(self.index, "label_remap", None):
+            # the index keeps a subset of the label values under new ones: apply it wherever label maps are read
+            self.preprocessing["label_remap"] = [[int(s), int(d)] for s, d in sorted(self.index.label_remap.items())]
         names = self.class_names if self.task == "classification" else self.label_names
         if names and len(names) != self.num_classes and not (self.num_classes == 1 and len(names) == 2):
             raise ConfigError(f"data.num_classes={self.num_classes} but the index '{self.index_path}' names "
@@ -274,6 +277,22 @@ class MedeffDataModule(L.LightningDataModule):
 
     def _reseed_transforms(self, seed: int) -> None:
         self.train_ds.transform.set_random_state(seed=seed)
+
+    def set_augmentation(self, augmentation: Mapping[str, Any]) -> None:
+        """Replace the random augmentation spec (progressive learning changes its magnitude between stages).
+
+        The random half of the training transforms is rebuilt; the cached deterministic half is kept (MONAI's
+        ``CacheDataset`` applies the transforms after the first random one to its cached items). With
+        ``num_workers > 0`` and no ``seed`` the loader's workers are persistent and keep their copy until restarted.
+
+        Raises:
+            ConfigError: an unknown or invalid augmentation key.
+        """
+        common = dict(spatial_dims=self.spatial_dims, has_label=self.has_label_image, patch_size=self.patch_size)
+        t_train = train_transforms(self.preprocessing, dict(augmentation), load=self.kind != "archive", **common)
+        self.augmentation = dict(augmentation)
+        if self.train_ds is not None:
+            self.train_ds.transform = t_train
 
     def train_dataloader(self) -> DataLoader:
         drop_last = len(self.train_ds) > self.batch_size and self.kind == "archive"

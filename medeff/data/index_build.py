@@ -52,26 +52,42 @@ def _to_cfg(cfg: Any) -> Any:
     raise TypeError(f"cfg must be a DictConfig, a mapping or None, got {type(cfg).__name__}")
 
 
-def _label_names(cfg: Any, found: set[int]) -> dict[str, int]:
-    """Label name -> value: from ``labels``, else ``labels_file`` (JSON id -> name), else derived."""
+def _label_names(cfg: Any, found: set[int], remap: dict[int, int] | None = None) -> dict[str, int]:
+    """Label name -> value: from ``labels``, else ``labels_file`` (JSON id -> name), else derived.
+
+    With a ``label_remap``, ``found`` holds new values; a new value fed by one source value takes that source's name
+    from ``labels_file``.
+    """
     from omegaconf import OmegaConf
 
     labels = OmegaConf.to_container(cfg.labels) if cfg.get("labels") else {}
+    if not labels and cfg.get("labels_file") and remap:
+        data = _labels_file(cfg)
+        sources: dict[int, list[int]] = {}
+        for s, d in remap.items():
+            sources.setdefault(d, []).append(s)
+        labels = {str(data[str(src[0])]) if len(src) == 1 and str(src[0]) in data else f"label_{d}": d
+                  for d, src in sorted(sources.items()) if d in found and d != 0}
     if not labels and cfg.get("labels_file"):
-        path = Path(str(cfg.labels_file))
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"labels_file '{path}' cannot be read as JSON ({exc}).",
-                              hint="give a JSON object mapping label id -> name.") from exc
-        if cfg.get("labels_file_key"):
-            data = data[str(cfg.labels_file_key)]
+        data = _labels_file(cfg)
         labels = {str(name): int(i) for i, name in data.items() if int(i) in found}
     if not labels:
         labels = {f"label_{v}": v for v in sorted(found) if v != 0}
     out = {"background": 0}
     out.update({str(k): int(v) for k, v in labels.items() if int(v) != 0})
     return out
+
+
+def _labels_file(cfg: Any) -> dict[str, Any]:
+    path = Path(str(cfg.labels_file))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"labels_file '{path}' cannot be read as JSON ({exc}).",
+                          hint="give a JSON object mapping label id -> name.") from exc
+    if cfg.get("labels_file_key"):
+        data = data[str(cfg.labels_file_key)]
+    return data
 
 
 def _path_identifier_problems(cases: Sequence[RawCase], ids: Sequence[str]) -> list[Problem]:
@@ -145,6 +161,15 @@ def build_index(source: str | os.PathLike, out: str | os.PathLike, cfg: Any = No
                          channel_names=scan.channel_names, labels={}, class_names=list(scan.class_names),
                          num_folds=int(cfg.folds.k), fold_seed=int(cfg.folds.seed),
                          stratified=bool(cfg.folds.stratify) and task == "classification", all_cases=records)
+    if cfg.get("label_remap"):
+        from omegaconf import OmegaConf
+
+        from medeff.data.label_remap import parse_label_remap
+
+        if task != "segmentation":
+            raise ConfigError(f"label_remap is set but the source gives {task} cases.",
+                              hint="label_remap applies to segmentation label maps; remove it.")
+        index.label_remap = parse_label_remap(OmegaConf.to_container(cfg.label_remap), "label_remap")
     if kind != "archive" and not cfg.get("spatial_dims") and records:
         # the first readable header decides 2D vs 3D (DICOM series are 3D)
         for r in records:
@@ -188,7 +213,7 @@ def build_index(source: str | os.PathLike, out: str | os.PathLike, cfg: Any = No
             thumbs.append(None)
             fine.append(None)
     if task == "segmentation":
-        index.labels = _label_names(cfg, found_labels)
+        index.labels = _label_names(cfg, found_labels, index.label_remap)
         unknown = sorted(found_labels - set(index.labels.values()))
         if unknown:
             problems.append(Problem("-", "-", f"label values {unknown} occur in the label maps but not in `labels`",
@@ -199,6 +224,16 @@ def build_index(source: str | os.PathLike, out: str | os.PathLike, cfg: Any = No
     # folds are drawn on the original group keys (in memory only) so they do not depend on the pseudonym salt
     folds = assign_folds([c.group_key for c in raw], classes, k=index.num_folds, seed=index.fold_seed,
                          stratify=index.stratified)
+    if raw and all(c.fold is not None for c in raw):  # folds fixed by the source (csv.fold_col)
+        folds = [int(c.fold) for c in raw]
+        bad = [cid for cid, f in zip(ids, folds) if not 0 <= f < index.num_folds]
+        split = split_groups([r.group for r in records], folds)
+        if bad or split:
+            raise_problems([Problem(cid, "-", f"fold is outside 0..{index.num_folds - 1}", "fix the fold column or "
+                                    "folds.k") for cid in bad]
+                           + [Problem(g, "-", f"patient group is split across the fixed folds {sorted(fs)}",
+                                      "give all rows of a patient one fold") for g, fs in split.items()],
+                           f"Source '{source}'", str(source))
     for r, f in zip(records, folds):
         r.fold = int(f)
     assert not split_groups([r.group for r in records], folds), "fold assignment split a patient group"

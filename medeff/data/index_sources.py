@@ -40,6 +40,7 @@ class RawCase:
     series_uid: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     identifiers: tuple[str, ...] = ()
+    fold: int | None = None  # a fold fixed by the source (CSV csv.fold_col), else drawn by the indexer
 
 
 @dataclass
@@ -315,7 +316,11 @@ def scan_csv(source: Path, cfg: Any) -> Scan:
     elif kind == "auto":
         vals = [v for v in df[label_col] if v.strip()]
         kind = "map" if vals and all(v.lower().endswith(IMAGE_SUFFIXES) for v in vals) else "class"
-    used = {cc.image_col, cc.group_col} | {c for c in (label_col, series_col) if c}
+    fold_col = cc.get("fold_col") if cc.get("fold_col") in cols else None
+    if cc.get("fold_col") and fold_col is None:
+        raise ConfigError(f"CSV '{source}' has no column '{cc.fold_col}' (csv.fold_col); its columns are {cols}.",
+                          hint="add the fold column, or set csv.fold_col=null to draw the folds.")
+    used = {cc.image_col, cc.group_col} | {c for c in (label_col, series_col, fold_col) if c}
     meta_cols = _metadata_columns(cols, cc.get("metadata_columns"), used, str(source))
     class_names = [str(c) for c in cfg.get("class_names") or []]
     raw_classes = sorted({v for v in df[label_col] if v.strip()}) if kind == "class" else []
@@ -361,9 +366,17 @@ def scan_csv(source: Path, cfg: Any) -> Scan:
             problems.append((ref, images[0], f"has an empty group cell ('{cc.group_col}')",
                              "give every row its patient/group id"))
         meta = {c: _as_number(str(row[c])) for c in meta_cols if str(row[c]) != ""}
+        fold = None
+        if fold_col:
+            fv = str(row[fold_col]).strip()
+            if not re.fullmatch(r"\d+", fv):
+                problems.append((ref, images[0], f"has fold {fv!r} in column '{fold_col}', not a fold number",
+                                 "give every row a fold 0..k-1"))
+            else:
+                fold = int(fv)
         cases.append(RawCase(image=image_rel, label=label, group_key=group, source_ref=ref,
                              series_uid=str(row[series_col]).strip() or None if series_col else None,
-                             metadata=meta, identifiers=(group,)))
+                             metadata=meta, identifiers=(group,), fold=fold))
     task = {"map": "segmentation", "class": "classification", "none": "unlabelled"}[kind]
     n_channels = max((len(c.image) for c in cases), default=1)
     return Scan("csv", base, task, cases, _channel_names(cfg, n_channels), class_names=class_names,

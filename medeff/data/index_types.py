@@ -128,6 +128,8 @@ class DatasetIndex:
         config: the indexing options used (for provenance).
         schema_version: version of this contract.
         path: where the index was loaded from (not serialised).
+        label_remap: ``{source value: new value}`` applied to label maps as they are read (unlisted: 0); empty when
+            the maps are used as they are. ``labels`` names the new values.
     """
 
     task: str
@@ -146,6 +148,7 @@ class DatasetIndex:
     config: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     path: str | None = None
+    label_remap: dict[int, int] = field(default_factory=dict)
 
     # ---- accessors a data module needs -------------------------------------------------------------------------
     @property
@@ -230,7 +233,7 @@ class DatasetIndex:
     # ---- JSON ------------------------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """The JSON-ready dictionary (field order as documented)."""
-        return {
+        out = {
             "format": FORMAT_NAME,
             "schema_version": self.schema_version,
             "task": self.task,
@@ -249,6 +252,11 @@ class DatasetIndex:
             "config": copy.deepcopy(self.config),
             "cases": [c.to_json() for c in self.all_cases],
         }
+        if self.label_remap:  # optional field: absent means the label maps are used as they are
+            out = {k: v for k, v in out.items() if k != "cases"}
+            out["label_remap"] = {str(k): int(v) for k, v in sorted(self.label_remap.items())}
+            out["cases"] = [c.to_json() for c in self.all_cases]
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any], *, path: str | None = None) -> DatasetIndex:
@@ -304,4 +312,5 @@ class DatasetIndex:
             config=dict(d.get("config") or {}),
             schema_version=version,
             path=path,
+            label_remap={int(k): int(v) for k, v in (d.get("label_remap") or {}).items()},
         )

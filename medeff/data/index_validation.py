@@ -239,8 +239,13 @@ def _check_label_map(index, case, hdr0, want_voxels, load, atol, bad, out) -> No
         if not np.all(lab == np.round(lab)):
             bad(case.label, "label map has non-integer values", "label maps must hold integer label ids")
             return
+    if getattr(index, "label_remap", None):
+        from medeff.data.label_remap import remap_labels
+
+        lab = remap_labels(lab, index.label_remap)  # only the kept values, under their new numbers
     if not np.any(lab):
-        bad(case.label, "label map is empty (all background)", "check the label map, or remove the case")
+        bad(case.label, "label map is empty (all background)" + (" after label_remap" if getattr(
+            index, "label_remap", None) else ""), "check the label map, or remove the case")
     known = set(index.labels.values())
     if known:
         found = {int(v) for v in np.unique(lab)}

@@ -55,6 +55,7 @@ from medeff.errors import ConfigError, ImageReadError
 
 __all__ = [
     "LoadImageDatad",
+    "RemapLabelsd",
     "DEFAULT_PREPROCESSING",
     "preprocessing_transforms",
     "augmentation_transforms",
@@ -70,6 +71,7 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "crop_foreground": False,
     "foreground_threshold": 0.0,
     "resize_to_patch": False,
+    "label_remap": None,
 }
 
 
@@ -142,6 +144,30 @@ class LoadImageDatad(MapTransform):
         return d
 
 
+class RemapLabelsd(MapTransform):
+    """Keep a subset of label values under new ones (:func:`medeff.data.label_remap.remap_labels`; unlisted -> 0).
+
+    Args:
+        keys: label keys.
+        mapping: ``{source value: new value}`` or ``[source, new]`` pairs.
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(self, keys: KeysCollection, mapping: Any, allow_missing_keys: bool = False) -> None:
+        from medeff.data.label_remap import parse_label_remap
+
+        super().__init__(keys, allow_missing_keys)
+        self.mapping = parse_label_remap(mapping, "data.preprocessing.label_remap")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from medeff.data.label_remap import remap_labels
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = remap_labels(d[key], self.mapping)
+        return d
+
+
 def _intensity(keys: list[str], spec: Mapping[str, Any]) -> list:
     mode = str(spec.get("mode", "window"))
     if mode == "window":
@@ -183,6 +209,8 @@ def preprocessing_transforms(spec: Mapping[str, Any] | None, *, spatial_dims: in
     out: list = []
     if load:
         out.append(LoadImageDatad(keys, dtypes={"label": "int16"}))
+    if has_label and spec.get("label_remap"):
+        out.append(RemapLabelsd(["label"], spec["label_remap"]))
     if spatial_dims == 3 and spec.get("orientation"):
         out.append(Orientationd(keys, axcodes=str(spec["orientation"]), labels=None))
     if spec.get("spacing") is not None:

@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medeff.errors import CheckpointError
 from medeff.utils.atomic import atomic_path
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "AtomicCheckpointIO", "build_metadata", "load_checkpoint", "check_compatible",
-           "plain"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "AtomicCheckpointIO", "LastEveryEpochCheckpoint", "build_metadata",
+           "load_checkpoint", "check_compatible", "plain"]
 
 FORMAT = "medeff-checkpoint"
 FORMAT_VERSION = 1
@@ -160,3 +161,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: str | Path, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
         return _torch_load(Path(path))
+
+
+class LastEveryEpochCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` follows every checkpointing point.
+
+    Lightning (2.6) rewrites ``last.ckpt`` only when a new top-k file is saved, so after epochs whose monitored
+    metric did not improve (or was NaN), ``last.ckpt`` is an older epoch and ``ckpt_path=last`` after a crash would
+    silently repeat them. ``medeff train`` builds this class wherever the config names
+    ``lightning.pytorch.callbacks.ModelCheckpoint``; the arguments are the same.
+    """
+
+    def _save_last_if_missed(self, trainer: Any) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
+                and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)

@@ -213,8 +213,16 @@ def plan_overrides(path: str | Path) -> list[str]:
     if doc.get("format") != PLAN_FORMAT:
         raise ConfigError(f"'{p}' is not a medeff plan.", hint="make one with `medeff plan index=... budget=...`.")
 
-    def lst(v):
-        return "[" + ",".join(str(x) for x in v) + "]"
+    def lst(v):  # numbers only: a plan is data and may not inject config (e.g. a nested _target_)
+        try:
+            return "[" + ",".join(repr(float(x)) if isinstance(x, float) else str(int(x)) for x in v) + "]"
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"Plan '{p}' holds a non-numeric list {v!r}.", hint="make one with `medeff plan`.") \
+                from exc
+
+    if not isinstance(doc.get("model"), str) or not re.fullmatch(r"[A-Za-z0-9_]+", doc["model"]) or \
+            isinstance(doc.get("batch_size"), bool) or not isinstance(doc.get("batch_size"), int):
+        raise ConfigError(f"Plan '{p}' has an invalid model name or batch size.", hint="make one with `medeff plan`.")
 
     return [f"data.patch_size={lst(doc['patch_size'])}", f"data.preprocessing.spacing={lst(doc['target_spacing'])}",
             f"data.batch_size={doc['batch_size']}", f"model.name={doc['model']}",

@@ -24,10 +24,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medeff.data.transforms import eval_transforms
+from medeff.engine.case_errors import CaseFailures, check_finite
 from medeff.engine.checkpoint import load_checkpoint
+from medeff.engine.dicom_seg import check_output_formats, write_seg_outputs
 from medeff.engine.inference import first_output, sliding_window
 from medeff.engine.metrics import aggregate_by_case, class_probabilities
-from medeff.errors import ConfigError, InputError
+from medeff.errors import CheckpointError, ConfigError, InputError
 from medeff.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
 from medeff.utils.logging import get_logger
 
@@ -56,12 +58,21 @@ def load_model(ckpt_path: str | Path, *, device: str = "cpu", expect: dict[str, 
         ``(net in eval mode, metadata)``.
 
     Raises:
-        CheckpointError: unreadable, not medeff, or not matching ``expect``.
+        CheckpointError: unreadable, not medeff, not matching ``expect``, or its stored model config names a
+            ``_target_`` outside :data:`medeff.engine.targets.MODEL_TARGETS` (nothing is built then).
     """
     from hydra.utils import instantiate
 
+    from medeff.engine.targets import MODEL_TARGETS, check_targets
+
     meta, ckpt = load_checkpoint(ckpt_path, **{k: v for k, v in (expect or {}).items() if v is not None})
-    net = instantiate(OmegaConf.create(meta["config"]["model"]), _convert_="all")
+    model_cfg = (meta.get("config") or {}).get("model")
+    if not isinstance(model_cfg, dict) or "_target_" not in model_cfg:
+        raise CheckpointError(f"Checkpoint '{ckpt_path}' stores no model config (config.model._target_).",
+                              hint="use a checkpoint written by `medeff train`.", path=str(ckpt_path))
+    check_targets(model_cfg, MODEL_TARGETS, source=f"The model config stored in checkpoint '{ckpt_path}'",
+                  error=CheckpointError, path=str(ckpt_path))
+    net = instantiate(OmegaConf.create(model_cfg), _convert_="all")
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(state)
     return net.to(device).eval(), meta
@@ -194,7 +205,7 @@ def _device(name: str) -> str:
 
 
 @torch.no_grad()
-def _classify(net, meta, kind: str, records, device: str, batch_size: int):
+def _classify(net, meta, kind: str, records, device: str, batch_size: int, failures: CaseFailures | None = None):
     data = meta["data"]
     common = dict(spatial_dims=int(data["spatial_dims"]), has_label=False, patch_size=data.get("patch_size"))
     probs, ids = [], []
@@ -216,15 +227,22 @@ def _classify(net, meta, kind: str, records, device: str, batch_size: int):
             raise InputError("This checkpoint classifies 2D archive slices; the input is a volume.",
                              hint="pass a .npz slice archive or an index of archive cases.")
         tf = eval_transforms(data["preprocessing"], load=True, **common)
+        failures = failures if failures is not None else CaseFailures("stop")
         for rec in records:
-            x = torch.as_tensor(tf({"image": rec["image"]})["image"])[None].float()
-            probs.append(class_probabilities(first_output(net(x.to(device)))).cpu().numpy())
-            ids.append(rec["case_id"])
+            with failures.case(rec):
+                x = check_finite(torch.as_tensor(tf({"image": rec["image"]})["image"])[None].float(),
+                                 f"The preprocessed image of case '{rec['case_id']}'")
+                p = class_probabilities(first_output(net(x.to(device))))
+                probs.append(check_finite(p, f"The network output for case '{rec['case_id']}'").cpu().numpy())
+                ids.append(rec["case_id"])
+        if not probs:  # every case failed: the caller reports them
+            return [], None, None, []
     return aggregate_by_case(np.concatenate(probs), ids)
 
 
 @torch.no_grad()
-def _segment(net, meta, records, out_dir: Path, device: str, sw_cfg: dict[str, Any], overwrite: bool):
+def _segment(net, meta, records, out_dir: Path, device: str, sw_cfg: dict[str, Any], overwrite: bool,
+             failures: CaseFailures | None = None):
     import nibabel as nib
     from monai.data import MetaTensor
     from monai.transforms import Invertd
@@ -237,34 +255,37 @@ def _segment(net, meta, records, out_dir: Path, device: str, sw_cfg: dict[str, A
     sw = {"sw_batch_size": int(sw_cfg.get("sw_batch_size") or tcfg.get("sw_batch_size", 2)),
           "overlap": float(sw_cfg.get("overlap") if sw_cfg.get("overlap") is not None else tcfg.get("overlap", 0.5)),
           "mode": str(sw_cfg.get("mode") or tcfg.get("sw_mode", "gaussian"))}
+    failures = failures if failures is not None else CaseFailures("stop")
     masks, class_probs, ids = [], [], []
     for rec in records:
-        d = pre({"image": rec["image"]})
-        affine = np.asarray(d["image"].meta["original_affine"], dtype=np.float64)  # the input's own geometry
-        in_shape = tuple(int(n) for n in d["image"].meta["spatial_shape"])
-        x = d["image"][None].to(device)
-        out = sliding_window(net, x.as_tensor() if isinstance(x, MetaTensor) else x, roi_size=tcfg["roi_size"],
-                             joint=joint, **sw)
-        seg, cls = out if joint else (out, None)
-        label = seg.argmax(dim=1).to(torch.int16).cpu()
-        img_meta = {k: v for k, v in d["image"].meta.items() if k != "affine"}
-        d["pred"] = MetaTensor(label, affine=d["image"].affine, meta=img_meta,
-                               applied_operations=list(d["image"].applied_operations))
-        mask = np.asarray(inverter(d)["pred"])[0]
-        if mask.shape != in_shape:
-            raise RuntimeError(f"inverted mask shape {mask.shape} differs from the input {in_shape}")
-        img = nib.Nifti1Image(mask.astype(np.uint8 if mask.max() < 256 else np.int16), affine)
-        img.set_qform(affine, code=1)
-        img.set_sform(affine, code=1)
-        out_path = out_dir / f"{rec['case_id']}_seg.nii.gz"
-        with atomic_path(out_path, overwrite=overwrite) as tmp:
-            nib.save(img, str(tmp))
-        log.info("Wrote %s", out_path)
-        masks.append({"case_id": rec["case_id"], "mask": str(out_path),
-                      "voxels_per_label": {n: int((mask == i).sum()) for i, n in enumerate(meta["label_names"])}})
-        ids.append(rec["case_id"])
-        if cls is not None:
-            class_probs.append(class_probabilities(cls).cpu().numpy())
+        with failures.case(rec):
+            d = pre({"image": rec["image"]})
+            affine = np.asarray(d["image"].meta["original_affine"], dtype=np.float64)  # the input's own geometry
+            in_shape = tuple(int(n) for n in d["image"].meta["spatial_shape"])
+            x = check_finite(d["image"][None], f"The preprocessed image of case '{rec['case_id']}'").to(device)
+            out = sliding_window(net, x.as_tensor() if isinstance(x, MetaTensor) else x, roi_size=tcfg["roi_size"],
+                                 joint=joint, **sw)
+            seg, cls = out if joint else (out, None)
+            check_finite(seg, f"The network output for case '{rec['case_id']}'")
+            label = seg.argmax(dim=1).to(torch.int16).cpu()
+            img_meta = {k: v for k, v in d["image"].meta.items() if k != "affine"}
+            d["pred"] = MetaTensor(label, affine=d["image"].affine, meta=img_meta,
+                                   applied_operations=list(d["image"].applied_operations))
+            mask = np.asarray(inverter(d)["pred"])[0]
+            if mask.shape != in_shape:
+                raise RuntimeError(f"inverted mask shape {mask.shape} differs from the input {in_shape}")
+            img = nib.Nifti1Image(mask.astype(np.uint8 if mask.max() < 256 else np.int16), affine)
+            img.set_qform(affine, code=1)
+            img.set_sform(affine, code=1)
+            out_path = out_dir / f"{rec['case_id']}_seg.nii.gz"
+            with atomic_path(out_path, overwrite=overwrite) as tmp:
+                nib.save(img, str(tmp))
+            log.info("Wrote %s", out_path)
+            masks.append({"case_id": rec["case_id"], "mask": str(out_path),
+                          "voxels_per_label": {n: int((mask == i).sum()) for i, n in enumerate(meta["label_names"])}})
+            ids.append(rec["case_id"])
+            if cls is not None:
+                class_probs.append(class_probabilities(cls).cpu().numpy())
     return masks, ids, (np.concatenate(class_probs) if class_probs else None)
 
 
@@ -273,22 +294,26 @@ def predict(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 
     Args:
         cfg: a composed ``predict`` config (``ckpt``, ``input``, ``output_dir``, ``threshold``, ``device``,
-            ``batch_size``, ``sliding_window``, ``expect``, ``overwrite``).
+            ``batch_size``, ``sliding_window``, ``expect``, ``overwrite``, ``on_error``).
 
     Returns:
-        ``{"task", "output_dir", "cases": [...rows or mask entries...], "files": [...]}``.
+        ``{"task", "output_dir", "cases": [...rows or mask entries...], "files": [...], "failed": [...]}``;
+        ``failed`` lists ``{"case_id", "image", "reason"}`` of the cases skipped with ``on_error=skip`` (also in
+        ``predictions.json`` and ``failed_cases.csv``).
 
     Raises:
         ConfigError: ``ckpt`` or ``input`` not set.
         CheckpointError: the checkpoint is unusable or not the expected one.
-        InputError: the input cannot be read.
+        InputError: the input cannot be read, a case failed with ``on_error=stop``, or every case failed.
     """
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     for key in ("ckpt", "input"):
         if c.get(key) in (None, "", "???"):
             raise ConfigError(f"predict needs '{key}'.", hint=f"pass {key}=PATH.")
     device = _device(str(c.get("device", "auto")))
+    failures = CaseFailures(str(c.get("on_error") or "skip"))
     net, meta, ckpts = load_models(c["ckpt"], device=device, expect=c.get("expect"), tta=c.get("tta"))
+    formats = check_output_formats(c.get("output_format"), meta["task"])  # before any inference
     out_dir = Path(c.get("output_dir") or "predictions")
     overwrite = bool(c.get("overwrite", False))
     threshold = float(c["threshold"] if c.get("threshold") is not None else (meta.get("threshold") or 0.5))
@@ -300,18 +325,26 @@ def predict(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     log.info("Predicting %d case(s) with a %s checkpoint on %s", len(records), meta["task"], device)
     result: dict[str, Any] = {"task": meta["task"], "output_dir": str(out_dir), "files": []}
     if meta["task"] == "classification":
-        ids, probs, _, counts = _classify(net, meta, kind, records, device, int(c.get("batch_size", 16)))
+        ids, probs, _, counts = _classify(net, meta, kind, records, device, int(c.get("batch_size", 16)), failures)
+        failures.raise_if_all_failed(len(records), out_dir, overwrite)
+        header["failed"] = failures.failed
         rows = classification_table(ids, probs, counts, class_names=meta["class_names"],
                                     positive_classes=meta["positive_classes"] or [probs.shape[1] - 1],
                                     threshold=threshold)
         _write_table(out_dir, rows, header, overwrite)
         result.update(cases=rows, files=[str(out_dir / "predictions.csv"), str(out_dir / "predictions.json")])
-        return result
+        return _report_failures(result, failures, out_dir, overwrite, len(records))
     if kind != "volume":
         raise InputError(f"A {meta['task']} checkpoint needs volumes; '{c['input']}' is a slice archive.",
                          hint="pass a NIfTI file, a DICOM folder or a folder of NIfTI files.")
-    masks, ids, cls_probs = _segment(net, meta, records, out_dir, device, c.get("sliding_window") or {}, overwrite)
+    masks, ids, cls_probs = _segment(net, meta, records, out_dir, device, c.get("sliding_window") or {}, overwrite,
+                                     failures)
+    failures.raise_if_all_failed(len(records), out_dir, overwrite)
+    header["failed"] = failures.failed
     result.update(cases=masks, files=[m["mask"] for m in masks])
+    if "dicom_seg" in formats:
+        result["files"] += write_seg_outputs(masks, records, out_dir, meta["label_names"], c.get("dicom_seg"),
+                                             overwrite)
     if cls_probs is not None:
         rows = classification_table(ids, cls_probs, [1] * len(ids), class_names=meta["class_names"],
                                     positive_classes=meta["positive_classes"] or [cls_probs.shape[1] - 1],
@@ -324,4 +357,14 @@ def predict(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     else:
         write_json_atomic(out_dir / "predictions.json", {**header, "cases": masks}, overwrite=overwrite)
         result["files"].append(str(out_dir / "predictions.json"))
+    return _report_failures(result, failures, out_dir, overwrite, len(records))
+
+
+def _report_failures(result: dict[str, Any], failures: CaseFailures, out_dir: Path, overwrite: bool,
+                     n_cases: int) -> dict[str, Any]:
+    result["failed"] = failures.failed
+    written = failures.write(out_dir, overwrite)
+    if written is not None:
+        result["files"].append(str(written))
+        log.warning("%d of %d case(s) failed and were skipped; see %s", len(failures), n_cases, written)
     return result

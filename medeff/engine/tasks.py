@@ -22,8 +22,11 @@ from medeff.engine.inference import first_output, sliding_window
 from medeff.engine.losses import ClassificationLoss, DeepSupervisionLoss
 from medeff.engine.metrics import DiceTracker, aggregate_by_case, class_probabilities, classification_metrics
 from medeff.errors import ConfigError
+from medeff.utils.options import look_up
 
-__all__ = ["BaseTask", "ClassificationTask", "SegmentationTask", "JointTask", "TASK_KINDS"]
+__all__ = ["BaseTask", "ClassificationTask", "SegmentationTask", "JointTask", "TASK_KINDS", "SW_MODES"]
+
+SW_MODES = ("gaussian", "constant")  # MONAI sliding-window blending modes
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -33,6 +36,16 @@ def _accepts(fn: Callable, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _configured(group: str, factory: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Call an optimizer / scheduler factory; a bad value from ``conf/<group>`` becomes a ConfigError naming it."""
+    try:
+        return factory(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        target = getattr(getattr(factory, "func", factory), "__name__", str(factory))
+        raise ConfigError(f"Cannot build the {group} ({target}) from conf/{group}: {exc}.",
+                          hint=f"check the values of '{group}.*' in the config and its overrides.") from exc
 
 
 class BaseTask(L.LightningModule):
@@ -69,13 +82,14 @@ class BaseTask(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        opt = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.AdamW(params, lr=1e-3)
+        opt = _configured("optimizer", self.optimizer_factory, params) if self.optimizer_factory \
+            else torch.optim.AdamW(params, lr=1e-3)
         if self.scheduler_factory is None:
             return opt
         kwargs = {}
         if _accepts(self.scheduler_factory, "total_steps"):
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        sched = self.scheduler_factory(opt, **kwargs)
+        sched = _configured("scheduler", self.scheduler_factory, opt, **kwargs)
         cfg = {"scheduler": sched, "interval": self.scheduler_interval}
         if self.monitor:
             cfg["monitor"] = self.monitor
@@ -192,6 +206,7 @@ class SegmentationTask(BaseTask):
         self.seg_loss = DeepSupervisionLoss(deep_supervision_weights, include_background=include_background,
                                             lambda_dice=lambda_dice, lambda_ce=lambda_ce)
         self.roi_size = [int(r) for r in roi_size]
+        look_up(sw_mode, SW_MODES, what="sliding-window mode", key="task.sw_mode")  # not after an epoch of training
         self.sw = {"sw_batch_size": int(sw_batch_size), "overlap": float(overlap), "mode": sw_mode}
         self.dice = DiceTracker(self.num_classes, include_background)
 

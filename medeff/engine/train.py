@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from medeff.engine.checkpoint import AtomicCheckpointIO, build_metadata, load_checkpoint
+from medeff.engine.loggers import make_atomic
 from medeff.errors import CheckpointError, ConfigError, MedeffError
 from medeff.utils.logging import get_logger
 
@@ -57,11 +58,16 @@ def build(node: Any, what: str, **kwargs: Any) -> Any:
 
     Raises:
         MedeffError: raised by the built object itself.
-        ConfigError: the target cannot be imported or called with these arguments.
+        ConfigError: the target cannot be imported or called with these arguments, or a nested ``_target_``
+            (one that a value, not the config group itself, brings in, e.g. from a plan file) is outside
+            :data:`medeff.engine.targets.NESTED_TARGETS`.
     """
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    from medeff.engine.targets import NESTED_TARGETS, check_targets
+
+    check_targets(node, NESTED_TARGETS, source=f"The {what} config", skip_top=True)
     try:
         return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as exc:
@@ -73,10 +79,22 @@ def build(node: Any, what: str, **kwargs: Any) -> Any:
                           hint=f"check conf/{what.split('.')[0]} and its overrides.") from exc
 
 
+LIGHTNING_CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
+
+
+def _medeff_checkpoint(node: Any) -> Any:
+    """Build Lightning's ModelCheckpoint as :class:`LastEveryEpochCheckpoint` (``last.ckpt`` after every epoch)."""
+    if node.get("_target_") != LIGHTNING_CHECKPOINT:
+        return node
+    node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    node._target_ = "medeff.engine.checkpoint.LastEveryEpochCheckpoint"
+    return node
+
+
 def _instantiate_group(group: Any, what: str) -> list:
     if not group:
         return []
-    return [build(c, f"{what}.{k}") for k, c in group.items() if c is not None and "_target_" in c]
+    return [build(_medeff_checkpoint(c), f"{what}.{k}") for k, c in group.items() if c is not None and "_target_" in c]
 
 
 def _uses_names(cfg: dict[str, Any], kind: str, dm) -> dict[str, Any]:
@@ -146,7 +164,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("Resuming from %s", ckpt_path)
 
     callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
-    loggers = _instantiate_group(cfg.get("logger"), "logger")
+    loggers = make_atomic(_instantiate_group(cfg.get("logger"), "logger"))  # metrics.csv, hparams.yaml atomic
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                     plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))

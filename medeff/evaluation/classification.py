@@ -51,10 +51,35 @@ def binary_statistic(scores: np.ndarray, y: np.ndarray, thresholds: Sequence[flo
     return stat, names
 
 
-def _labels_binary(values: pd.Series, positive_label, where: str) -> np.ndarray:
+def _join_references(df: pd.DataFrame, references, case_col: str, where: str) -> pd.DataFrame:
+    """Add the columns of a reference table (one row per case) to the predictions, matched on the case column."""
+    ref, rpath = read_table(references, "references")
+    rwhere = f"References '{rpath}'" if rpath else "References table"
+    require_columns(ref, [case_col], rwhere)
+    if ref[case_col].duplicated().any():
+        raise InputError(f"{rwhere}: {int(ref[case_col].duplicated().sum())} case ids occur on more than one row.",
+                         hint="give every case one reference row.")
+    extra = [c for c in ref.columns if c not in df.columns]
+    missing = ~df[case_col].astype(str).isin(set(ref[case_col].astype(str)))
+    if missing.any():
+        raise InputError(f"{where}: {int(missing.sum())} case(s) have no row in {rwhere} (first: "
+                         f"{df.loc[missing, case_col].astype(str).head(3).tolist()}).",
+                         hint="the references must list every predicted case under the same case id.")
+    ref = ref.assign(**{case_col: ref[case_col].astype(str)})
+    out = df.assign(**{case_col: df[case_col].astype(str)}).merge(ref[[case_col, *extra]], on=case_col, how="left")
+    return out
+
+
+def _labels_binary(values: pd.Series, positive_label, where: str, allow_one_class: bool = False) -> np.ndarray:
     vals = values.astype(str).str.strip()
     pos = str(positive_label)
     uniq = sorted(vals.unique())
+    empty = vals.isin(["", "nan", "None"])
+    if empty.any():
+        raise InputError(f"{where}: {int(empty.sum())} of {len(vals)} cases have no reference label.",
+                         hint="give every case a reference label, or none (an unlabelled set is listed, not scored).")
+    if allow_one_class and len(uniq) == 1:
+        return (vals == pos).to_numpy()
     if pos not in uniq:
         raise InputError(f"{where}: the positive label {pos!r} does not occur in the label column "
                          f"(values: {uniq[:10]}).",
@@ -80,6 +105,7 @@ def evaluate_classification(
     calibration_binning: str = "uniform",
     subgroups: Sequence[Mapping] = (),
     compare: Mapping | None = None,
+    references: str | Path | pd.DataFrame | None = None,
     n_resamples: int = 1000,
     confidence: float = 0.95,
     bootstrap_method: str = "percentile",
@@ -105,6 +131,9 @@ def evaluate_classification(
         calibration_bins, calibration_binning: ECE / reliability bins (``uniform`` or ``quantile``).
         subgroups: list of ``{column, bins (optional), name (optional)}``.
         compare: ``{score_column, name, predictions (optional CSV joined on the case column)}`` for a paired test.
+        references: optional CSV (or DataFrame) holding the reference label (and group/subgroup columns) per case,
+            joined on the case column (e.g. the ``crops.csv`` of ``medeff crops`` beside a ``predictions.csv``).
+            Columns already in ``predictions`` are taken from there.
         n_resamples, confidence, bootstrap_method, seed: cluster bootstrap settings.
         hash_group_ids, hash_case_ids: pseudonymise ids in outputs (True, False or "auto").
         pseudonym_salt: secret key of the pseudonyms.
@@ -115,17 +144,29 @@ def evaluate_classification(
         A JSON-ready results dict (see docs/evaluation.md), input to :func:`medeff.evaluation.render_report`.
 
     Raises:
-        InputError: missing columns, non-numeric scores, conflicting labels, a single-class reference.
+        InputError: missing columns, non-numeric scores, conflicting labels, partly missing labels.
+
+    A binary evaluation whose reference holds one class only, or that has no labels (``columns.label`` null, or a
+    label column left empty), gives a triage listing instead of ROC analysis (``triage_only``, with a
+    ``statement`` saying what is not estimable; see :mod:`medeff.evaluation.triage`).
     """
     columns = dict(columns or {})
     case_col = columns.get("case", "case_id")
     group_col = columns.get("group") or None
-    label_col = columns.get("label", "label")
+    label_col = columns.get("label", "label") or None
     score_cols = columns.get("scores", "score")
     score_cols = [score_cols] if isinstance(score_cols, str) else list(score_cols)
     model_name = columns.get("model_name") or "Model"
     df, path = read_table(predictions)
     where = f"Predictions '{path}'" if path else "Predictions table"
+    if references is not None:
+        df = _join_references(df, references, case_col, where)
+    unlabelled = label_col is None or (references is not None and label_col not in df.columns) or (
+        label_col in df.columns and len(score_cols) == 1
+                                       and not df[label_col].astype(str).str.strip().replace("nan", "").any())
+    if unlabelled:
+        label_col = "_no_reference"
+        df[label_col] = ""
     sub_cols = [s["column"] for s in subgroups]
     cmp_col = (compare or {}).get("score_column")
     cmp_file = (compare or {}).get("predictions")
@@ -190,13 +231,28 @@ def evaluate_classification(
             per_case[f"score_{name}"] = cases[c].to_numpy(float)
         per_case["predicted"] = results.pop("_predicted")
     else:
-        y = _labels_binary(cases[label_col], positive_label, where)
         scores = cases[score_cols[0]].to_numpy(float)
+        y = None if unlabelled else _labels_binary(cases[label_col], positive_label, where, allow_one_class=True)
+        if y is None or not y.any() or y.all():
+            from medeff.evaluation.triage import triage_results
+
+            results["counts"].update({"positive": None if y is None else int(y.sum()),
+                                      "negative": None if y is None else int((~y).sum())})
+            results.update(triage_results(scores, y, groups, threshold, unit=unit, n_resamples=n_resamples,
+                                          confidence=confidence, method=bootstrap_method, seed=seed,
+                                          model_name=model_name))
+            log.warning("%s: %s", where, results["statement"])
+            if y is not None:
+                per_case["reference"] = y.astype(int)
+            per_case["score"] = scores
+            per_case["predicted_positive"] = (scores >= threshold).astype(int)
+            per_case["decision"] = np.where(scores >= threshold, "flag", "routine")
+            for c in sub_cols:
+                per_case[f"subgroup_{c}"] = cases[c].astype(str).to_numpy()
+            results["per_case"] = per_case.to_dict(orient="records")
+            return results
         n_pos, n_neg = int(y.sum()), int((~y).sum())
         results["counts"].update({"positive": n_pos, "negative": n_neg})
-        if n_pos == 0 or n_neg == 0:
-            raise InputError(f"{where}: the reference has only one class ({n_pos} positive, {n_neg} negative cases).",
-                             hint="ROC analysis needs positive and negative cases; check positive_label.")
         results.update(_binary(scores, y, groups, threshold, target_sensitivities, calibration_bins,
                                calibration_binning, n_resamples, confidence, bootstrap_method, seed, unit,
                                model_name))

@@ -23,6 +23,8 @@ def classification_figures(res: dict) -> list[tuple[str, Figure]]:
     """(caption, figure) pairs for a classification result."""
     if res.get("multiclass"):
         return _multiclass(res)
+    if res.get("triage_only"):
+        return _triage(res)
     figs = []
     roc = res["curves"]["roc"]
     auc = res["headline"][0]
@@ -150,3 +152,18 @@ def segmentation_figures(res: dict) -> list[tuple[str, Figure]]:
         fig.tight_layout()
         figs.append((f"{title} (boxes: quartiles; triangles: means; NaN values excluded)", fig))
     return figs
+
+
+def _triage(res: dict) -> list[tuple[str, Figure]]:
+    """Scores of every case against the threshold (triage-only results: no ROC without two reference classes)."""
+    scores = np.array([r["score"] for r in res["per_case"]], float)
+    thr = res["operating_points"][0]["threshold"]
+    fig, ax = _fig()
+    order = np.argsort(scores)
+    colours = np.where(scores[order] >= thr, "tab:red", "tab:blue")
+    ax.scatter(scores[order], np.arange(len(scores)), c=colours, s=18)
+    ax.axvline(thr, color="k", ls="--", lw=1, label=f"threshold {thr:.3g}")
+    ax.set(xlabel="Score", ylabel="Case (sorted by score)", title="Scores and triage threshold",
+           xlim=(min(0.0, float(np.nanmin(scores))), max(1.0, float(np.nanmax(scores)))))
+    ax.legend(fontsize=8)
+    return [("Scores per case with the triage threshold (red: flagged)", fig)]

@@ -24,7 +24,8 @@ def build_sections(res: dict) -> list[dict]:
     """Sections ``{"title", "paragraphs", "tables"}`` in report order (figures are added by the renderer)."""
     conf = res["settings"].get("confidence", 0.95)
     pct = f"{round(conf * 100):d}%"
-    secs = []
+    # sections computed elsewhere (e.g. a cross-validation table of a pipeline), shown first, as given
+    secs = [dict(s) for s in res.get("extra_sections") or []]
     if res["kind"] == "classification":
         secs += _classification(res, pct, conf)
     else:
@@ -34,6 +35,8 @@ def build_sections(res: dict) -> list[dict]:
 
 
 def _classification(res: dict, pct: str, conf: float) -> list[dict]:
+    if res.get("triage_only"):
+        return _triage(res, pct, conf)
     s, c = res["settings"], res["counts"]
     unit = s.get("unit", "case")
     paras = [f"{c['cases']} {unit}s from {c['groups']} patients/groups ({c['input_rows']} input rows"
@@ -114,6 +117,29 @@ def _classification(res: dict, pct: str, conf: float) -> list[dict]:
             "The cases whose predicted probability lies furthest from the reference (identifiers pseudonymised)."],
             "tables": [_table("Worst cases", ["Case", "Patient/group", "Reference", "Score"], rows)]})
     return out
+
+
+def _triage(res: dict, pct: str, conf: float) -> list[dict]:
+    """Sections of a triage-only result (no labels, or one reference class): statement, estimable numbers, list."""
+    s, c = res["settings"], res["counts"]
+    unit = s.get("unit", "case")
+    op = res["operating_points"][0]
+    paras = [res["statement"],
+             f"{c['cases']} {unit}s from {c['groups']} patients/groups; triage threshold {op['threshold']:g} "
+             f"(flag when score >= threshold): {op['flagged']} flagged, {c['cases'] - op['flagged']} routine."]
+    head = [[r["label"], r["value"] if r["key"] == "flagged" else _ci(r, 2, conf), r.get("ci_method") or "",
+             r.get("n") or ""] for r in res["headline"]]
+    rows = []
+    for r in res["per_case"]:
+        ref = "" if r.get("reference") is None else ("positive" if r["reference"] else "negative")
+        rows.append([r["case"], r["group"], f"{r['score']:.3f}", r["decision"]] + ([ref] if "reference" in r else []))
+    heads = ["Case", "Patient/group", "Score", "Decision"] + (["Reference"] if res["per_case"] and
+                                                               "reference" in res["per_case"][0] else [])
+    return [{"title": "Summary", "paragraphs": paras,
+             "tables": [_table("Headline results", ["Measure", f"Estimate ({pct} CI)", "CI method", "n"], head)]},
+            {"title": "Triage decisions", "paragraphs": [
+                f"One row per {unit} (identifiers pseudonymised where they look identifying)."],
+             "tables": [_table(f"Score and decision per {unit}", heads, rows)]}]
 
 
 def _auc_ci(res: dict) -> tuple:

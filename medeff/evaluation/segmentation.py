@@ -107,17 +107,44 @@ def read_mask(path: str | Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarr
     return arr, spacing, affine
 
 
+def _reorient_onto(ref: np.ndarray, aff_r: np.ndarray, shape: tuple, aff_p: np.ndarray, atol: float):
+    """``ref`` on the prediction grid when it stores the same voxels in another axis order/direction, else None."""
+    import nibabel.orientations as nio
+
+    if ref.ndim != 3 or len(shape) != 3:
+        return None
+    ornt = nio.ornt_transform(nio.io_orientation(aff_r), nio.io_orientation(aff_p))
+    moved = nio.apply_orientation(ref, ornt)
+    aff = aff_r @ nio.inv_ornt_aff(ornt, ref.shape)
+    if moved.shape == tuple(shape) and np.allclose(aff, aff_p, atol=atol):
+        return np.ascontiguousarray(moved)
+    return None
+
+
 def _case_metrics(job: tuple) -> list[dict]:
-    pred_path, ref_path, labels, tol, conventions, geometry_atol = job
+    pred_path, ref_path, labels, tol, conventions, geometry_atol = job[:6]
+    reference_remap, reorient = (job[6], job[7]) if len(job) > 6 else ({}, False)
     pred, sp_p, aff_p = read_mask(pred_path)
     ref, sp_r, aff_r = read_mask(ref_path)
+    if reference_remap:
+        from medeff.data.label_remap import remap_labels
+
+        ref = remap_labels(ref, reference_remap)
+    if reorient and (pred.shape != ref.shape or not np.allclose(aff_p, aff_r, atol=geometry_atol)):
+        moved = _reorient_onto(ref, aff_r, pred.shape, aff_p, geometry_atol)
+        if moved is not None:  # same voxels stored in another axis order/direction (e.g. LAS vs LPS): lossless
+            log.info("Reference '%s' reoriented onto the prediction grid (axis order/direction only).",
+                     Path(ref_path).name)
+            ref, sp_r, aff_r = moved, sp_p, aff_p
     if pred.shape != ref.shape:
         raise InputError(f"Prediction '{pred_path}' has shape {pred.shape} but reference '{ref_path}' has {ref.shape}.",
                          hint="resample the prediction onto the reference grid before evaluating.")
     if not np.allclose(aff_p, aff_r, atol=geometry_atol):
         raise InputError(f"Prediction '{pred_path}' and reference '{ref_path}' have different geometry "
                          f"(spacing {sp_p} vs {sp_r}, or origin/direction differ).",
-                         hint="resample the prediction onto the reference grid, or raise geometry_tolerance_mm.")
+                         hint="resample the prediction onto the reference grid, or raise geometry_tolerance_mm; a "
+                         "reference storing the same voxels in another axis order is aligned with "
+                         "reorient_reference=true.")
     # one pass per volume finds every label's bounding box; each label is then scored inside its own box
     if pred.min() < 0 or ref.min() < 0:
         raise InputError(f"Masks '{pred_path}' / '{ref_path}' hold negative labels.",
@@ -163,6 +190,8 @@ def evaluate_segmentation(
     hash_case_ids: bool | str = "auto",
     pseudonym_salt: str | None = None,
     worst_cases: int = 10,
+    reference_remap: Mapping | None = None,
+    reorient_reference: bool = False,
     title: str = "Segmentation evaluation",
     config: Mapping | None = None,
 ) -> dict:
@@ -180,6 +209,11 @@ def evaluate_segmentation(
         n_resamples, confidence, bootstrap_method, seed: cluster bootstrap settings.
         hash_group_ids, hash_case_ids, pseudonym_salt: pseudonymisation of ids in the outputs.
         worst_cases: how many lowest-Dice cases the report lists.
+        reference_remap: ``{reference value: value in the predictions}`` applied to every reference mask; values not
+            listed become background (e.g. the 7 organs a model was trained on, out of a 117-label reference).
+        reorient_reference: align a reference that stores the prediction's voxels in another axis order or
+            direction (e.g. a LAS NIfTI for an LPS DICOM grid) onto the prediction grid, losslessly (logged);
+            any other geometry difference stays an error.
         title: report title.
         config: configuration recorded in the provenance.
 
@@ -216,8 +250,11 @@ def evaluate_segmentation(
                          "segmentation.prediction_dir and segmentation.reference_dir (files matched by name).")
     label_names = {int(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
     label_list = sorted(label_names) if label_names else ([int(v) for v in labels] if labels else None)
-    jobs = [(p, r, label_list, float(tolerance_mm), conventions, float(geometry_tolerance_mm))
-            for p, r in zip(df[pred_col], df[ref_col])]
+    from medeff.data.label_remap import parse_label_remap
+
+    remap = parse_label_remap(reference_remap, "segmentation.reference_remap")
+    jobs = [(p, r, label_list, float(tolerance_mm), conventions, float(geometry_tolerance_mm), remap,
+             bool(reorient_reference)) for p, r in zip(df[pred_col], df[ref_col])]
     if num_workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=min(num_workers, os.cpu_count() or 1)) as ex:
             per_case = list(ex.map(_case_metrics, jobs, chunksize=max(1, len(jobs) // (8 * num_workers))))
@@ -253,6 +290,8 @@ def evaluate_segmentation(
                            "dice_per_label": {n: (None if pd.isna(d) else float(d))
                                               for n, d in zip(sub["label_name"], sub["dice"])}})
     settings = {"tolerance_mm": float(tolerance_mm), "empty_both": conventions.both_empty,
+                "reference_remap": {str(k): v for k, v in remap.items()} or None,
+                "reorient_reference": bool(reorient_reference),
                 "one_empty_distance": conventions.one_empty_distance, "confidence": confidence,
                 "n_resamples": n_resamples, "bootstrap_method": bootstrap_method, "seed": seed,
                 "case_ids_pseudonymised": case_hashed, "group_ids_pseudonymised": group_hashed,

@@ -7,9 +7,11 @@ Model code never names a 2D or 3D layer class directly: it asks these factories 
 from medeff.layers.activations import MemoryEfficientSiLU, SiLUFunction, make_act
 from medeff.layers.drop_path import DropPath, drop_path
 from medeff.layers.factories import check_spatial_dims, make_conv, make_dropout, make_norm, to_tuple
+from medeff.layers.fused import BatchNormSiLUFunction, norm_act
 from medeff.ops.modules import FastDepthwiseConv3d  # the fast depthwise op lives in medeff.ops
 
 __all__ = [
+    "BatchNormSiLUFunction",
     "DropPath",
     "FastDepthwiseConv3d",
     "MemoryEfficientSiLU",
@@ -20,5 +22,6 @@ __all__ = [
     "make_conv",
     "make_dropout",
     "make_norm",
+    "norm_act",
     "to_tuple",
 ]

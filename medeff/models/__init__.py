@@ -52,10 +52,12 @@ __all__ = [
 # Weight loading, stem adaptation, 2D -> 3D inflation and export.
 from medeff.models.convert import is_torchvision_state_dict, strip_prefixes, torchvision_to_timm  # noqa: E402
 from medeff.models.export import EXPORT_FORMATS, export_model, native_layers  # noqa: E402
+from medeff.models.fold import fold_batch_norms  # noqa: E402
 from medeff.models.inflate import adapt_input_channels, inflate_weight  # noqa: E402
 from medeff.models.weights import LoadReport, load_weights, read_state_dict  # noqa: E402
 
 __all__ += [
+    "fold_batch_norms",
     "EXPORT_FORMATS",
     "LoadReport",
     "adapt_input_channels",

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medeff.layers import DropPath, make_act, make_conv, make_norm
+from medeff.layers import DropPath, make_act, make_conv, make_norm, norm_act
 from medeff.models.scaling import make_divisible
 
 __all__ = [
@@ -116,25 +116,25 @@ def frozen_norm_stats(modules: Sequence[nn.Module]):
                 m.num_batches_tracked.copy_(tracked)
 
 
-def recompute(fn: Any, modules: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """``fn(x)`` that saves only ``x`` for backward and runs ``fn`` again in backward (activation checkpointing).
+def recompute(fn: Any, modules: Sequence[nn.Module], *inputs: Any) -> Any:
+    """``fn(*inputs)`` that saves only its inputs for backward and runs ``fn`` again in backward (checkpointing).
 
     Unlike a plain ``torch.utils.checkpoint``, the batch norms in ``modules`` update their running statistics
     once (in the forward), not again in the recomputation.
 
     Args:
-        fn: the function of ``x`` to recompute (deterministic, or using only torch's RNG).
+        fn: the function to recompute (deterministic, or using only torch's RNG).
         modules: the modules ``fn`` uses (their batch norms are frozen during the recomputation).
-        x: the input.
+        *inputs: the inputs of ``fn`` (tensors and other values, e.g. a target size).
 
     Returns:
-        ``fn(x)``.
+        ``fn(*inputs)``.
     """
 
     def contexts() -> tuple[AbstractContextManager, AbstractContextManager]:
         return nullcontext(), frozen_norm_stats(modules)
 
-    return checkpoint(fn, x, use_reentrant=False, context_fn=contexts)
+    return checkpoint(fn, *inputs, use_reentrant=False, context_fn=contexts)
 
 
 def _se(cfg: LayerConfig, channels: int, in_channels: int, se_ratio: float) -> nn.Module:
@@ -171,7 +171,7 @@ class ConvNormAct(_Block):
         self.act1 = cfg.make_act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return self.residual(x, self.act1(self.bn1(self.conv(x))))
+        return self.residual(x, norm_act(self.bn1, self.act1, self.conv(x)))
 
 
 class DepthwiseSeparable(_Block):
@@ -190,7 +190,7 @@ class DepthwiseSeparable(_Block):
         self.bn2 = cfg.bn(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        y = self.se(self.act1(self.bn1(self.conv_dw(x))))
+        y = self.se(norm_act(self.bn1, self.act1, self.conv_dw(x)))
         return self.residual(x, self.bn2(self.conv_pw(y)))
 
 
@@ -215,10 +215,10 @@ class MBConv(_Block):
         self.recompute = cfg.recompute
 
     def _expand(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act1(self.bn1(self.conv_pw(x)))
+        return norm_act(self.bn1, self.act1, self.conv_pw(x))
 
     def _project(self, y: torch.Tensor) -> torch.Tensor:
-        return self.bn3(self.conv_pwl(self.se(self.act2(self.bn2(y)))))
+        return self.bn3(self.conv_pwl(self.se(norm_act(self.bn2, self.act2, y))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if self.recompute and self.training and torch.is_grad_enabled():
@@ -245,7 +245,7 @@ class FusedMBConv(_Block):
         self.bn2 = cfg.bn(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        y = self.se(self.act1(self.bn1(self.conv_exp(x))))
+        y = self.se(norm_act(self.bn1, self.act1, self.conv_exp(x)))
         return self.residual(x, self.bn2(self.conv_pwl(y)))
 
 

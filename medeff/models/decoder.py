@@ -8,9 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
-
-from medeff.models.blocks import LayerConfig
+from medeff.layers import norm_act
+from medeff.models.blocks import LayerConfig, recompute
 from medeff.models.features import FeatureInfo
 
 __all__ = ["DEFAULT_DECODER_CHANNELS", "DecoderBlock", "UNetDecoder", "default_decoder_channels"]
@@ -36,7 +35,7 @@ class _ConvNormAct(nn.Module):
         self.act = cfg.make_act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(x)))
+        return norm_act(self.norm, self.act, self.conv(x))
 
 
 class DecoderBlock(nn.Module):
@@ -138,6 +137,7 @@ class UNetDecoder(nn.Module):
         x, outs = features[-1], []
         use_ckpt = self.checkpointing and self.training and torch.is_grad_enabled()
         for block, skip, size in zip(self.blocks, skips, sizes):
-            x = checkpoint(block, x, skip, size, use_reentrant=False) if use_ckpt else block(x, skip, size)
+            # recompute() leaves the running statistics of the block's batch norms alone in the recomputation
+            x = recompute(block, (block,), x, skip, size) if use_ckpt else block(x, skip, size)
             outs.append(x)
         return outs

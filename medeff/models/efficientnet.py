@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medeff.layers import check_spatial_dims, make_dropout, to_tuple
+from medeff.layers import check_spatial_dims, make_dropout, norm_act, to_tuple
 from medeff.models.anisotropy import plan_levels
 from medeff.models.arch import ArchDef
 from medeff.models.blocks import BLOCKS, LayerConfig, recompute
@@ -244,7 +244,7 @@ class EfficientNet(nn.Module):
         Returns:
             One tensor per ``feature_info`` entry, ``(B, channels, *spatial / reduction)``.
         """
-        x = self.act1(self.bn1(self.conv_stem(self._to_format(x))))
+        x = norm_act(self.bn1, self.act1, self.conv_stem(self._to_format(x)))
         wanted, last = set(self.out_indices), max(self.out_indices)
         feats = [x] if 0 in wanted else []
         for i, stage in enumerate(self.blocks):
@@ -257,7 +257,7 @@ class EfficientNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Classification head on the deepest stage output: 1x1 conv, norm, act, pool, dropout, linear."""
-        x = self.act2(self.bn2(self.conv_head(x)))
+        x = norm_act(self.bn2, self.act2, self.conv_head(x))
         x = x.mean(dim=tuple(range(2, x.ndim)))
         x = self.head_drop(x)
         return x if pre_logits else self.classifier(x)
@@ -266,7 +266,7 @@ class EfficientNet(nn.Module):
         """Logits ``(B, num_classes)``, or the feature list when ``features_only``."""
         if self.features_only:
             return self.forward_features(x)
-        x = self.act1(self.bn1(self.conv_stem(self._to_format(x))))
+        x = norm_act(self.bn1, self.act1, self.conv_stem(self._to_format(x)))
         for stage in self.blocks:
             x = self._stage(stage, x)
         return self.forward_head(x)

@@ -19,9 +19,9 @@ sys.path.insert(0, str(HERE.parent / "io"))  # dicom_synth.py
 COUNTS: collections.Counter = collections.Counter()
 
 
-def record(kind: str, outcome: str) -> None:
-    """Count one tried case (``kind``: suite name, ``outcome``: equal / repaired / error / ...)."""
-    COUNTS[(kind, outcome)] += 1
+def record(kind: str, outcome: str, n: int = 1) -> None:
+    """Count ``n`` tried cases (``kind``: suite name, ``outcome``: equal / repaired / error / ...)."""
+    COUNTS[(kind, outcome)] += n
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -33,3 +33,30 @@ def pytest_terminal_summary(terminalreporter):
         total = sum(n for (k, _), n in COUNTS.items() if k == kind)
         terminalreporter.write_line(f"{kind}: {total} ({parts})")
 
+
+
+# ----------------------------------------------------------------------------------------------- engine fixtures
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def seg_run(tmp_path_factory):
+    """A tiny 3D organ-segmentation run (one optimiser step) on phantom NIfTI volumes: ``(result, index path)``."""
+    import torch
+
+    from engine_helpers import SEG, organ_index, train_in_process
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("engine_seg")
+    index = organ_index(root / "data")
+    return train_in_process(SEG + [f"data.index={index}", f"run_dir={root / 'run'}"]), index
+
+
+@pytest.fixture(scope="session")
+def zygote(tmp_path_factory):
+    """A process with medeff imported that forks one child per ``medeff`` command (see engine_helpers.Zygote)."""
+    from engine_helpers import Zygote
+
+    z = Zygote(tmp_path_factory.mktemp("zygote_logs"))
+    yield z
+    z.close()

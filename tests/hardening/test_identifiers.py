@@ -3,13 +3,10 @@ index, evaluate and report; no identifying value may appear in any produced file
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import subprocess
 import sys
-import zlib
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +15,7 @@ from conftest import REPO
 
 from medeff.demo.dicom_writer import write_ct_series
 from medeff.io.base import ImageData
+from medeff.utils.text_scan import decoded_texts
 
 IDENTITY = {
     "PatientName": "Zebulon^Quixworth^Ignatius",
@@ -37,21 +35,6 @@ def _needles() -> list[str]:
         out.append(value)
         out += [part for part in re.split(r"[\^ ]", value) if len(part) >= 5]
     return sorted(set(out))
-
-
-def _texts(path: Path) -> list[bytes]:
-    """The bytes of ``path`` plus its decompressed forms (.gz, PDF streams)."""
-    data = path.read_bytes()
-    out = [data]
-    if path.name.endswith(".gz"):
-        out.append(gzip.decompress(data))
-    if path.suffix == ".pdf":
-        for m in re.finditer(rb"stream\r?\n(.*?)endstream", data, re.S):
-            try:
-                out.append(zlib.decompress(m.group(1)))
-            except zlib.error:
-                pass
-    return out
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -103,7 +86,7 @@ def test_no_identifier_reaches_any_output(study, tmp_path):
     names = {p.name for p in produced}
     assert {"ct.nii.gz", "index.json", "results.json", "report.html", "report.pdf", "summary.json",
             "per_case.csv", "metrics.csv"} <= names
-    streams = [(str(p), t) for p in produced for t in _texts(p)]
+    streams = [(str(p), t) for p in produced for t in decoded_texts(p)]
     streams += [(f"stdout/stderr of `medeff {r.args[5]}`", (r.stdout + r.stderr).encode()) for r in runs]
     assert any(b"DEBUG" in t or b"INFO" in t for _, t in streams[-4:]), "logs were not captured"
     found = [(where, needle) for needle in _needles() for where, text in streams

@@ -55,3 +55,24 @@ def test_recompute_off_in_eval_and_no_grad():
     x = torch.randn(1, 1, 16, 16, 16, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(ref.eval()(x), rec.eval()(x))
+
+
+def test_unet_checkpointing_updates_batchnorm_running_stats_once():
+    """Decoder (and encoder stage) checkpointing: the recomputation in backward leaves the running stats alone."""
+    torch.manual_seed(0)
+    kwargs = dict(spatial_dims=3, in_channels=1, num_classes=2, task="segmentation", width=0.25, depth=0.25,
+                  drop_path_rate=0.0, decoder_channels=(16, 8, 8, 4, 4))
+    plain = create_model("efficientnet_b0", **kwargs).double().train()
+    ckpt = create_model("efficientnet_b0", checkpointing=True, **kwargs).double().train()
+    ckpt.load_state_dict(plain.state_dict())
+    assert ckpt.decoder.checkpointing
+    x = torch.randn(2, 1, 32, 32, 32, dtype=torch.float64)
+    y = torch.randint(0, 2, (2, 32, 32, 32))
+    for model in (plain, ckpt):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    for (name, a), (_, b) in zip(plain.named_buffers(), ckpt.named_buffers()):
+        torch.testing.assert_close(a, b, msg=name)
+    tracked = [b for n, b in ckpt.decoder.named_buffers() if n.endswith("num_batches_tracked")]
+    assert tracked and all(int(t) == 1 for t in tracked)
+    for (name, p), (_, q) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)

@@ -1,0 +1,1 @@
+"""Glue of the end-to-end recipes under ``pipelines/`` (plain functions the ``medeff`` CLI wraps)."""
