@@ -13,7 +13,6 @@ Two kinds of data are generated:
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
