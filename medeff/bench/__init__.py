@@ -7,11 +7,12 @@
 from medeff.bench.peers import BUILDERS, PeerUnavailable, build_side, import_timm
 from medeff.bench.runner import check_ratio, resolve_config, run_bench, summarise_times
 from medeff.bench.table import format_report, markdown_report, print_report
-from medeff.bench.worker import make_batch, saved_bytes, train_step
+from medeff.bench.worker import allocated_peak_bytes, make_batch, saved_bytes, train_step
 
 __all__ = [
     "BUILDERS",
     "PeerUnavailable",
+    "allocated_peak_bytes",
     "build_side",
     "check_ratio",
     "format_report",

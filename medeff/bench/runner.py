@@ -7,7 +7,9 @@ Per case (all settings come from ``conf/bench.yaml``):
   ``time(side) / time(ref)`` of the same round, so slow phases of a shared machine hit both sides alike.
 * **memory**: every side runs in its own fresh worker: peak RSS growth from just before the first step to after
   ``warmup + memory_steps`` steps (the model, optimizer and batch exist before; imports and model weights are
-  not counted), and the bytes autograd saves for backward in one forward (deterministic).
+  not counted); the peak growth of the bytes torch's CPU allocator holds during one more step (tensors only, as
+  ``torch.cuda.max_memory_allocated`` on a GPU: malloc's fragmentation is not in it); and the bytes autograd saves
+  for backward in one forward (deterministic).
 
 Every worker gets the same environment: ``threads`` torch/OpenMP threads and ``allocator_env`` (glibc malloc
 settings: large fresh buffers otherwise pay page faults on every step, which would be measured as model time).
@@ -39,7 +41,8 @@ _log = get_logger(__name__)
 
 #: Check metric -> (what it compares, unit).
 METRICS = {"time": "median of per-round step-time ratios", "memory": "peak RSS growth ratio",
-           "saved": "autograd saved-bytes ratio"}
+           "alloc": "peak allocator growth ratio (tensors only)", "saved": "autograd saved-bytes ratio"}
+_MEMORY_KEYS = {"memory": "peak_delta_bytes", "alloc": "alloc_peak_bytes", "saved": "saved_bytes"}
 
 
 def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,7 +114,7 @@ def check_ratio(metric: str, side: dict[str, Any], ref: dict[str, Any], side_nam
             return None
         ratios = [a / b for a, b in zip(times[side_name], times[ref_name]) if b > 0]
         return statistics.median(ratios) if ratios else None
-    key = "peak_delta_bytes" if metric == "memory" else "saved_bytes"
+    key = _MEMORY_KEYS[metric]
     a, b = side.get(key), ref.get(key)
     if a is None or not b:
         return None
@@ -172,7 +175,7 @@ def run_bench(cfg: Mapping[str, Any], *, write: bool = True) -> dict[str, Any]:
     Returns:
         ``{"environment": ..., "settings": ..., "cases": {name: result}}``; each case has ``status``
         (``ok``/``skipped``/``error``), per-side times (``min_s``/``median_s``/``max_s`` and every ``times_s``),
-        ``peak_delta_bytes``, ``saved_bytes``, and ``checks`` with ``ratio``, ``target`` and ``passed``.
+        ``peak_delta_bytes``, ``alloc_peak_bytes``, ``saved_bytes``, and ``checks`` with ``ratio``, ``target`` and ``passed``.
 
     Raises:
         ConfigError: invalid configuration.

@@ -28,7 +28,8 @@ def format_report(report: dict[str, Any]) -> list[Any]:
     for col in ("case", "metric", "side / ref", "ratio", "target", "result", "ratio of min times"):
         checks.add_column(col)
     sides = Table(title="per side: train step time (ms) and memory (MiB)")
-    for col in ("case", "side", "min", "median", "max", "rounds", "peak RSS growth", "saved for backward"):
+    for col in ("case", "side", "min", "median", "max", "rounds", "peak RSS growth", "peak allocated",
+                "saved for backward"):
         sides.add_column(col)
     for name, case in report["cases"].items():
         if case["status"] != "ok":
@@ -41,7 +42,8 @@ def format_report(report: dict[str, Any]) -> list[Any]:
             checks.add_row(name, c["metric"], f"{c['side']} / {c['ref']}", ratio, target, verdict, _ratio(c))
         for side_name, s in case["sides"].items():
             sides.add_row(name, side_name, _ms(s.get("min_s")), _ms(s.get("median_s")), _ms(s.get("max_s")),
-                          str(len(s.get("times_s", []))), _mb(s.get("peak_delta_bytes")), _mb(s.get("saved_bytes")))
+                          str(len(s.get("times_s", []))), _mb(s.get("peak_delta_bytes")),
+                          _mb(s.get("alloc_peak_bytes")), _mb(s.get("saved_bytes")))
     return [checks, sides]
 
 
@@ -73,11 +75,12 @@ def markdown_report(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {c['metric']} | {c['side']} / {c['ref']} | {ratio} | {target} | {verdict} "
                          f"| {_ratio(c)} |")
     lines += ["", "| case | side | step min / median / max (ms) | rounds | peak RSS growth (MiB) "
-              "| saved for backward (MiB) |", "|---|---|---|---|---|---|"]
+              "| peak allocated (MiB) | saved for backward (MiB) |", "|---|---|---|---|---|---|---|"]
     for name, case in report["cases"].items():
         for side_name, s in case.get("sides", {}).items():
             if "median_s" not in s:
                 continue
             lines.append(f"| {name} | {side_name} | {_ms(s['min_s'])} / {_ms(s['median_s'])} / {_ms(s['max_s'])} | "
-                         f"{len(s['times_s'])} | {_mb(s.get('peak_delta_bytes'))} | {_mb(s.get('saved_bytes'))} |")
+                         f"{len(s['times_s'])} | {_mb(s.get('peak_delta_bytes'))} | {_mb(s.get('alloc_peak_bytes'))} "
+                         f"| {_mb(s.get('saved_bytes'))} |")
     return "\n".join(lines) + "\n"

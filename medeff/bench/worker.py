@@ -18,8 +18,10 @@ Jobs:
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -29,7 +31,7 @@ from torch import nn
 
 from medeff.bench.peers import build_side
 
-__all__ = ["make_batch", "run_job", "saved_bytes", "train_step"]
+__all__ = ["allocated_peak_bytes", "make_batch", "run_job", "saved_bytes", "train_step"]
 
 
 def make_batch(spec: dict[str, Any], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +75,35 @@ def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return int(sum(storages.values()))
 
 
+def allocated_peak_bytes(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                         y: torch.Tensor) -> int:
+    """Peak growth of the bytes held by torch's CPU allocator during one :func:`train_step`.
+
+    Every allocation and free of the step is read from the profiler's memory events (``profile_memory=True``);
+    the result is the highest running total above the bytes held when the step began (gradients freed by
+    ``zero_grad`` count as negative first). It measures tensors, not the pages malloc keeps for reuse.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        train_step(model, optimizer, x, y)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path, encoding="utf-8") as f:
+            events = json.load(f)["traceEvents"]
+    steps = sorted((e["ts"], i, int(e["args"]["Bytes"])) for i, e in enumerate(events)
+                   if e.get("name") == "[memory]" and "Bytes" in e.get("args", {}))
+    if not steps:
+        raise RuntimeError("the profiler recorded no memory events; cannot measure the allocator peak "
+                           "(this torch build may lack profile_memory support on CPU)")
+    total = peak = 0
+    for _, _, nbytes in steps:
+        total += nbytes
+        peak = max(peak, total)
+    return peak
+
+
 def _setup(job: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     torch.set_num_threads(int(job["threads"]))
     torch.manual_seed(int(job.get("seed", 0)))
@@ -111,9 +142,10 @@ def _memory_job(job: dict[str, Any]) -> dict[str, Any]:
     for _ in range(int(job["warmup"]) + int(job["steps"])):
         train_step(model, opt, x, y)
     peak = _max_rss_bytes()
+    allocated = allocated_peak_bytes(model, opt, x, y)
     opt.zero_grad(set_to_none=True)
     return {"rss_before_bytes": before, "rss_peak_bytes": peak, "peak_delta_bytes": peak - before,
-            "saved_bytes": saved_bytes(model, x)}
+            "alloc_peak_bytes": allocated, "saved_bytes": saved_bytes(model, x)}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:

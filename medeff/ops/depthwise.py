@@ -112,13 +112,29 @@ def _grad_weight_whole(x_pad: torch.Tensor, grad_output: torch.Tensor, kernel: S
     return out.reshape(b, c, *kernel)
 
 
+def _pad(x: torch.Tensor, padding: Sequence[int], first: int, last: int) -> torch.Tensor:
+    """Rows ``first:last`` (first spatial axis, may reach into the zero padding) of the zero-padded ``x``, contiguous.
+
+    Only the requested slab is copied, so slab-wise callers never hold a padded copy of the whole input.
+    """
+    size = x.shape[2]
+    lo, hi = max(first, 0), min(last, size)
+    pads: list[int] = []
+    for p in reversed(padding[1:]):
+        pads += [p, p]
+    pads += [lo - first, last - hi]
+    part = x[:, :, lo:hi]
+    return F.pad(part, pads).contiguous() if any(pads) else part.contiguous()
+
+
 def depthwise_grad_weight(
     x: torch.Tensor, grad_output: torch.Tensor, kernel_size: Sequence[int], padding: Sequence[int]
 ) -> torch.Tensor:
     """``grad_weight`` of a stride-1 depthwise convolution by the grouped-conv trick.
 
     Inputs with at least :data:`SLAB_MIN_ELEMENTS` elements are processed in slabs along the first
-    spatial axis (each slab with a ``k - 1`` halo), which keeps the working set in cache.
+    spatial axis (each slab with a ``k - 1`` halo, padded on its own), which keeps the working set in cache and
+    never makes a padded copy of the whole input.
 
     Args:
         x: forward input ``(B, C, *in_spatial)`` (any layout).
@@ -129,24 +145,22 @@ def depthwise_grad_weight(
     Returns:
         ``(C, 1, *kernel_size)``, contiguous.
     """
-    b, c = x.shape[:2]
-    pads: list[int] = []
-    for p in reversed(padding):
-        pads += [p, p]
-    x_pad = F.pad(x.contiguous(), pads) if any(padding) else x.contiguous()
     grad_output = grad_output.contiguous()
     out_first = grad_output.shape[2]
-    plane = b * c * x_pad[0, 0, 0].numel()  # elements of one padded slice along the first axis
     if x.numel() < SLAB_MIN_ELEMENTS or out_first < 2:
-        total = _grad_weight_whole(x_pad, grad_output, kernel_size)
+        total = _grad_weight_whole(_pad(x, padding, -padding[0], x.shape[2] + padding[0]), grad_output, kernel_size)
     else:
+        b, c = x.shape[:2]
+        plane = b * c * x[0, 0, 0].numel()  # elements of one input slice along the first axis
         step = max(1, min(out_first, SLAB_TARGET_ELEMENTS // max(plane, 1)))
         halo = kernel_size[0] - 1
         total = None
         for start in range(0, out_first, step):
             stop = min(out_first, start + step)
+            # padded rows start..stop+halo are input rows start-p..stop+halo-p: pad only this slab
             part = _grad_weight_whole(
-                x_pad[:, :, start : stop + halo], grad_output[:, :, start:stop], kernel_size
+                _pad(x, padding, start - padding[0], stop + halo - padding[0]), grad_output[:, :, start:stop],
+                kernel_size,
             )
             total = part if total is None else total.add_(part)
     return total.sum(0).unsqueeze(1).contiguous()

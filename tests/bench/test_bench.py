@@ -9,7 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from medeff.bench import check_ratio, make_batch, markdown_report, resolve_config, saved_bytes, summarise_times
+from medeff.bench import (
+    allocated_peak_bytes, check_ratio, make_batch, markdown_report, resolve_config, saved_bytes, summarise_times,
+    train_step,
+)
 from medeff.bench import runner as bench_runner
 from medeff.cli.main import main
 from medeff.config import compose
@@ -64,6 +67,32 @@ def test_saved_bytes_counts_what_autograd_keeps():
     assert saved_bytes(lin, x.requires_grad_()) == (2 * 192 + 4 * 192) * 4
 
 
+class _Wide(torch.nn.Module):
+    """Linear model whose forward allocates a ``width``-float temporary per sample on top of its output."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 2)
+        self.width = width
+
+    def forward(self, x):
+        tmp = x.new_ones(x.shape[0], self.width)  # freed before the step ends
+        return self.lin(x) + tmp[:, :2] * 0
+
+
+def test_allocated_peak_sees_a_transient_buffer():
+    x, y = torch.randn(4, 8), torch.tensor([0, 1, 0, 1])
+    peaks = {}
+    for width in (1_000, 1_000_000):
+        model = _Wide(width)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        train_step(model, opt, x, y)  # gradients exist before the measured step, as in the benchmark
+        peaks[width] = allocated_peak_bytes(model, opt, x, y)
+    # both temporaries are held at the peak: the peaks differ by exactly the difference of their sizes
+    assert peaks[1_000_000] - peaks[1_000] == 4 * (1_000_000 - 1_000) * 4
+    assert 4 * 1_000 * 4 <= peaks[1_000] < 1_000_000
+
+
 def test_cli_quick_run_writes_json_with_consistent_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", "bench_preset=quick", "threads=1", "cases=[cls3d_b0]", f"output={out}"])
@@ -79,6 +108,7 @@ def test_cli_quick_run_writes_json_with_consistent_ratios(tmp_path, capsys):
         assert len(s["times_s"]) == 2 and s["min_s"] <= s["median_s"] <= s["max_s"]
         assert s["saved_bytes"] > 0 and s["rss_peak_bytes"] >= s["rss_before_bytes"]
         assert s["peak_delta_bytes"] == s["rss_peak_bytes"] - s["rss_before_bytes"]
+        assert s["alloc_peak_bytes"] > 0
     by_metric = {c["metric"]: c for c in case["checks"]}
     expected_time = statistics.median(a / b for a, b in zip(sides["medeff"]["times_s"], sides["monai"]["times_s"]))
     assert by_metric["time"]["ratio"] == pytest.approx(expected_time)
@@ -87,6 +117,9 @@ def test_cli_quick_run_writes_json_with_consistent_ratios(tmp_path, capsys):
     assert by_metric["time"]["min_ratio"] == pytest.approx(expected_min)
     assert by_metric["saved"]["ratio"] == pytest.approx(sides["medeff"]["saved_bytes"] / sides["monai"]["saved_bytes"])
     assert by_metric["saved"]["passed"] is None  # no target: reported only
+    expected_alloc = sides["medeff"]["alloc_peak_bytes"] / sides["monai"]["alloc_peak_bytes"]
+    assert by_metric["alloc"]["ratio"] == pytest.approx(expected_alloc)
+    assert by_metric["alloc"]["passed"] == (expected_alloc <= 0.8)
     assert "cls3d_b0" in capsys.readouterr().out
     assert f"| cls3d_b0 | time | medeff / monai | {expected_time:.3f} | <= 0.75 |" in markdown_report(report)
 
