@@ -37,12 +37,14 @@ def _version(module: str) -> str | None:
     return str(getattr(mod, "__version__", "unknown"))
 
 
-def describe_environment(threads: int, allocator_env: dict[str, str]) -> dict[str, Any]:
+def describe_environment(threads: int, allocator_env: dict[str, str],
+                         memory_allocator_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Versions, thread count, CPU and load (taken when called: call it at the start of a run).
 
     Args:
         threads: torch threads every worker uses.
-        allocator_env: environment variables set for every worker (e.g. glibc malloc settings).
+        allocator_env: environment variables set for every timing worker (e.g. glibc malloc settings).
+        memory_allocator_env: the same for every memory worker.
 
     Returns:
         A JSON-serialisable dict.
@@ -61,5 +63,6 @@ def describe_environment(threads: int, allocator_env: dict[str, str]) -> dict[st
         "cpu_count": os.cpu_count(),
         "load_average_start": load_average(),
         "allocator_env": dict(allocator_env),
+        "memory_allocator_env": dict(memory_allocator_env or {}),
         "platform": platform.platform(),
     }

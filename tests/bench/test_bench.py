@@ -101,6 +101,7 @@ def test_cli_quick_run_writes_json_with_consistent_ratios(tmp_path, capsys):
     env = report["environment"]
     assert env["threads"] == 1 and env["torch"] == torch.__version__ and len(env["load_average_start"]) == 3
     assert env["allocator_env"]["MALLOC_MMAP_MAX_"] == "0"
+    assert env["memory_allocator_env"] == {"MALLOC_MMAP_THRESHOLD_": "1048576"}
     case = report["cases"]["cls3d_b0"]
     assert case["status"] == "ok"
     sides = case["sides"]
@@ -122,6 +123,20 @@ def test_cli_quick_run_writes_json_with_consistent_ratios(tmp_path, capsys):
     assert by_metric["alloc"]["passed"] == (expected_alloc <= 0.8)
     assert "cls3d_b0" in capsys.readouterr().out
     assert f"| cls3d_b0 | time | medeff / monai | {expected_time:.3f} | <= 0.75 |" in markdown_report(report)
+
+
+def test_timing_and_memory_workers_get_their_own_allocator_settings(monkeypatch):
+    seen = []
+    monkeypatch.setattr(bench_runner, "run_worker", lambda job, env, timeout=None: seen.append((job["mode"], env)) or (
+        {"times_s": {n: [1.0] for n in job["sides"]}} if job["mode"] == "time"
+        else {"peak_delta_bytes": 1, "alloc_peak_bytes": 1, "saved_bytes": 1}))
+    bench_runner.run_bench(_cfg("bench_preset=quick", "cases=[cls3d_b0]"), write=False)
+    modes = [mode for mode, _ in seen]
+    assert modes == ["time", "memory", "memory"]
+    time_env, memory_env = seen[0][1], seen[1][1]
+    assert time_env["MALLOC_MMAP_MAX_"] == "0" and "MALLOC_MMAP_THRESHOLD_" not in time_env
+    assert memory_env["MALLOC_MMAP_THRESHOLD_"] == "1048576" and "MALLOC_MMAP_MAX_" not in memory_env
+    assert time_env["OMP_NUM_THREADS"] == memory_env["OMP_NUM_THREADS"]
 
 
 def test_existing_output_without_overwrite_fails_before_measuring(tmp_path, monkeypatch):
