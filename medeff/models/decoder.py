@@ -38,6 +38,15 @@ class _ConvNormAct(nn.Module):
         return norm_act(self.norm, self.act, self.conv(x))
 
 
+def _decoder_layout(channels_last: bool | str, x: torch.Tensor) -> torch.memory_format | None:
+    """The memory format a decoder block runs in, or None to leave the input's (always None while exporting)."""
+    if x.dim() != 5 or torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return None
+    if channels_last == "auto":
+        return torch.channels_last_3d if x.device.type == "cpu" else None
+    return torch.channels_last_3d if channels_last else None
+
+
 class DecoderBlock(nn.Module):
     """Upsample (nearest, to the skip's size), concatenate the skip, then two conv-norm-act layers.
 
@@ -47,11 +56,15 @@ class DecoderBlock(nn.Module):
         skip_channels: channels of the skip feature (0 for none).
         out_channels: output channels.
         kernel: conv kernel, int or per axis.
+        channels_last: run the convolutions of 3D inputs in ``channels_last_3d`` layout: ``"auto"`` (on CPU,
+            where oneDNN's convolutions with few channels at full resolution are 25-40% faster in that layout),
+            True or False.
     """
 
     def __init__(self, cfg: LayerConfig, in_channels: int, skip_channels: int, out_channels: int,
-                 kernel: Sequence[int] | int = 3) -> None:
+                 kernel: Sequence[int] | int = 3, channels_last: bool | str = "auto") -> None:
         super().__init__()
+        self.channels_last = channels_last
         self.conv1 = _ConvNormAct(cfg, in_channels + skip_channels, out_channels, kernel)
         self.conv2 = _ConvNormAct(cfg, out_channels, out_channels, kernel)
 
@@ -60,6 +73,9 @@ class DecoderBlock(nn.Module):
         x = F.interpolate(x, size=tuple(size), mode="nearest")
         if skip is not None:
             x = torch.cat([x, skip], dim=1)
+        layout = _decoder_layout(self.channels_last, x)
+        if layout is not None:
+            x = x.contiguous(memory_format=layout)
         return self.conv2(self.conv1(x))
 
 
@@ -79,6 +95,8 @@ class UNetDecoder(nn.Module):
             built by the encoder (``EfficientNet.level_kernels``); decoder blocks at that level use them, the
             full-resolution block uses level 0's.
         checkpointing: activation checkpointing per decoder block in training.
+        channels_last: layout of the blocks' convolutions for 3D inputs (see :class:`DecoderBlock`); the outputs
+            keep that layout.
 
     Attributes:
         out_channels: channels of each block's output, deepest first.
@@ -92,7 +110,7 @@ class UNetDecoder(nn.Module):
                  spatial_dims: int = 2, norm: Any = "batch", act: str = "silu",
                  memory_efficient: bool = False,
                  level_kernels: Sequence[Sequence[int | None] | None] | None = None,
-                 checkpointing: bool = False) -> None:
+                 checkpointing: bool = False, channels_last: bool | str = "auto") -> None:
         super().__init__()
         self.checkpointing = checkpointing
         enc_ch = feature_info.channels()
@@ -114,7 +132,7 @@ class UNetDecoder(nn.Module):
         for skip, cout, level in zip(skips, decoder_channels, levels):
             override = level_kernels[level] if level_kernels is not None else None
             kernel = tuple(3 if o is None else int(o) for o in (override or (None,) * spatial_dims))
-            blocks.append(DecoderBlock(cfg, cin, skip, int(cout), kernel))
+            blocks.append(DecoderBlock(cfg, cin, skip, int(cout), kernel, channels_last))
             cin = int(cout)
         self.blocks = nn.ModuleList(blocks)
         self.out_channels = [int(c) for c in decoder_channels]

@@ -45,7 +45,7 @@ ENCODER_OPTIONS = (
 )
 #: Extra options of the segmentation and joint tasks (passed to :class:`EfficientNetUNet`).
 UNET_OPTIONS = ("decoder_channels", "deep_supervision", "deep_supervision_levels", "aux_classes", "aux_dropout",
-                "pad_mode")
+                "pad_mode", "decoder_channels_last")
 
 _PHI_NAME = re.compile(r"efficientnet_phi(\d+(?:\.\d+)?)")
 

@@ -34,6 +34,8 @@ class EfficientNetUNet(nn.Module):
             ``(seg_logits, class_logits)``.
         aux_dropout: dropout of the classification head.
         pad_mode: ``F.pad`` mode for inputs that are not multiples of the total stride.
+        decoder_channels_last: layout of the decoder's 3D convolutions: ``"auto"`` (``channels_last_3d`` on CPU,
+            faster there), True or False. The logits are returned in the default (contiguous) layout either way.
 
     Raises:
         ValueError: an encoder that is not ``features_only``, or ``deep_supervision_levels`` out of range.
@@ -50,6 +52,7 @@ class EfficientNetUNet(nn.Module):
         aux_classes: int | None = None,
         aux_dropout: float = 0.2,
         pad_mode: str = "constant",
+        decoder_channels_last: bool | str = "auto",
     ) -> None:
         super().__init__()
         if not encoder.features_only:
@@ -60,7 +63,8 @@ class EfficientNetUNet(nn.Module):
         cfg = encoder.layer_config
         self.decoder = UNetDecoder(encoder.feature_info, decoder_channels, spatial_dims=dims, norm=cfg.norm,
                                    act=cfg.act, memory_efficient=cfg.memory_efficient,
-                                   level_kernels=encoder.level_kernels, checkpointing=encoder.checkpointing)
+                                   level_kernels=encoder.level_kernels, checkpointing=encoder.checkpointing,
+                                   channels_last=decoder_channels_last)
         self.seg_head = SegmentationHead(dims, self.decoder.out_channels[-1], num_classes)
         self.deep_supervision = deep_supervision
         if deep_supervision and not 2 <= deep_supervision_levels <= len(self.decoder.blocks):
@@ -90,6 +94,11 @@ class EfficientNetUNet(nn.Module):
             return y
         return y[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
 
+    @staticmethod
+    def _logits(y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Crop to ``size`` and return in the default layout (the decoder may run channels-last)."""
+        return EfficientNetUNet._crop(y, size).contiguous()
+
     def forward(self, x: torch.Tensor) -> Any:
         """Segment ``x``.
 
@@ -104,12 +113,12 @@ class EfficientNetUNet(nn.Module):
         x, size = self._pad(x)
         feats = self.encoder(x)
         outs = self.decoder(feats, x.shape[2:])
-        seg: Any = self._crop(self.seg_head(outs[-1]), size)
+        seg: Any = self._logits(self.seg_head(outs[-1]), size)
         if self.deep_supervision and self.training:
             seg = [seg]
             for k, head in enumerate(self.ds_heads):
                 red = self.decoder.reductions[-2 - k]
-                seg.append(self._crop(head(outs[-2 - k]), [math.ceil(s / r) for s, r in zip(size, red)]))
+                seg.append(self._logits(head(outs[-2 - k]), [math.ceil(s / r) for s, r in zip(size, red)]))
         if self.cls_head is not None:
             return seg, self.cls_head(feats[-1])
         return seg

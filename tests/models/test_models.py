@@ -201,6 +201,30 @@ def test_drop_path_drops_whole_samples_in_training_only():
     assert torch.equal(layer.eval()(x), x)
 
 
+def test_decoder_channels_last_same_outputs_and_grads():
+    torch.manual_seed(0)
+    kw = dict(spatial_dims=3, in_channels=1, num_classes=3, task="segmentation", deep_supervision=True)
+    plain = create_model(SMALL, decoder_channels_last=False, **kw).double()  # float64: no rounding noise
+    auto = create_model(SMALL, **kw).double()  # default "auto": channels_last_3d on CPU
+    auto.load_state_dict(plain.state_dict())
+    seen = []
+    hook = auto.decoder.blocks[-1].conv1.conv.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    x = torch.randn(2, 1, 16, 24, 16, dtype=torch.float64)
+    results = []
+    for model in (plain, auto):
+        torch.manual_seed(1)  # same drop-path draws
+        outs = model.train()(x)
+        sum(o.square().mean() for o in outs).backward()
+        results.append((outs, [p.grad.clone() for p in model.parameters()]))
+    hook.remove()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last_3d) and not seen[0].is_contiguous()
+    for a, b in zip(results[0][0], results[1][0]):
+        assert b.is_contiguous()  # logits come back in the default layout
+        torch.testing.assert_close(a, b)  # same maths, another summation order
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
+
+
 def test_channels_last_3d_runs_and_matches():
     torch.manual_seed(0)
     ref = create_model(SMALL, spatial_dims=3, in_channels=1, num_classes=2, task="segmentation").eval()
