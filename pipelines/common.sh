@@ -18,5 +18,13 @@ start_timings() {
   TIMES="$OUT/timings.txt"
   : > "$TIMES"
 }
+# abs_path PATH: PATH made absolute against the working directory of the caller (files written into $OUT, such as
+# manifests, must not hold paths relative to somewhere else)
+abs_path() {
+  case "$1" in
+    /*) printf '%s\n' "$1" ;;
+    *) printf '%s\n' "$PWD/$1" ;;
+  esac
+}
 step() { echo "== $(date -u +%H:%M:%S) $*"; STEP_NAME="$1"; STEP_START=$SECONDS; }
 done_step() { echo "$STEP_NAME $((SECONDS - STEP_START)) s" >> "$TIMES"; }

@@ -36,6 +36,9 @@ DICOM_DIR="${2:-$DATA_DIR/example_ct_dicom}"
 REFERENCE="${3:-$DATA_DIR/example_seg_dicom.nii.gz}"
 OUT="${4:-organ_seg_out}"
 shift $(( $# < 4 ? $# : 4 ))
+DICOM_DIR="$(abs_path "$DICOM_DIR")"
+[[ "$REFERENCE" == "none" ]] || REFERENCE="$(abs_path "$REFERENCE")"
+[[ "$SOURCE" == "default" ]] || SOURCE="$(abs_path "$SOURCE")"
 
 start_timings "$OUT"
 

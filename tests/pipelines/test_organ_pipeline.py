@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,11 @@ def run(shared_data, tmp_path_factory):
     out = tmp / "out"
     env = dict(os.environ, MEDEFF_SHARED_DATA=str(shared_data), MEDEFF_EVALUATE_OVERRIDES="bootstrap.n_resamples=50",
                MEDEFF_PIPELINE_OVERRIDES="trainer.enable_progress_bar=false")
-    r = subprocess.run(["bash", str(SCRIPT), "default", str(dicom), str(data / "example_seg_dicom.nii.gz"), str(out),
-                        *TINY], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # paths relative to the working directory, as users type them (the reference lies outside OUT_DIR)
+    reference = os.path.relpath(data / "example_seg_dicom.nii.gz", tmp)
+    r = subprocess.run(["bash", str(SCRIPT), "default", "series_a", reference, "out", *TINY], cwd=tmp, env=env,
+                       capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return out, dicom, r
 
