@@ -132,7 +132,7 @@ def test_labelled_test_folder_gets_test_metrics(smoke, tmp_path):
 
 @pytest.mark.slow
 def test_full_quality_cross_validation(shared_data, tmp_path):
-    """The documented full run: 5-fold CV on the whole development set (32 min measured on 2 shared cores).
+    """The documented full run: 5-fold CV on the whole development set (10 min on 2 idle cores, 32 min shared).
 
     The outputs are checked; the quality goal (CV AUC >= 0.94) is reported as an expected failure while the
     measured model stays below it (0.855 in docs/workflows/lidc_nodule_triage.md).
