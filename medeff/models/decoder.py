@@ -103,7 +103,7 @@ class UNetDecoder(nn.Module):
         reductions: per-axis reduction of each block's output, deepest first.
 
     Raises:
-        ValueError: wrong number of decoder channels.
+        ValueError: wrong number of decoder channels, or ``channels_last`` not ``"auto"``/True/False.
     """
 
     def __init__(self, feature_info: FeatureInfo, decoder_channels: Sequence[int] | None = None, *,
@@ -112,6 +112,8 @@ class UNetDecoder(nn.Module):
                  level_kernels: Sequence[Sequence[int | None] | None] | None = None,
                  checkpointing: bool = False, channels_last: bool | str = "auto") -> None:
         super().__init__()
+        if not (isinstance(channels_last, bool) or channels_last == "auto"):
+            raise ValueError(f"decoder channels_last must be 'auto', True or False, got {channels_last!r}.")
         self.checkpointing = checkpointing
         enc_ch = feature_info.channels()
         enc_red = feature_info.reduction()

@@ -225,6 +225,12 @@ def test_decoder_channels_last_same_outputs_and_grads():
         torch.testing.assert_close(a, b)
 
 
+def test_decoder_channels_last_value_checked():
+    with pytest.raises(ValueError, match="'yes'"):
+        create_model(SMALL, spatial_dims=3, in_channels=1, num_classes=2, task="segmentation",
+                     decoder_channels_last="yes")
+
+
 def test_channels_last_3d_runs_and_matches():
     torch.manual_seed(0)
     ref = create_model(SMALL, spatial_dims=3, in_channels=1, num_classes=2, task="segmentation").eval()
