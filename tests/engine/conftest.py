@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 
@@ -19,27 +18,14 @@ def _write_index(path: Path, **fields) -> Path:
 
 @pytest.fixture(scope="session")
 def nodule_index(tmp_path_factory) -> Path:
-    """Index over a phantom LIDC-style archive: one case per nodule, exams split over 3 folds."""
-    from medeff.data.index_types import ArchiveRef, CaseRecord
+    """Index over a phantom LIDC-style archive (one case per nodule, 3 folds by exam), built by ``medeff index``."""
+    from medeff.data.index_build import build_index
     from medeff.demo.phantom import make_nodule_archive
 
     root = tmp_path_factory.mktemp("nodules")
     make_nodule_archive(root, n_exams=12, malignant_fraction=0.45, seed=1)
-    with np.load(root / "nodule_slices_64x64.npz") as z:
-        keys, slices, labels = z["nodule_key"].astype(str), z["slice_index"], z["labels"]
-    cases: dict[str, list[int]] = {}
-    for row, key in enumerate(keys):
-        cases.setdefault(key, []).append(row)
-    records = []
-    for key, rows in cases.items():
-        rows.sort(key=lambda r: slices[r])
-        exam = key.split("/")[0]
-        records.append(CaseRecord(case_id=key.replace("/", "_n"), image=[], label=int(labels[rows[0]]), group=exam,
-                                  fold=int(exam[-4:]) % 3,
-                                  archive=ArchiveRef("nodule_slices_64x64.npz", "images", tuple(rows))))
-    return _write_index(root / "index.json", task="classification", source_kind="archive", root=str(root),
-                        spatial_dims=2, channel_names=["ct"], labels={}, class_names=["benign", "malignant"],
-                        num_folds=3, fold_seed=0, stratified=False, all_cases=records)
+    build_index(root, root / "index.json", overrides=["folds.k=3", "class_names=[benign,malignant]"])
+    return root / "index.json"
 
 
 @pytest.fixture(scope="session")

@@ -103,30 +103,14 @@ def assert_seg_mask(path: Path, like: Path) -> None:
 
 
 def nodule_index(root: Path, n_exams: int = 8) -> Path:
-    """Index over a phantom nodule-slice archive (2D classification, one case per nodule, 3 folds by exam)."""
-    from medeff.data.index_types import ArchiveRef, CaseRecord, DatasetIndex
+    """Index over a phantom nodule-slice archive (one case per nodule, 3 folds by exam), built by ``medeff index``."""
+    from medeff.data.index_build import build_index
     from medeff.demo.phantom import make_nodule_archive
 
     root.mkdir(parents=True, exist_ok=True)
     make_nodule_archive(root, n_exams=n_exams, malignant_fraction=0.45, seed=1)
-    with np.load(root / "nodule_slices_64x64.npz") as z:
-        keys, slices, labels = z["nodule_key"].astype(str), z["slice_index"], z["labels"]
-    cases: dict[str, list[int]] = {}
-    for row, key in enumerate(keys):
-        cases.setdefault(str(key), []).append(row)
-    records = []
-    for key, rows in cases.items():
-        rows.sort(key=lambda r: slices[r])
-        exam = key.split("/")[0]
-        records.append(CaseRecord(case_id=key.replace("/", "_n"), image=[], label=int(labels[rows[0]]), group=exam,
-                                  fold=int(exam[-4:]) % 3,
-                                  archive=ArchiveRef("nodule_slices_64x64.npz", "images", tuple(rows))))
-    index = DatasetIndex(task="classification", source_kind="archive", root=str(root), spatial_dims=2,
-                         channel_names=["ct"], labels={}, class_names=["benign", "malignant"], num_folds=3,
-                         fold_seed=0, stratified=False, all_cases=records)
-    path = root / "index.json"
-    path.write_text(json.dumps(index.to_json(), indent=1))
-    return path
+    build_index(root, root / "index.json", overrides=["folds.k=3", "class_names=[benign,malignant]"])
+    return root / "index.json"
 
 
 ZYGOTE = r"""
