@@ -48,4 +48,11 @@ def compose(config_name: str, overrides: Sequence[str] = ()):  # -> omegaconf.Di
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"Config '{config_name}' with overrides {list(overrides)} is invalid: {exc}") from exc
+        raise ConfigError(f"Config '{config_name}' with overrides {list(overrides)} is invalid: "
+                          f"{_one_line(str(exc))}") from exc
+
+
+def _one_line(text: str) -> str:
+    """Hydra/OmegaConf messages span several lines; an error paragraph is one line."""
+    parts = [p.strip() for p in text.splitlines() if p.strip()]
+    return " ".join(p if p.endswith((".", ":", ";")) or p is parts[-1] else f"{p}." for p in parts)

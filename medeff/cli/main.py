@@ -2,21 +2,24 @@
 
 A command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
 Commands that take a Hydra config accept trailing ``key=value`` overrides in ``args.overrides``.
-User errors (:class:`medeff.errors.MedeffError`) are printed as one paragraph, exit status 2.
+User errors (:class:`medeff.errors.MedeffError`) are printed as one paragraph, exit status 2; on a stderr that is
+not a terminal each line of the message is printed whole (never hard-wrapped).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import shutil
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import TextIO
 
 from medeff import __version__
 from medeff.errors import MedeffError
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "COMMANDS", "format_error"]
 
 # command name -> module under medeff.cli
 COMMANDS: dict[str, str] = {
@@ -58,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def format_error(text: str, stream: TextIO) -> str:
+    """The error paragraph as printed on ``stream``.
+
+    Each line of ``text`` stays one line (aggregated errors list one problem per line) and is never hard-wrapped
+    when ``stream`` is not a terminal, so logs and scripts see the whole message on one line whatever the path
+    lengths or ``COLUMNS``. On a terminal, long lines are wrapped at its width with an indent.
+    """
+    is_tty = getattr(stream, "isatty", None)
+    if not (callable(is_tty) and is_tty()):
+        return text
+    width = max(40, shutil.get_terminal_size().columns - 1)
+    return "\n".join(textwrap.fill(line, width=width, subsequent_indent="  ", break_long_words=False,
+                                   break_on_hyphens=False) if line else "" for line in text.splitlines())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -70,10 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except MedeffError as exc:
-        # wrap long lines but keep the line structure (aggregated errors list one problem per line)
-        lines = f"medeff {args.command}: error: {exc}".splitlines()
-        msg = "\n".join(textwrap.fill(line, width=100, subsequent_indent="  ") if line else "" for line in lines)
-        print(msg, file=sys.stderr)
+        print(format_error(f"medeff {args.command}: error: {exc}", sys.stderr), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"medeff {args.command}: interrupted", file=sys.stderr)
