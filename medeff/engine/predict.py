@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from medeff.config import check_values
 from medeff.data.transforms import eval_transforms
 from medeff.engine.case_errors import CaseFailures, check_finite
 from medeff.engine.checkpoint import load_checkpoint
@@ -306,6 +307,7 @@ def predict(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         CheckpointError: the checkpoint is unusable or not the expected one.
         InputError: the input cannot be read, a case failed with ``on_error=stop``, or every case failed.
     """
+    check_values("predict", cfg)  # threshold in [0, 1], batch_size >= 1: before loading anything
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     for key in ("ckpt", "input"):
         if c.get(key) in (None, "", "???"):
