@@ -26,6 +26,8 @@ def build_sections(res: dict) -> list[dict]:
     pct = f"{round(conf * 100):d}%"
     # sections computed elsewhere (e.g. a cross-validation table of a pipeline), shown first, as given
     secs = [dict(s) for s in res.get("extra_sections") or []]
+    if res.get("warnings"):
+        secs.append({"title": "Warnings", "paragraphs": [str(w) for w in res["warnings"]], "tables": []})
     if res["kind"] == "classification":
         secs += _classification(res, pct, conf)
     else:

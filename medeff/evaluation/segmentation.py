@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -11,8 +12,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from medeff.errors import ImageReadError, InputError
+from medeff.errors import InputError
 from medeff.evaluation.bootstrap import cluster_bootstrap
+from medeff.evaluation.masks import MAX_LABEL, masks_on_one_grid, read_mask
 from medeff.evaluation.privacy import Pseudonymiser
 from medeff.evaluation.provenance import collect_provenance
 from medeff.evaluation.surface import EmptyConventions, label_metrics
@@ -22,7 +24,7 @@ from medeff.utils.logging import get_logger
 __all__ = ["evaluate_segmentation", "match_folders", "read_mask", "SEG_METRICS"]
 
 log = get_logger(__name__)
-_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
 
 # metric key -> (plain label, unit, digits)
 SEG_METRICS: dict[str, tuple[str, str, int]] = {
@@ -46,7 +48,8 @@ def _stem(name: str) -> str | None:
 
 
 def match_folders(pred_dir: str | Path, ref_dir: str | Path) -> pd.DataFrame:
-    """Pair prediction and reference masks with the same file name (any of .nii.gz, .nii, .nrrd, .mha, .mhd).
+    """Pair prediction and reference masks with the same file name (any of .nii.gz, .nii, .nrrd, .mha, .mhd, and
+    .dcm for DICOM SEG).
 
     Raises:
         InputError: a folder is missing, or files are present in one folder only.
@@ -64,51 +67,18 @@ def match_folders(pred_dir: str | Path, ref_dir: str | Path) -> pd.DataFrame:
                          f"{len(only_p)} prediction file(s) without a reference, {len(only_r)} reference file(s) "
                          "without a prediction.", hint="give every case one file of the same name in both folders.")
     if not found["reference"]:
-        raise InputError(f"No mask files (.nii.gz, .nii, .nrrd, .mha) in '{ref_dir}'.", path=str(ref_dir))
+        raise InputError(f"No mask files (.nii.gz, .nii, .nrrd, .mha, .mhd, .dcm) in '{ref_dir}'.", path=str(ref_dir))
     names = sorted(found["reference"])
     return pd.DataFrame({"case_id": names, "prediction": [str(found["prediction"][n]) for n in names],
                          "reference": [str(found["reference"][n]) for n in names]})
 
 
-def read_mask(path: str | Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
-    """Read an integer label map; returns (array, spacing in mm per array axis, 4x4 affine)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"Mask file '{path}' does not exist.", hint="check the paths in the index.",
-                             path=str(path))
-    try:
-        if path.name.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            img = nib.load(str(path))
-            arr = np.asarray(img.dataobj)
-            spacing = tuple(round(float(z), 6) for z in img.header.get_zooms()[: arr.ndim])  # float32 header
-            affine = np.asarray(img.affine, float)
-        else:
-            import SimpleITK as sitk
-
-            img = sitk.ReadImage(str(path))
-            arr = sitk.GetArrayFromImage(img).transpose()
-            spacing = tuple(float(s) for s in img.GetSpacing())
-            affine = np.eye(4)
-            affine[:3, :3] = np.asarray(img.GetDirection()).reshape(3, 3) * np.asarray(spacing)
-            affine[:3, 3] = img.GetOrigin()
-    except ImageReadError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any reader failure becomes a user-facing error naming the file
-        raise ImageReadError(f"Mask file '{path}' cannot be read ({type(exc).__name__}: {exc}).",
-                             hint="check that it is a valid NIfTI/NRRD/MHA label map.", path=str(path)) from exc
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise ImageReadError(f"Mask file '{path}' holds non-integer or NaN values; a label map is expected.",
-                                 hint="write masks as integer label maps (0 = background).", path=str(path))
-    if not np.issubdtype(arr.dtype, np.integer):
-        arr = arr.astype(np.int32)
-    return arr, spacing, affine
-
-
 def _reorient_onto(ref: np.ndarray, aff_r: np.ndarray, shape: tuple, aff_p: np.ndarray, atol: float):
-    """``ref`` on the prediction grid when it stores the same voxels in another axis order/direction, else None."""
+    """``ref`` on the prediction grid when it stores the same voxels in another axis order/direction, else None.
+
+    Both affines are LPS (the convention of every mask read here), so the axis permutation and flips found are the
+    ones the two headers describe; returns ``(array, flipped)`` where ``flipped`` says whether an axis was reversed.
+    """
     import nibabel.orientations as nio
 
     if ref.ndim != 3 or len(shape) != 3:
@@ -117,46 +87,102 @@ def _reorient_onto(ref: np.ndarray, aff_r: np.ndarray, shape: tuple, aff_p: np.n
     moved = nio.apply_orientation(ref, ornt)
     aff = aff_r @ nio.inv_ornt_aff(ornt, ref.shape)
     if moved.shape == tuple(shape) and np.allclose(aff, aff_p, atol=atol):
-        return np.ascontiguousarray(moved)
+        return np.ascontiguousarray(moved), bool(np.any(ornt[:, 1] < 0))
     return None
+
+
+def _foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else float("nan")
+
+
+def _mirror_axes(pred: np.ndarray, ref: np.ndarray) -> tuple[tuple[int, ...], float, float] | None:
+    """Array axes along which the reference matches the prediction far better reversed than as placed.
+
+    Returns ``(axes, dice as placed, dice reversed)`` of the foreground (any label) or None. Only looked at when the
+    foreground Dice is below 0.5, so ordinary cases cost one comparison.
+    """
+    fp, fr = pred > 0, ref > 0
+    if not fp.any() or not fr.any():
+        return None
+    placed = _foreground_dice(fp, fr)
+    if placed >= 0.5:
+        return None
+    combos = [c for n in range(1, fr.ndim + 1) for c in itertools.combinations(range(fr.ndim), n)]
+    best = max(((axes, _foreground_dice(fp, np.flip(fr, axis=axes))) for axes in combos), key=lambda t: t[1])
+    if best[1] >= 0.5 and best[1] >= 2.0 * placed + 0.25:
+        return best[0], placed, best[1]
+    return None
+
+
+def _present_labels(arr: np.ndarray) -> np.ndarray:
+    """Sorted non-zero label values of ``arr`` (values are checked to be at most MAX_LABEL when read)."""
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    counts = np.bincount(arr.ravel().astype(np.int64, copy=False), minlength=1)
+    return np.flatnonzero(counts[1:]) + 1
+
+
+def _boxes(arr: np.ndarray, labels: np.ndarray) -> dict[int, tuple]:
+    """Bounding box of each label in ``labels`` (one pass over the volume on compact label indices)."""
+    if not len(labels):
+        return {}
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+    lut[labels] = np.arange(1, len(labels) + 1, dtype=np.int32)
+    found = ndimage.find_objects(lut[arr])
+    return {int(lab): found[i] for i, lab in enumerate(labels) if i < len(found) and found[i] is not None}
 
 
 def _case_metrics(job: tuple) -> list[dict]:
     pred_path, ref_path, labels, tol, conventions, geometry_atol = job[:6]
     reference_remap, reorient = (job[6], job[7]) if len(job) > 6 else ({}, False)
-    pred, sp_p, aff_p = read_mask(pred_path)
-    ref, sp_r, aff_r = read_mask(ref_path)
+    where = f"Prediction '{pred_path}' / reference '{ref_path}'"
+    pred_img, ref_img = masks_on_one_grid(read_mask(pred_path), read_mask(ref_path), where)
+    pred, ref = pred_img.array, ref_img.array
+    sp_p, sp_r = pred_img.spacing, ref_img.spacing
+    aff_p, aff_r = pred_img.affine_lps, ref_img.affine_lps
     if reference_remap:
         from medeff.data.label_remap import remap_labels
 
         ref = remap_labels(ref, reference_remap)
+    flipped = False
     if reorient and (pred.shape != ref.shape or not np.allclose(aff_p, aff_r, atol=geometry_atol)):
         moved = _reorient_onto(ref, aff_r, pred.shape, aff_p, geometry_atol)
         if moved is not None:  # same voxels stored in another axis order/direction (e.g. LAS vs LPS): lossless
             log.info("Reference '%s' reoriented onto the prediction grid (axis order/direction only).",
                      Path(ref_path).name)
-            ref, sp_r, aff_r = moved, sp_p, aff_p
+            (ref, flipped), sp_r, aff_r = moved, sp_p, aff_p
     if pred.shape != ref.shape:
         raise InputError(f"Prediction '{pred_path}' has shape {pred.shape} but reference '{ref_path}' has {ref.shape}.",
                          hint="resample the prediction onto the reference grid before evaluating.")
     if not np.allclose(aff_p, aff_r, atol=geometry_atol):
         raise InputError(f"Prediction '{pred_path}' and reference '{ref_path}' have different geometry "
-                         f"(spacing {sp_p} vs {sp_r}, or origin/direction differ).",
+                         f"(spacing {sp_p} vs {sp_r}, origin {_mm(pred_img.origin)} vs {_mm(ref_img.origin)} mm LPS, "
+                         "or directions differ).",
                          hint="resample the prediction onto the reference grid, or raise geometry_tolerance_mm; a "
                          "reference storing the same voxels in another axis order is aligned with "
                          "reorient_reference=true.")
-    # one pass per volume finds every label's bounding box; each label is then scored inside its own box
-    if pred.min() < 0 or ref.min() < 0:
-        raise InputError(f"Masks '{pred_path}' / '{ref_path}' hold negative labels.",
-                         hint="label maps must use 0 for background and positive integers for labels.")
-    boxes_p, boxes_r = ndimage.find_objects(pred), ndimage.find_objects(ref)
-    present = {i + 1 for i, b in enumerate(boxes_p) if b is not None} | {i + 1 for i, b in enumerate(boxes_r)
-                                                                          if b is not None}
-    use = list(labels) if labels else sorted(present)
+    mirror = _mirror_axes(pred, ref)
+    if mirror is not None:
+        axes, placed, mirrored = mirror
+        text = (f"Reference '{ref_path}' matches prediction '{pred_path}' far better mirrored along array "
+                f"axis {_axes(axes)} "
+                f"(foreground Dice {mirrored:.2f}) than as its header places it (foreground Dice {placed:.2f})")
+        if flipped:
+            raise InputError(text + "; reorient_reference reversed that axis because the two headers say so, so one "
+                             "of the headers is probably wrong (e.g. an LPS affine stored as a NIfTI RAS affine).",
+                             hint="fix the header (direction/affine) of the mask written by the other tool; with "
+                             "correct headers the masks match without mirroring.")
+        log.warning("%s; one of the masks is probably mirrored (a header or an export step). Scored as placed.",
+                    text)
+    present = np.union1d(_present_labels(pred), _present_labels(ref))
+    use = list(labels) if labels else [int(v) for v in present]
+    wanted = np.asarray([v for v in use if 0 < v <= MAX_LABEL], dtype=np.int64)
+    boxes_p = _boxes(pred, np.intersect1d(wanted, _present_labels(pred)))
+    boxes_r = _boxes(ref, np.intersect1d(wanted, _present_labels(ref)))
     rows = []
     for lab in use:
-        bp = boxes_p[lab - 1] if 0 < lab <= len(boxes_p) else None
-        br = boxes_r[lab - 1] if 0 < lab <= len(boxes_r) else None
+        bp, br = boxes_p.get(int(lab)), boxes_r.get(int(lab))
         if bp is None and br is None:
             box = tuple(slice(0, 1) for _ in ref.shape)
         else:
@@ -166,8 +192,21 @@ def _case_metrics(job: tuple) -> list[dict]:
         p_box, r_box = (pred[box] == lab, ref[box] == lab) if (bp or br) else (np.zeros(1, bool), np.zeros(1, bool))
         m = label_metrics(p_box, r_box, sp_r, tolerance_mm=tol, conventions=conventions, image_shape=ref.shape)
         m["label"] = int(lab)
+        if mirror is not None:
+            m["warning"] = (f"the reference matches the prediction far better mirrored along array axis "
+                            f"{_axes(mirror[0])} "
+                            f"(foreground Dice {mirror[2]:.2f}) than as placed ({mirror[1]:.2f}): one of the masks "
+                            "is probably mirrored; scored as placed")
         rows.append(m)
     return rows
+
+
+def _axes(axes: tuple[int, ...]) -> str:
+    return " and ".join(str(a) for a in axes)
+
+
+def _mm(values) -> tuple:
+    return tuple(round(float(v), 3) for v in values)
 
 
 def evaluate_segmentation(
@@ -277,6 +316,8 @@ def evaluate_segmentation(
             records.append({"case": out_case.iloc[i], "group": out_group.iloc[i], "label": lab,
                             "label_name": label_names.get(lab, f"label {lab}"), "empty": r["empty"],
                             **{k: r[k] for k in SEG_METRICS}, "tp": r["tp"], "fp": r["fp"], "fn": r["fn"]})
+    warnings = [f"Case {out_case.iloc[i]}: {rows[0]['warning']}." for i, rows in enumerate(per_case)
+                if rows and rows[0].get("warning")]
     table = pd.DataFrame.from_records(records)
     groups = groups_raw.astype(str).to_numpy()
     aggregates = _aggregate(table, all_labels, label_names, groups, len(df), n_resamples, confidence,
@@ -303,6 +344,7 @@ def evaluate_segmentation(
         "labels": [{"value": lab, "name": label_names.get(lab, f"label {lab}")} for lab in all_labels],
         "aggregates": aggregates,
         "worst_cases": worst_rows,
+        "warnings": warnings,
         "per_case": table.replace({np.nan: None}).to_dict(orient="records"),
     }
 
