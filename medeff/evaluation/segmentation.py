@@ -201,6 +201,19 @@ def _case_metrics(job: tuple) -> list[dict]:
     return rows
 
 
+def _label_value(value, key: str, allow_zero: bool = False) -> int:
+    """A configured label value as int, refused unless it is an integer in 1..MAX_LABEL (0 too with allow_zero)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    low = 0 if allow_zero else 1
+    if not (np.isfinite(number) and number == int(number) and low <= number <= MAX_LABEL):
+        raise InputError(f"{key}: label value {value!r} is not an integer from {low} to {MAX_LABEL}.",
+                         hint=f"give label values as the integers stored in the masks ({low}..{MAX_LABEL}).")
+    return int(number)
+
+
 def _axes(axes: tuple[int, ...]) -> str:
     return " and ".join(str(a) for a in axes)
 
@@ -287,11 +300,16 @@ def evaluate_segmentation(
         raise InputError("No segmentation input given.",
                          hint="set segmentation.index=<CSV of case id, prediction and reference paths>, or "
                          "segmentation.prediction_dir and segmentation.reference_dir (files matched by name).")
-    label_names = {int(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
-    label_list = sorted(label_names) if label_names else ([int(v) for v in labels] if labels else None)
+    label_names = {_label_value(k, "segmentation.labels"): str(v) for k, v in labels.items()} \
+        if isinstance(labels, Mapping) else {}
+    label_list = sorted(label_names) if label_names else (
+        [_label_value(v, "segmentation.labels") for v in labels] if labels else None)
     from medeff.data.label_remap import parse_label_remap
 
     remap = parse_label_remap(reference_remap, "segmentation.reference_remap")
+    for k, v in remap.items():
+        _label_value(k, "segmentation.reference_remap", allow_zero=True)
+        _label_value(v, "segmentation.reference_remap", allow_zero=True)
     jobs = [(p, r, label_list, float(tolerance_mm), conventions, float(geometry_tolerance_mm), remap,
              bool(reorient_reference)) for p, r in zip(df[pred_col], df[ref_col])]
     if num_workers > 1 and len(jobs) > 1:

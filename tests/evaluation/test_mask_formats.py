@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medeff.errors import InputError
+from medeff.errors import ImageReadError, InputError
 from medeff.evaluation import evaluate_segmentation, render_report
 from medeff.io import write_image
 from medeff.io.base import ImageData
@@ -120,3 +120,34 @@ def test_mirrored_reference_content_is_reported(tmp_path):
     assert len(res["warnings"]) == 1 and "case7" in res["warnings"][0] and "mirrored" in res["warnings"][0]
     html = render_report(res, tmp_path / "rep", formats=("html",))["report.html"].read_text(encoding="utf-8")
     assert "Warnings" in html and "mirrored along array axis 0" in html
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_huge_label_value_is_refused_up_front(tmp_path, suffix):
+    """A label value of 2**31 - 1 once made the evaluation allocate tables of that length (~17 GB)."""
+    image = _oblique()
+    pred = write_image(image, tmp_path / f"pred{suffix}")
+    arr = image.array.astype(np.int32)
+    arr[0, 0, 0] = 2**31 - 1
+    ref = write_image(ImageData(arr, image.spacing, image.origin, image.direction), tmp_path / f"ref{suffix}")
+    index = pd.DataFrame({"case_id": ["a"], "prediction": [str(pred)], "reference": [str(ref)]})
+    index.to_csv(tmp_path / "index.csv", index=False)
+    for kwargs in ({}, {"labels": [1, 2]}, {"reference_remap": {1: 1, 2: 2}}):
+        with pytest.raises(ImageReadError, match="2147483647") as err:
+            evaluate_segmentation(tmp_path / "index.csv", n_resamples=10, **kwargs)
+        assert f"ref{suffix}" in str(err.value) and "65535" in str(err.value)
+    with pytest.raises(InputError, match="segmentation.labels"):
+        evaluate_segmentation(tmp_path / "index.csv", n_resamples=10, labels={2**31 - 1: "huge"})
+
+
+def test_large_but_valid_label_values_are_scored(tmp_path):
+    """Values up to 65535 are label values (e.g. atlas codes); they are scored without tables sized by the value."""
+    image = _oblique()
+    arr = image.array.astype(np.int32)
+    arr[arr == 3] = 65535
+    big = ImageData(arr, image.spacing, image.origin, image.direction)
+    pred, ref = write_image(big, tmp_path / "pred.nii.gz"), write_image(big, tmp_path / "ref.nrrd")
+    index = pd.DataFrame({"case_id": ["a"], "prediction": [str(pred)], "reference": [str(ref)]})
+    index.to_csv(tmp_path / "index.csv", index=False)
+    res = evaluate_segmentation(tmp_path / "index.csv", n_resamples=10)
+    assert {r["label"]: r["dice"] for r in res["per_case"]} == {1: 1.0, 2: 1.0, 65535: 1.0}
