@@ -12,6 +12,7 @@ __all__ = [
     "InputError",
     "DicomSeriesError",
     "ImageReadError",
+    "NonFiniteImageError",
     "IndexValidationError",
     "ConfigError",
     "CheckpointError",
@@ -50,6 +51,10 @@ class ImageReadError(InputError):
     """An image file cannot be read or is not a valid image."""
 
 
+class NonFiniteImageError(ImageReadError):
+    """An image holds NaN or infinite voxel values (found in the stored data, before any windowing or casting)."""
+
+
 class DicomSeriesError(ImageReadError):
     """A DICOM series is refused (missing slices, tilt without repair, mixed geometry, ...)."""
 
@@ -73,3 +78,21 @@ class OutputExistsError(MedeffError, FileExistsError):
 class OutputWriteError(MedeffError, OSError):
     """An output cannot be written (folder not writable, read-only file system, disk full); nothing was left
     under the output's name."""
+
+
+def unpickling_reason(exc: BaseException) -> str:
+    """Why a safe (``weights_only``) ``torch.load`` refused a file, in medeff's words.
+
+    torch's message advises re-running with the unsafe setting; medeff never repeats that advice (a pickled object
+    can run code when loaded), so only the offending global, or the unpickler's own complaint, is kept.
+    """
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours part of its message
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it refers to the Python object {found.group(1)}"
+    found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?:\.\s|\.?$|\n)", text)
+    if found and "weights_only" not in found.group(1):
+        return found.group(1).strip()
+    return "it holds pickled Python objects"

@@ -34,6 +34,7 @@ from torch.utils.data import Sampler
 
 from medeff.data.transforms import eval_transforms, train_transforms
 from medeff.errors import ConfigError, IndexValidationError
+from medeff.io.base import require_finite
 
 __all__ = ["MedeffDataModule", "load_dataset_index", "archive_items", "KINDS", "EpochSeededSampler", "epoch_seed"]
 
@@ -110,6 +111,10 @@ def archive_items(records: Sequence[Mapping[str, Any]], *, context_slices: int =
     Returns:
         Dictionaries with ``image`` (uint8/float array ``(C, H, W)``), ``label`` (class, when known),
         ``case_id``, ``row`` and ``slice`` (position within the case).
+
+    Raises:
+        NonFiniteImageError: a case's rows hold NaN or inf (checked before any windowing).
+        IndexValidationError: the array is not ``(rows, H, W)``.
     """
     from medeff.data.index_images import load_archive_array
 
@@ -121,6 +126,9 @@ def archive_items(records: Sequence[Mapping[str, Any]], *, context_slices: int =
             raise IndexValidationError(f"Archive '{rec['image']}' array '{rec.get('archive_key')}' has shape "
                                        f"{arr.shape}; 2D slices need (rows, H, W).",
                                        hint="store one 2D slice per row.", path=str(rec["image"]))
+        if arr.dtype.kind in "fc":  # integer slices cannot hold NaN/inf: no copy, no pass
+            require_finite(arr[rows], rec["image"], name=f"Archive '{rec['image']}' (array "
+                           f"'{rec.get('archive_key', 'images')}', case '{rec['case_id']}', rows {rows[:5]})")
         for pos, row in enumerate(rows):
             picks = [rows[min(max(pos + o, 0), len(rows) - 1)] for o in range(-context_slices, context_slices + 1)]
             item = {"image": np.ascontiguousarray(arr[picks]), "case_id": str(rec["case_id"]), "row": row,

@@ -33,7 +33,7 @@ class Problem:
     fix: str
 
     def line(self) -> str:
-        return f"- {self.case_id} ({self.file}): {self.problem}. Fix: {self.fix}."
+        return f"- {self.case_id} ({self.file}): {self.problem.rstrip('.')}. Fix: {self.fix.rstrip('.')}."
 
 
 def raise_problems(problems: list[Problem], where: str, path: str | None = None) -> None:
@@ -160,7 +160,8 @@ def inspect_case(
                 else:
                     arr = read_voxels(index.resolve(rel))
             except (MedeffError, ImportError, RuntimeError, OSError) as exc:
-                bad(rel, f"cannot read the voxels ({getattr(exc, 'message', exc)})", "re-export the file")
+                bad(rel, f"cannot read the voxels ({getattr(exc, 'message', exc)})",
+                    getattr(exc, "hint", None) or "re-export the file")
                 return out
             images.append(arr)
     hdr0 = headers[0]

@@ -1,5 +1,8 @@
 """MONAI dictionary-transform pipelines for CT, built from ``conf/data`` (preprocessing) and ``conf/augmentation``.
 
+Images holding NaN or inf are refused (:class:`medeff.errors.NonFiniteImageError`) before any intensity step:
+the readers check the stored values, :class:`RequireFinited` checks in-memory arrays; nothing is clipped away.
+
 Two halves, so that caching works: the deterministic half (load, orientation, spacing, intensity, padding and
 fixed crops) is cached by :class:`monai.data.CacheDataset`; the random half (crops by positive/negative label,
 flips, rotations, intensity jitter) runs on every epoch. Inference uses the deterministic half only, and
@@ -52,9 +55,11 @@ from monai.transforms import (
 )
 
 from medeff.errors import ConfigError, ImageReadError
+from medeff.io.base import require_finite
 
 __all__ = [
     "LoadImageDatad",
+    "RequireFinited",
     "RemapLabelsd",
     "DEFAULT_PREPROCESSING",
     "preprocessing_transforms",
@@ -125,6 +130,7 @@ class LoadImageDatad(MapTransform):
         for key in self.key_iterator(d):
             value = d[key]
             if isinstance(value, (torch.Tensor, np.ndarray)):
+                require_finite(_as_numpy(value), d.get("case_id", "-"), name=_item_name(d))
                 continue
             paths = value if isinstance(value, (list, tuple)) else [value]
             arrays, affine = [], None
@@ -136,11 +142,48 @@ class LoadImageDatad(MapTransform):
                 arrays.append(arr)
                 affine = aff
             dtype = np.dtype(self.dtypes.get(str(key), "float32"))
-            stacked = np.stack([a.astype(dtype, copy=False) for a in arrays])
+            with np.errstate(over="ignore"):  # an overflow is refused just below
+                stacked = np.stack([a.astype(dtype, copy=False) for a in arrays])
+            if any(a.dtype.kind == "f" and a.dtype.itemsize > dtype.itemsize for a in arrays):
+                # the readers checked the stored values; a narrowing cast can still overflow to inf
+                require_finite(stacked, paths[0], what=f"Image (as {dtype})",
+                               hint=f"the values exceed the {dtype} range; rescale the image to physical units.")
             meta = {"filename_or_obj": str(paths[0]), "original_affine": affine.copy(),
                     "spatial_shape": np.asarray(arrays[0].shape)}
             d[key] = MetaTensor(torch.from_numpy(stacked), affine=torch.as_tensor(affine, dtype=torch.float64),
                                 meta=meta)
+        return d
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _item_name(d: Mapping[Hashable, Any]) -> str:
+    """How messages name an in-memory item: its case (and archive row) when known."""
+    meta = getattr(d.get("image"), "meta", None) or {}
+    source = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
+    if source:
+        return f"Image '{source}'"
+    if d.get("case_id") is not None:
+        row = f", archive row {d['row']}" if d.get("row") is not None else ""
+        return f"Image of case '{d['case_id']}'{row}"
+    return "An in-memory image"
+
+
+class RequireFinited(MapTransform):
+    """Refuse images holding NaN or inf (:class:`medeff.errors.NonFiniteImageError`) instead of letting the
+    intensity window clip them to its bounds. Integer images pass at no cost.
+
+    Args:
+        keys: image keys.
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            require_finite(_as_numpy(d[key]), d.get("case_id", "-"), name=_item_name(d))
         return d
 
 
@@ -208,7 +251,9 @@ def preprocessing_transforms(spec: Mapping[str, Any] | None, *, spatial_dims: in
     modes = ["bilinear"] + (["nearest"] if has_label else [])
     out: list = []
     if load:
-        out.append(LoadImageDatad(keys, dtypes={"label": "int16"}))
+        out.append(LoadImageDatad(keys, dtypes={"label": "int16"}))  # refuses NaN/inf in the stored values
+    else:
+        out.append(RequireFinited(img_keys))  # in-memory arrays: refuse NaN/inf before the window would clip them
     if has_label and spec.get("label_remap"):
         out.append(RemapLabelsd(["label"], spec["label_remap"]))
     if spatial_dims == 3 and spec.get("orientation"):

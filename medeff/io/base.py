@@ -21,9 +21,49 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageData", "LPS_TO_RAS"]
+from medeff.errors import NonFiniteImageError
+
+__all__ = ["ImageData", "LPS_TO_RAS", "require_finite"]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+NONFINITE_HINT = ("repair or re-export the image: replace NaN/inf with a real value (e.g. the background, -1024 HU "
+                  "for air) or remove the case.")
+
+
+def require_finite(array: Any, source: Any, *, what: str = "Image", hint: str = NONFINITE_HINT,
+                   name: str | None = None) -> None:
+    """Raise :class:`NonFiniteImageError` when ``array`` holds NaN or infinite values.
+
+    Integer and boolean arrays cannot hold them and return at once; float arrays cost one min/max pass (the
+    counting pass runs only when something is wrong).
+
+    Args:
+        array: the stored values (check them before any windowing, clipping or casting).
+        source: the file or folder named in the message.
+        what: how the message names the source, e.g. ``"NIfTI file"``.
+        hint: how to fix it.
+        name: the whole name used in the message instead of ``what 'source'`` (e.g. a DICOM series label).
+
+    Raises:
+        NonFiniteImageError: NaN or +-inf present; the message names ``source`` and both counts.
+    """
+    arr = np.asarray(array)
+    if arr.dtype.kind not in "fc" or arr.size == 0:
+        return
+    if arr.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            if np.isfinite(arr.min()) and np.isfinite(arr.max()):
+                return
+    elif np.isfinite(arr).all():
+        return
+    n_nan = int(np.count_nonzero(np.isnan(arr)))
+    n_inf = int(np.count_nonzero(np.isinf(arr)))
+    name = name or f"{what} '{source}'"
+    raise NonFiniteImageError(
+        f"{name} holds {n_nan} NaN and {n_inf} infinite voxel(s) of {arr.size} in its stored values; medeff does "
+        "not window, clip or guess such voxels.", hint=hint, path=str(source))
 
 
 @dataclass

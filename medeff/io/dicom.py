@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medeff.errors import DicomSeriesError, ImageReadError
-from medeff.io.base import ImageData
+from medeff.io.base import ImageData, require_finite
 from medeff.io.dicom_geometry import SeriesPlan, plan_series
 from medeff.io.dicom_scan import DicomSeriesInfo, SliceHeader, find_series
 from medeff.io.options import DicomReadOptions
@@ -113,6 +113,10 @@ def read_series_info(info: DicomSeriesInfo, options: DicomReadOptions | None = N
     options = options or DicomReadOptions.from_config()
     plan = plan_series(list(info.slices), info.label, options, _pixels_equal)
     volume = _read_pixels(plan.slices, info.label, plan.warnings)  # (k, rows, columns)
+    # stored pixels are integers; a float RescaleSlope/Intercept can still overflow float32 (checked before any
+    # resampling repair, which would clip)
+    require_finite(volume, info.folder, name=f"DICOM series {info.label}", hint="check RescaleSlope/RescaleIntercept "
+                   "of the series (CT uses a slope near 1); re-export the series if they are corrupt.")
     if plan.shifts is not None:
         volume = _apply_tilt(volume, plan, options.fill_value)
     if plan.targets is not None:
@@ -228,9 +232,10 @@ def _rescale(vol: np.ndarray, slices: list[SliceHeader]) -> np.ndarray:
     first = slices[0]
     if any((s.slope, s.intercept) != (first.slope, first.intercept) for s in slices):
         out = vol.astype(np.float32)
-        for k, s in enumerate(slices):
-            out[k] *= np.float32(s.slope)
-            out[k] += np.float32(s.intercept)
+        with np.errstate(over="ignore"):  # an overflow to inf is refused by the caller
+            for k, s in enumerate(slices):
+                out[k] *= np.float32(s.slope)
+                out[k] += np.float32(s.intercept)
         return out
     dtype = _output_dtype(first)
     if dtype == vol.dtype and first.slope == 1 and first.intercept == 0:
@@ -244,8 +249,9 @@ def _rescale(vol: np.ndarray, slices: list[SliceHeader]) -> np.ndarray:
             out += dtype.type(first.intercept)
         return out
     out = vol.astype(np.float32)
-    out *= np.float32(first.slope)
-    out += np.float32(first.intercept)
+    with np.errstate(over="ignore"):  # an overflow to inf is refused by the caller, naming the series
+        out *= np.float32(first.slope)
+        out += np.float32(first.intercept)
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medeff.errors import ImageReadError, InputError
-from medeff.io.base import ImageData
+from medeff.io.base import ImageData, require_finite
 from medeff.utils.atomic import atomic_path, check_writable
 
 __all__ = ["read_itk", "write_itk", "ITK_SUFFIXES"]
@@ -27,6 +27,7 @@ def read_itk(path: str | os.PathLike) -> ImageData:
     """Read a file SimpleITK understands (NRRD, MetaImage, ...) with its geometry.
 
     Raises:
+        NonFiniteImageError: the voxel values hold NaN or inf.
         ImageReadError: SimpleITK cannot read the file.
     """
     import SimpleITK as sitk
@@ -40,6 +41,7 @@ def read_itk(path: str | os.PathLike) -> ImageData:
                              path=str(path)) from exc
     nd = img.GetDimension()
     arr = sitk.GetArrayFromImage(img)
+    require_finite(arr, path, what="Image file")
     spatial = tuple(range(nd - 1, -1, -1))
     arr = arr.transpose(spatial + tuple(range(nd, arr.ndim)))  # channel axis (vector images) stays last
     return ImageData(array=arr, spacing=img.GetSpacing(), origin=img.GetOrigin(),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medeff.errors import ImageReadError, InputError
-from medeff.io.base import ImageData
+from medeff.io.base import ImageData, require_finite
 from medeff.utils.atomic import atomic_path
 from medeff.utils.logging import get_logger
 
@@ -36,6 +36,7 @@ def read_nifti(path: str | os.PathLike) -> ImageData:
         :class:`ImageData`; 4D files keep their 4th axis as a trailing array axis (geometry is 3D).
 
     Raises:
+        NonFiniteImageError: the stored voxel values hold NaN or inf.
         ImageReadError: the file is unreadable or its affine is singular or sheared.
     """
     import nibabel as nib
@@ -48,6 +49,7 @@ def read_nifti(path: str | os.PathLike) -> ImageData:
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise ImageReadError(f"NIfTI file '{path}' cannot be read: {exc}.",
                              hint="check that the file is complete (re-copy or re-export it).", path=str(path)) from exc
+    require_finite(raw, path, what="NIfTI file")  # the stored values, before scl_slope/scl_inter
     header = img.header
     warnings: list[str] = []
     # nibabel moves scl_slope/scl_inter into the array proxy (NaN or 0 slope -> 1, NaN inter -> 0)
@@ -63,7 +65,7 @@ def read_nifti(path: str | os.PathLike) -> ImageData:
             array = raw.astype(np.float32) + np.float32(inter)
         else:
             array = raw
-    if array is not raw and array.size and not np.isfinite(array).all() and np.isfinite(raw).all():
+    if array is not raw and array.size and not np.isfinite(array).all():
         raise ImageReadError(f"NIfTI file '{path}': scl_slope={slope:g} / scl_inter={inter:g} turn finite stored "
                              "values into NaN/inf (overflow).", hint="fix the header's scl_slope/scl_inter "
                              "(1 and 0 mean no scaling).", path=str(path))

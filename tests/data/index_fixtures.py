@@ -57,7 +57,8 @@ def write_npz_archive(folder: Path, rng: np.random.Generator, n_groups: int = 30
 
 
 def write_dicom_series(folder: Path, *, series_uid: str, study_uid: str, patient_id: str = SECRET_ID,
-                       patient_name: str = SECRET_NAME, n: int = 4, size: int = 8, seed: int = 0) -> Path:
+                       patient_name: str = SECRET_NAME, n: int = 4, size: int = 8, seed: int = 0,
+                       slope: str = "1") -> Path:
     """Write ``n`` axial CT slices with full patient identifiers (PatientName/ID, birth date, accession...)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -96,7 +97,7 @@ def write_dicom_series(folder: Path, *, series_uid: str, study_uid: str, patient
         ds.BitsStored = 16
         ds.HighBit = 15
         ds.PixelRepresentation = 0
-        ds.RescaleSlope = "1"
+        ds.RescaleSlope = slope
         ds.RescaleIntercept = "-1024"
         ds.PixelData = r.integers(0, 2000, size=(size, size), dtype=np.uint16).tobytes()
         ds.save_as(folder / f"slice{i:03d}.dcm", enforce_file_format=True)
