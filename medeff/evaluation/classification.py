@@ -11,7 +11,7 @@ import pandas as pd
 
 from medeff.errors import InputError
 from medeff.evaluation import calibration as cal
-from medeff.evaluation.bootstrap import cluster_bootstrap
+from medeff.evaluation.bootstrap import UNIT, cluster_bootstrap, interval_method
 from medeff.evaluation.multiclass import evaluate_multiclass
 from medeff.evaluation.operating_points import (METRIC_LABELS, counts_at, metrics_from_counts,
                                                 threshold_for_sensitivity, youden_threshold)
@@ -291,13 +291,14 @@ def _binary(scores, y, groups, threshold, targets, n_bins, binning, n_resamples,
     bins, _ = cal.bin_index(scores, n_bins, binning) if probabilities else (None, None)
     stat, names = binary_statistic(scores, y, [o["threshold"] for o in ops], probabilities=probabilities,
                                    bins=bins, n_bins=n_bins)
-    boot = cluster_bootstrap(stat, groups, n_resamples=n_resamples, confidence=confidence, method=method, seed=seed)
+    boot = cluster_bootstrap(stat, groups, n_resamples=n_resamples, confidence=confidence, method=method, seed=seed,
+                             bounds=UNIT)  # every row (AUC, AP, Brier, ECE, rates at thresholds) lies in [0, 1]
     idx = {n: i for i, n in enumerate(names)}
-    bm = f"cluster bootstrap ({method}, {n_resamples} resamples)"
 
     def rec(key, label, name, **kw):
         i = idx[name]
-        return metric_record(key, label, boot["estimate"][i], boot["low"][i], boot["high"][i], bm, **kw)
+        text, extra = interval_method(boot, i)
+        return metric_record(key, label, boot["estimate"][i], boot["low"][i], boot["high"][i], text, **kw, **extra)
 
     dl = delong(y, scores)
     lo, hi = dl.ci(0, confidence)
@@ -341,11 +342,15 @@ def _binary(scores, y, groups, threshold, targets, n_bins, binning, n_resamples,
 def _comparison(a, b, y, groups, name_a, name_b, n_resamples, confidence, method, seed) -> dict:
     test = delong_paired_test(y, a, b, confidence)
     boot = cluster_bootstrap(lambda w: (weighted_auc(a, y, w) - weighted_auc(b, y, w))[None, :], groups,
-                             n_resamples=n_resamples, confidence=confidence, method=method, seed=seed)
+                             n_resamples=n_resamples, confidence=confidence, method=method, seed=seed,
+                             bounds=(-1.0, 1.0))
+    text, extra = interval_method(boot, 0)
     db = delong(y, b)
     lo_b, hi_b = db.ci(0, confidence)
     return {"model_a": name_a, "model_b": name_b, **test,
             "auc_b_ci_low": float(lo_b), "auc_b_ci_high": float(hi_b),
             "difference_bootstrap_ci_low": float(boot["low"][0]),
             "difference_bootstrap_ci_high": float(boot["high"][0]),
+            "difference_bootstrap_ci_method": text, "difference_bootstrap_ci_method_used": extra["ci_method_used"],
+            "difference_bootstrap_ci_clipped": extra["ci_clipped"],
             "test": "paired DeLong test (two-sided)"}

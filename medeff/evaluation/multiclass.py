@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from medeff.errors import InputError
-from medeff.evaluation.bootstrap import cluster_bootstrap
+from medeff.evaluation.bootstrap import UNIT, cluster_bootstrap, interval_method
 from medeff.evaluation.roc import delong, weighted_auc
 from medeff.evaluation.tables import metric_record
 
@@ -46,8 +46,13 @@ def evaluate_multiclass(cases: pd.DataFrame, label_col: str, score_cols: Sequenc
             rows.append((w @ ((s - onehot) ** 2).sum(axis=1)) / w.sum(1))
         return np.vstack(rows)
 
-    boot = cluster_bootstrap(stat, groups, n_resamples=n_resamples, confidence=confidence, method=method, seed=seed)
-    bm = f"cluster bootstrap ({method}, {n_resamples} resamples)"
+    bounds = [UNIT] * (k + 2) + ([(0.0, 2.0)] if probabilities else [])  # AUCs, accuracy; multi-class Brier <= 2
+    boot = cluster_bootstrap(stat, groups, n_resamples=n_resamples, confidence=confidence, method=method, seed=seed,
+                             bounds=bounds)
+
+    def bm(i: int) -> dict:
+        text, extra = interval_method(boot, i)
+        return {"method": text, **extra}
     per_class = []
     for c, name in enumerate(names):
         n_pos = int(onehot[:, c].sum())
@@ -59,17 +64,18 @@ def evaluate_multiclass(cases: pd.DataFrame, label_col: str, score_cols: Sequenc
         else:
             row["auc"] = metric_record("auc", f"ROC AUC, {name} vs rest", None, method="not estimable (one class only)")
         row["auc_bootstrap"] = metric_record("auc_bootstrap", f"ROC AUC, {name} vs rest", boot["estimate"][c],
-                                             boot["low"][c], boot["high"][c], bm, n=len(y))
+                                             boot["low"][c], boot["high"][c], n=len(y), **bm(c))
         per_class.append(row)
     headline = [
         metric_record("macro_auc", "Macro-average ROC AUC (one-vs-rest)", boot["estimate"][k], boot["low"][k],
-                      boot["high"][k], bm, n=len(y)),
+                      boot["high"][k], n=len(y), **bm(k)),
         metric_record("accuracy", "Accuracy (highest-scoring class)", boot["estimate"][k + 1], boot["low"][k + 1],
-                      boot["high"][k + 1], bm, n=len(y)),
+                      boot["high"][k + 1], n=len(y), **bm(k + 1)),
     ]
     if probabilities:
         headline.append(metric_record("brier", "Brier score, multi-class (sum over classes; lower is better)",
-                                      boot["estimate"][k + 2], boot["low"][k + 2], boot["high"][k + 2], bm, n=len(y)))
+                                      boot["estimate"][k + 2], boot["low"][k + 2], boot["high"][k + 2], n=len(y),
+                                      **bm(k + 2)))
     cm = np.zeros((k, k), int)
     np.add.at(cm, (y, pred), 1)
     return {"multiclass": True, "class_names": [str(n) for n in names], "headline": headline,

@@ -32,6 +32,10 @@ def build_sections(res: dict) -> list[dict]:
         secs += _classification(res, pct, conf)
     else:
         secs += _segmentation(res, pct, conf)
+    notes = _interval_notes(res)
+    if notes:
+        after = next((i + 1 for i, sec in enumerate(secs) if sec["title"] == "Summary"), len(secs))
+        secs.insert(after, notes)
     secs.append(_provenance(res))
     return secs
 
@@ -144,6 +148,51 @@ def _triage(res: dict, pct: str, conf: float) -> list[dict]:
              "tables": [_table(f"Score and decision per {unit}", heads, rows)]}]
 
 
+def _interval_records(res: dict):
+    """``(where, record)`` for every reported number with a bootstrap interval."""
+    for r in res.get("headline") or []:
+        yield "", r
+    for o in res.get("operating_points") or []:
+        for r in o.get("metrics") or []:
+            yield f" at {o.get('label', o.get('name', ''))}", r
+    for r in res.get("per_class") or []:
+        for key in ("auc", "auc_bootstrap"):
+            if isinstance(r.get(key), dict):
+                yield f" ({r.get('class')})", r[key]
+    for sg in res.get("subgroups") or []:
+        for lv in sg.get("rows") or []:
+            for r in lv.get("metrics") or []:
+                yield f" in subgroup {sg.get('name')} = {lv.get('level')}", r
+    for agg in res.get("aggregates") or []:
+        for r in agg.get("metrics") or []:
+            yield f" ({agg.get('name')})", r
+    cp = res.get("comparison")
+    if cp and cp.get("difference_bootstrap_ci_method_used"):
+        yield "", {"label": "ROC AUC difference (cluster bootstrap)",
+                   "ci_method_used": cp["difference_bootstrap_ci_method_used"],
+                   "ci_clipped": cp.get("difference_bootstrap_ci_clipped"),
+                   "ci_method": cp.get("difference_bootstrap_ci_method")}
+
+
+def _interval_notes(res: dict, limit: int = 40) -> dict | None:
+    """A section listing the intervals whose method differs from the configured one, or that were clipped."""
+    configured = str((res.get("settings") or {}).get("bootstrap_method", "percentile"))
+    lines = []
+    for where, r in _interval_records(res):
+        used = r.get("ci_method_used")
+        if used is None or (used == configured and not r.get("ci_clipped")) or used.startswith("not estimable"):
+            continue
+        clip = str(r.get("ci_method") or "").partition("; ")[2] if r.get("ci_clipped") else ""
+        lines.append(f"{r.get('label', r.get('key'))}{where}: {used}" + (f"; {clip}" if clip else "") + ".")
+    if not lines:
+        return None
+    more = len(lines) - limit
+    paras = [f"The configured interval method is {configured}. These intervals used another method, or had an end "
+             "clipped to the measure's range (e.g. the basic method can reach past 1 for a proportion):"]
+    paras += lines[:limit] + ([f"... and {more} more (see the ci_method column of metrics.csv)."] if more > 0 else [])
+    return {"title": "Confidence interval notes", "paragraphs": paras, "tables": []}
+
+
 def _auc_ci(res: dict) -> tuple:
     r = res["headline"][0]
     return r["ci_low"], r["ci_high"]
@@ -220,7 +269,8 @@ def flat_metrics(res: dict) -> list[dict]:
 
     def add(section, item, rec):
         rows.append({"section": section, "item": item, **{k: rec.get(k) for k in
-                     ("key", "label", "value", "ci_low", "ci_high", "ci_method", "n", "unit")}})
+                     ("key", "label", "value", "ci_low", "ci_high", "ci_method", "ci_method_used", "ci_clipped",
+                      "n", "unit")}})
 
     for r in res.get("headline", []):
         add("headline", "all", r)

@@ -13,7 +13,7 @@ import pandas as pd
 from scipy import ndimage
 
 from medeff.errors import InputError
-from medeff.evaluation.bootstrap import cluster_bootstrap
+from medeff.evaluation.bootstrap import NON_NEGATIVE, UNIT, cluster_bootstrap, interval_method
 from medeff.evaluation.masks import MAX_LABEL, masks_on_one_grid, read_mask
 from medeff.evaluation.privacy import Pseudonymiser
 from medeff.evaluation.provenance import collect_provenance
@@ -38,6 +38,10 @@ SEG_METRICS: dict[str, tuple[str, str, int]] = {
     "volume_error_ml": ("Volume error (predicted - reference)", "ml", 2),
     "volume_error_rel": ("Relative volume error", "", 3),
 }
+
+# range of each metric's mean: its bootstrap interval is clipped to it (recorded); volume errors are unbounded
+_BOUNDS = {"dice": UNIT, "iou": UNIT, "nsd": UNIT, "hd95": NON_NEGATIVE, "assd": NON_NEGATIVE,
+           "volume_ref_ml": NON_NEGATIVE, "volume_pred_ml": NON_NEGATIVE, "volume_error_rel": (-1.0, np.inf)}
 
 
 def _stem(name: str) -> str | None:
@@ -384,7 +388,9 @@ def _aggregate(table: pd.DataFrame, labels, label_names, groups, n_cases, n_resa
         with np.errstate(invalid="ignore", divide="ignore"):
             return ((w @ v0) / (w @ valid.astype(float))).T
 
-    boot = cluster_bootstrap(stat, groups, n_resamples=n_resamples, confidence=confidence, method=method, seed=seed)
+    bounds = [_BOUNDS.get(k) for _ in labels for k in keys]
+    boot = cluster_bootstrap(stat, groups, n_resamples=n_resamples, confidence=confidence, method=method, seed=seed,
+                             bounds=bounds)
     out = []
     j = 0
     for lab in labels:
@@ -393,9 +399,9 @@ def _aggregate(table: pd.DataFrame, labels, label_names, groups, n_cases, n_resa
             col = values[:, j]
             ok = col[np.isfinite(col)]
             label, unit, digits = SEG_METRICS[k]
+            text, extra = interval_method(boot, j)
             mets.append(metric_record(k, label, boot["estimate"][j] if len(ok) else None, boot["low"][j],
-                                      boot["high"][j], f"cluster bootstrap ({method}, {n_resamples} resamples)",
-                                      n=int(len(ok)), unit=unit, n_excluded=int(len(col) - len(ok)),
+                                      boot["high"][j], text, n=int(len(ok)), unit=unit, **extra, n_excluded=int(len(col) - len(ok)),
                                       median=float(np.median(ok)) if len(ok) else None,
                                       q1=float(np.quantile(ok, 0.25)) if len(ok) else None,
                                       q3=float(np.quantile(ok, 0.75)) if len(ok) else None, digits=digits))

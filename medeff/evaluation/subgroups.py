@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from medeff.errors import InputError
-from medeff.evaluation.bootstrap import cluster_bootstrap
+from medeff.evaluation.bootstrap import UNIT, cluster_bootstrap, interval_method
 from medeff.evaluation.operating_points import counts_at, metrics_from_counts
 from medeff.evaluation.roc import delong, weighted_auc
 from medeff.evaluation.tables import metric_record
@@ -55,7 +55,7 @@ def subgroup_tables(cases: pd.DataFrame, specs: Sequence[Mapping], scores: np.nd
                 return np.vstack([weighted_auc(ss, ys, w), m["sensitivity"], m["specificity"]])
 
             boot = cluster_bootstrap(stat, gs, n_resamples=n_resamples, confidence=confidence, method=method,
-                                     seed=seed)
+                                     seed=seed, bounds=UNIT)
             if estimable:
                 dl = delong(ys, ss)
                 lo, hi = dl.ci(0, confidence)
@@ -64,14 +64,19 @@ def subgroup_tables(cases: pd.DataFrame, specs: Sequence[Mapping], scores: np.nd
                 auc = metric_record("auc", "ROC AUC", None, method="not estimable (one class only)",
                                     n=int(sel.sum()))
             sens = metric_record("sensitivity", "Sensitivity", boot["estimate"][1] if n_pos else None,
-                                 boot["low"][1], boot["high"][1], "cluster bootstrap", n=n_pos)
+                                 boot["low"][1], boot["high"][1], n=n_pos, **_method(boot, 1))
             spec_ = metric_record("specificity", "Specificity", boot["estimate"][2] if n_neg else None,
-                                  boot["low"][2], boot["high"][2], "cluster bootstrap", n=n_neg)
+                                  boot["low"][2], boot["high"][2], n=n_neg, **_method(boot, 2))
             rows.append({"level": str(level), "n": int(sel.sum()), "n_positive": n_pos, "n_negative": n_neg,
                          "n_groups": int(len(np.unique(gs))), "estimable": estimable,
                          "metrics": [auc, sens, spec_]})
         out.append({"column": col, "name": spec.get("name") or col, "threshold": float(threshold), "rows": rows})
     return out
+
+
+def _method(boot: dict, i: int) -> dict:
+    text, extra = interval_method(boot, i)
+    return {"method": text, **extra}
 
 
 def _level_key(level: str):

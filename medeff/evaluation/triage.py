@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medeff.evaluation.bootstrap import cluster_bootstrap
+from medeff.evaluation.bootstrap import UNIT, cluster_bootstrap, interval_method
 from medeff.evaluation.operating_points import METRIC_LABELS, counts_at, metrics_from_counts
 from medeff.evaluation.tables import metric_record
 
@@ -72,15 +72,15 @@ def triage_results(scores: np.ndarray, y: np.ndarray | None, groups: np.ndarray,
             return np.vstack([np.asarray(mm[k], float) for k in _KEYS])
 
         boot = cluster_bootstrap(stat, groups, n_resamples=n_resamples, confidence=confidence, method=method,
-                                 seed=seed)
-        bm = f"cluster bootstrap ({method}, {n_resamples} resamples)"
+                                 seed=seed, bounds=UNIT)
         mets = []
         for i, k in enumerate(_KEYS):
             value = m[k]
             ok = value is not None and np.isfinite(float(value))
+            text, extra = interval_method(boot, i) if ok else ("not estimable", {})
             mets.append(metric_record(k, METRIC_LABELS[k], float(value) if ok else None,
                                       boot["low"][i] if ok else None, boot["high"][i] if ok else None,
-                                      bm if ok else "not estimable", n=n))
+                                      text, n=n, **extra))
         op.update(confusion=c, metrics=mets)
         key = "sensitivity" if n_neg == 0 else "specificity"
         headline.insert(1, next(r for r in mets if r["key"] == key))
