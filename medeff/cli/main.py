@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "predict": "medeff.cli.predict",
     "plan": "medeff.cli.plan",
     "crops": "medeff.cli.crops",
+    "split": "medeff.cli.split",
     "lidc": "medeff.cli.lidc",
 }
 

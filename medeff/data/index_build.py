@@ -104,6 +104,30 @@ def _path_identifier_problems(cases: Sequence[RawCase], ids: Sequence[str]) -> l
     return out
 
 
+def _similarity_group_keys(raw: Sequence[RawCase], hashes: Sequence[str], thumbs: Sequence[Any],
+                           fine: Sequence[Any], classes: Sequence[int] | None,
+                           cfg: Any) -> tuple[list[str], dict[str, Any]]:
+    """Group keys joining identical and near-identical images (the leakage guard's test) with the source groups."""
+    from medeff.data.grouping import group_summary, similarity_groups
+
+    if not bool(cfg.leakage.enabled):
+        raise ConfigError("groups.near_duplicates=true needs the leakage guard's thumbnails, but leakage.enabled "
+                          "is false.", hint="set leakage.enabled=true (or groups.near_duplicates=false).")
+    labels = similarity_groups(hashes, thumbs, fine, threshold=float(cfg.leakage.near_threshold),
+                               source_groups=[c.group_key for c in raw])
+    # a group is named after its first member's source group (in memory only; pseudonymised before writing)
+    name: dict[int, str] = {}
+    for c, g in zip(raw, labels):
+        name.setdefault(g, f"similar:{c.group_key}")
+    summary = group_summary(labels, classes)
+    summary.update({"near_duplicates": True, "threshold": float(cfg.leakage.near_threshold),
+                    "thumbnail_size": int(cfg.leakage.thumbnail_size),
+                    "confirm_voxels": int(cfg.leakage.confirm_voxels)})
+    log.info("Near-duplicate grouping: %d case(s) in %d group(s) (largest %d, %d single).", summary["n_cases"],
+             summary["n_groups"], summary["largest"], summary["n_singletons"])
+    return [name[g] for g in labels], summary
+
+
 def build_index(source: str | os.PathLike, out: str | os.PathLike, cfg: Any = None,
                 *, overrides: Sequence[str] = ()) -> DatasetIndex:
     """Scan ``source``, validate and fingerprint every case, draw folds and write the index to ``out``.
@@ -221,8 +245,15 @@ def build_index(source: str | os.PathLike, out: str | os.PathLike, cfg: Any = No
     raise_problems(problems, f"Source '{source}'", str(source))
 
     classes = [int(r.label) for r in records] if task == "classification" else None
+    group_keys = [c.group_key for c in raw]
+    grouping: dict[str, Any] = {}
+    if bool(cfg.groups.near_duplicates):
+        group_keys, grouping = _similarity_group_keys(raw, hashes, thumbs, fine, classes, cfg)
+        group_of = pseudo.map(group_keys)
+        for r, g in zip(records, group_keys):
+            r.group = group_of[g]
     # folds are drawn on the original group keys (in memory only) so they do not depend on the pseudonym salt
-    folds = assign_folds([c.group_key for c in raw], classes, k=index.num_folds, seed=index.fold_seed,
+    folds = assign_folds(group_keys, classes, k=index.num_folds, seed=index.fold_seed,
                          stratify=index.stratified)
     if raw and all(c.fold is not None for c in raw):  # folds fixed by the source (csv.fold_col)
         folds = [int(c.fold) for c in raw]
@@ -239,6 +270,8 @@ def build_index(source: str | os.PathLike, out: str | os.PathLike, cfg: Any = No
     assert not split_groups([r.group for r in records], folds), "fold assignment split a patient group"
     index.leakage = find_leaks(ids, folds, hashes, thumbs, fine, threshold=float(lk.near_threshold),
                                max_pairs=int(lk.max_pairs)) if bool(lk.enabled) else {}
+    if grouping:
+        index.leakage["groups"] = grouping
     index.fingerprint = dataset_fingerprint([r.fingerprint for r in records], samples,
                                             groups=[r.group for r in records], class_names=index.class_names)
     from omegaconf import OmegaConf

@@ -58,10 +58,12 @@ class Scan:
 
 
 def detect_kind(source: Path, cfg: Any = None) -> str:
-    """Guess the source kind: ``csv``, ``archive``, ``nifti`` or ``dicom``.
+    """Guess the source kind: ``csv``, ``archive``, ``nifti``, ``folders`` or ``dicom``.
 
     A folder is NIfTI when it has the configured images folder or ``<case><image_suffix>.nii.gz`` files, or holds
-    nothing but NIfTI files; otherwise it is read as DICOM (other NIfTI files beside a DICOM export are ignored).
+    nothing but NIfTI files; a folder of JPEG/PNG/BMP/TIFF images with no DICOM-like file (``.dcm`` or no suffix)
+    is ``folders`` (class folders of 2D images); otherwise it is read as DICOM (other NIfTI files beside a DICOM
+    export are ignored).
 
     Raises:
         InputError: the source does not exist or holds nothing indexable.
@@ -86,15 +88,22 @@ def detect_kind(source: Path, cfg: Any = None) -> str:
     niftis = [p for p in source.rglob("*.nii*") if is_nifti(p)]
     if nc is not None and any(_strip_suffix(p.name).endswith(str(nc.image_suffix)) for p in niftis):
         return "nifti"
+    if not niftis:
+        from medeff.data.index_folders import looks_like_image_folders
+
+        if looks_like_image_folders(source):
+            return "folders"
     others = any(p.is_file() and not is_nifti(p) and not p.name.startswith(".") for p in source.rglob("*"))
     return "dicom" if others or not niftis else "nifti"
 
 
 def scan_source(source: Path, kind: str, cfg: Any) -> Scan:
     """Dispatch to the scanner of ``kind`` (see :func:`detect_kind`)."""
-    scanners = {"dicom": scan_dicom, "nifti": scan_nifti, "csv": scan_csv, "archive": scan_archive}
+    from medeff.data.index_folders import scan_folders
     from medeff.utils.options import look_up
 
+    scanners = {"dicom": scan_dicom, "nifti": scan_nifti, "csv": scan_csv, "archive": scan_archive,
+                "folders": scan_folders}
     return look_up(kind, scanners, what="source kind", key="source.kind")(source, cfg)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["array_hash", "thumbnail", "confirm_size", "find_leaks"]
+__all__ = ["array_hash", "thumbnail", "confirm_size", "near_identical_pairs", "find_leaks"]
 
 
 def array_hash(arr: np.ndarray) -> str:
@@ -54,6 +54,62 @@ def thumbnail(arr: np.ndarray, size: int = 16) -> np.ndarray:
 def confirm_size(ndim: int, voxels: int = 32768) -> int:
     """Samples per axis of the confirmation thumbnail: about ``voxels`` values in all (64x64... in 2D, 32^3 in 3D)."""
     return max(8, int(round(voxels ** (1.0 / max(ndim, 1)))))
+
+
+def near_identical_pairs(
+    thumbs: Sequence[np.ndarray | None],
+    confirm: Sequence[np.ndarray | None] | None = None,
+    *,
+    threshold: float = 0.98,
+    apart: Sequence[Any] | None = None,
+    block: int = 2048,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair ``i < j`` of near-identical images: thumbnail correlation ``>= threshold``, confirmed on ``confirm``.
+
+    This is the similarity the leakage guard uses; :func:`medeff.data.grouping.similarity_groups` joins the same
+    pairs into groups, so a split by those groups has no pair this function (and the guard) would report.
+
+    Args:
+        thumbs: :func:`thumbnail` per case (None to skip a case), for the candidate search.
+        confirm: finer :func:`thumbnail` per case; a candidate counts only if these correlate at ``threshold`` too
+            (None: no confirmation).
+        threshold: correlation at or above which two images count as near-identical.
+        apart: optional value per case (e.g. the fold): only pairs whose values differ are returned.
+        block: rows per block of the correlation matrix.
+
+    Returns:
+        ``(i, j, r)``: case positions (``i < j``) and the correlation that decided (the confirming one when given).
+    """
+    out_a: list[np.ndarray] = []
+    out_b: list[np.ndarray] = []
+    out_r: list[np.ndarray] = []
+    valid = [i for i, t in enumerate(thumbs) if t is not None]
+    for length in sorted({thumbs[i].size for i in valid}):
+        sel = np.asarray([i for i in valid if thumbs[i].size == length])
+        full = np.stack([thumbs[i] for i in sel]).astype(np.float32)
+        f = np.asarray([apart[i] for i in sel]) if apart is not None else None
+        for start in range(0, len(sel), block):
+            r = full[start: start + block] @ full.T / np.float32(length)
+            a, b = np.nonzero(r >= threshold)
+            a = a + start
+            keep = b > a  # each pair once
+            if f is not None:
+                keep &= f[a] != f[b]  # only across folds / splits
+            a, b, corr = a[keep], b[keep], r[a[keep] - start, b[keep]].astype(np.float64)
+            if confirm is not None and a.size:
+                ok = np.zeros(a.size, dtype=bool)
+                for n, (ia, ib) in enumerate(zip(sel[a], sel[b])):
+                    ca, cb = confirm[ia], confirm[ib]
+                    if ca is not None and cb is not None and ca.size == cb.size:
+                        corr[n] = float(np.dot(ca, cb)) / ca.size
+                        ok[n] = corr[n] >= threshold
+                a, b, corr = a[ok], b[ok], corr[ok]
+            out_a.append(sel[a])
+            out_b.append(sel[b])
+            out_r.append(corr)
+    if not out_a:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+    return np.concatenate(out_a).astype(np.int64), np.concatenate(out_b).astype(np.int64), np.concatenate(out_r)
 
 
 def find_leaks(
@@ -97,32 +153,13 @@ def find_leaks(
     ident_set = {tuple(p) for p in identical}
     near: list[list[Any]] = []
     n_near = 0
-    valid = [i for i, t in enumerate(thumbs) if t is not None]
-    for length in sorted({thumbs[i].size for i in valid}):
-        sel = np.asarray([i for i in valid if thumbs[i].size == length])
-        full = np.stack([thumbs[i] for i in sel]).astype(np.float32)
-        f = np.asarray([folds[i] for i in sel])
-        for start in range(0, len(sel), block):
-            r = full[start: start + block] @ full.T / np.float32(length)
-            a, b = np.nonzero(r >= threshold)
-            a = a + start
-            keep = (b > a) & (f[a] != f[b])  # each pair once, only across folds
-            a, b, corr = a[keep], b[keep], r[a[keep] - start, b[keep]].astype(np.float64)
-            if confirm is not None and a.size:
-                ok = np.zeros(a.size, dtype=bool)
-                for n, (ia, ib) in enumerate(zip(sel[a], sel[b])):
-                    ca, cb = confirm[ia], confirm[ib]
-                    if ca is not None and cb is not None and ca.size == cb.size:
-                        corr[n] = float(np.dot(ca, cb)) / ca.size
-                        ok[n] = corr[n] >= threshold
-                a, b, corr = a[ok], b[ok], corr[ok]
-            for ia, ib, c in zip(sel[a], sel[b], corr):
-                pair = (case_ids[ia], case_ids[ib])
-                if pair in ident_set or pair[::-1] in ident_set:
-                    continue
-                n_near += 1
-                if len(near) < max_pairs:
-                    near.append([pair[0], pair[1], round(float(c), 4)])
+    for ia, ib, c in zip(*near_identical_pairs(thumbs, confirm, threshold=threshold, apart=folds, block=block)):
+        pair = (case_ids[ia], case_ids[ib])
+        if pair in ident_set or pair[::-1] in ident_set:
+            continue
+        n_near += 1
+        if len(near) < max_pairs:
+            near.append([pair[0], pair[1], round(float(c), 4)])
     return {
         "threshold": threshold,
         "n_identical": len(identical),

@@ -2,7 +2,8 @@
 
 * a folder (or a file without a known image suffix that is DICOM) -> the DICOM series in it;
 * ``.dcm`` / ``.ima`` file -> the series that file belongs to, read from its folder;
-* ``.nii`` / ``.nii.gz`` -> nibabel; ``.nrrd`` / ``.nhdr`` / ``.mha`` / ``.mhd`` -> SimpleITK.
+* ``.nii`` / ``.nii.gz`` -> nibabel; ``.nrrd`` / ``.nhdr`` / ``.mha`` / ``.mhd`` -> SimpleITK;
+* ``.jpg`` / ``.jpeg`` / ``.png`` / ``.bmp`` / ``.tif`` / ``.tiff`` -> one grey 2D channel (:mod:`medeff.io.raster`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from medeff.io.base import ImageData
 from medeff.io.itk import ITK_SUFFIXES, read_itk, write_itk
 from medeff.io.nifti import read_nifti, write_nifti
 from medeff.io.options import DicomReadOptions
+from medeff.io.raster import RASTER_SUFFIXES, read_raster
 
 __all__ = ["read_image", "write_image", "image_format"]
 
@@ -25,7 +27,7 @@ _WRITABLE = NIFTI_SUFFIXES + ITK_SUFFIXES
 
 
 def image_format(path: str | os.PathLike) -> str:
-    """``"dicom"``, ``"nifti"`` or ``"itk"`` for ``path`` (folders are DICOM), else raise ImageReadError."""
+    """``"dicom"``, ``"nifti"``, ``"itk"`` or ``"raster"`` for ``path`` (folders are DICOM); else ImageReadError."""
     path = Path(path)
     name = path.name.lower()
     if path.is_dir():
@@ -34,11 +36,14 @@ def image_format(path: str | os.PathLike) -> str:
         return "nifti"
     if name.endswith(ITK_SUFFIXES):
         return "itk"
+    if name.endswith(RASTER_SUFFIXES):
+        return "raster"
     if name.endswith(DICOM_SUFFIXES) or "." not in name:
         return "dicom"
     raise ImageReadError(
         f"Unknown image type for '{path}'.",
-        hint=f"use a DICOM folder or a file ending in {', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES + DICOM_SUFFIXES)}.",
+        hint="use a DICOM folder or a file ending in "
+        f"{', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES + RASTER_SUFFIXES + DICOM_SUFFIXES)}.",
         path=str(path))
 
 
@@ -67,6 +72,8 @@ def read_image(path: str | os.PathLike, **options: Any) -> ImageData:
     if options:
         raise InputError(f"Options {sorted(options)} apply to DICOM only, not to '{path.name}'.",
                          hint="drop them for NIfTI/NRRD/MHA inputs.")
+    if kind == "raster":
+        return read_raster(path)
     return read_nifti(path) if kind == "nifti" else read_itk(path)
 
 

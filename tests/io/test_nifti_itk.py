@@ -114,8 +114,11 @@ def test_corrupt_and_unknown_files(tmp_path):
     bad.write_bytes(b"not a nifti at all")
     with pytest.raises(ImageReadError, match="broken.nii.gz"):
         read_image(bad)
-    (tmp_path / "x.png").write_bytes(b"")
+    (tmp_path / "x.xyz").write_bytes(b"")
     with pytest.raises(ImageReadError, match="Unknown image type"):
+        read_image(tmp_path / "x.xyz")
+    (tmp_path / "x.png").write_bytes(b"")  # a known raster type, but empty
+    with pytest.raises(ImageReadError, match="x.png"):
         read_image(tmp_path / "x.png")
     with pytest.raises(InputError, match="apply to DICOM only"):
         read_image(write_image(oblique_image(np.random.default_rng(1)), tmp_path / "a.mha"), on_gap="error")
