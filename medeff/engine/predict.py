@@ -52,7 +52,8 @@ def _case_name(p: Path) -> str:
     return name
 
 
-def load_model(ckpt_path: str | Path, *, device: str = "cpu", expect: dict[str, Any] | None = None):
+def load_model(ckpt_path: str | Path, *, device: str = "cpu", expect: dict[str, Any] | None = None,
+               trusted_targets: list[str] | None = None):
     """Rebuild the network of a checkpoint from its stored config and load its weights.
 
     Returns:
@@ -60,20 +61,20 @@ def load_model(ckpt_path: str | Path, *, device: str = "cpu", expect: dict[str, 
 
     Raises:
         CheckpointError: unreadable, not medeff, not matching ``expect``, or its stored model config names a
-            ``_target_`` outside :data:`medeff.engine.targets.MODEL_TARGETS` (nothing is built then).
+            ``_target_`` that is not a network constructor of :func:`medeff.engine.targets.model_targets` nor
+            one of the user's ``trusted_targets`` (nothing is built then).
     """
-    from hydra.utils import instantiate
-
-    from medeff.engine.targets import MODEL_TARGETS, check_targets
+    from medeff.engine.targets import build_checked, model_targets
 
     meta, ckpt = load_checkpoint(ckpt_path, **{k: v for k, v in (expect or {}).items() if v is not None})
     model_cfg = (meta.get("config") or {}).get("model")
     if not isinstance(model_cfg, dict) or "_target_" not in model_cfg:
         raise CheckpointError(f"Checkpoint '{ckpt_path}' stores no model config (config.model._target_).",
                               hint="use a checkpoint written by `medeff train`.", path=str(ckpt_path))
-    check_targets(model_cfg, MODEL_TARGETS, source=f"The model config stored in checkpoint '{ckpt_path}'",
-                  error=CheckpointError, path=str(ckpt_path))
-    net = instantiate(OmegaConf.create(model_cfg), _convert_="all")
+    net = build_checked(model_cfg, model_targets().with_trusted(trusted_targets),
+                        source=f"The model config stored in checkpoint '{ckpt_path}'", error=CheckpointError,
+                        path=str(ckpt_path), hint="use a checkpoint written by `medeff train`; if its network "
+                        "builder is your own, name it: medeff predict ... trusted_targets=[package.module.Name].")
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(state)
     return net.to(device).eval(), meta
@@ -98,7 +99,8 @@ def resolve_checkpoints(ckpt: Any) -> list[str]:
     return [str(p)]
 
 
-def load_models(ckpt: Any, *, device: str = "cpu", expect: dict[str, Any] | None = None, tta: str | None = None):
+def load_models(ckpt: Any, *, device: str = "cpu", expect: dict[str, Any] | None = None, tta: str | None = None,
+                trusted_targets: list[str] | None = None):
     """Load one checkpoint, or several (fold ensemble), optionally with flip test-time augmentation.
 
     Returns:
@@ -114,7 +116,7 @@ def load_models(ckpt: Any, *, device: str = "cpu", expect: dict[str, Any] | None
     paths = resolve_checkpoints(ckpt)
     nets, metas = [], []
     for path in paths:
-        net, meta = load_model(path, device=device, expect=expect)
+        net, meta = load_model(path, device=device, expect=expect, trusted_targets=trusted_targets)
         if metas:
             check_compatible(meta, path, task=metas[0]["task"], class_names=metas[0]["class_names"],
                              label_names=metas[0]["label_names"])
@@ -314,7 +316,8 @@ def predict(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"predict needs '{key}'.", hint=f"pass {key}=PATH.")
     device = _device(str(c.get("device", "auto")))
     failures = CaseFailures(str(c.get("on_error") or "skip"))
-    net, meta, ckpts = load_models(c["ckpt"], device=device, expect=c.get("expect"), tta=c.get("tta"))
+    net, meta, ckpts = load_models(c["ckpt"], device=device, expect=c.get("expect"), tta=c.get("tta"),
+                                   trusted_targets=c.get("trusted_targets"))
     formats = check_output_formats(c.get("output_format"), meta["task"])  # before any inference
     out_dir = Path(c.get("output_dir") or "predictions")
     overwrite = bool(c.get("overwrite", False))

@@ -52,24 +52,26 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path) -> str | None:
     return str(ckpt_path)
 
 
-def build(node: Any, what: str, **kwargs: Any) -> Any:
+def build(node: Any, what: str, *, trusted: list[str] | None = None, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that lets medeff's own errors through (instead of Hydra's wrapper) and names the
     config group of any other failure.
 
+    Args:
+        trusted: the user's ``trusted_targets`` (dotted names of their own classes/functions).
+
     Raises:
         MedeffError: raised by the built object itself.
-        ConfigError: the target cannot be imported or called with these arguments, or a nested ``_target_``
-            (one that a value, not the config group itself, brings in, e.g. from a plan file) is outside
-            :data:`medeff.engine.targets.NESTED_TARGETS`.
+        ConfigError: the target cannot be imported or called with these arguments, or a ``_target_`` at any
+            depth of ``node`` or ``kwargs`` resolves to something outside
+            :func:`medeff.engine.targets.train_targets` and ``trusted`` (nothing is built).
     """
     from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
 
-    from medeff.engine.targets import NESTED_TARGETS, check_targets
+    from medeff.engine.targets import build_checked, train_targets
 
-    check_targets(node, NESTED_TARGETS, source=f"The {what} config", skip_top=True)
+    allowed = train_targets().with_trusted(trusted)
     try:
-        return instantiate(node, _convert_="all", **kwargs)
+        return build_checked(node, allowed, source=f"The {what} config", **kwargs)
     except InstantiationException as exc:
         cause = exc.__cause__
         if isinstance(cause, MedeffError):
@@ -91,10 +93,11 @@ def _medeff_checkpoint(node: Any) -> Any:
     return node
 
 
-def _instantiate_group(group: Any, what: str) -> list:
+def _instantiate_group(group: Any, what: str, trusted: list[str] | None) -> list:
     if not group:
         return []
-    return [build(_medeff_checkpoint(c), f"{what}.{k}") for k, c in group.items() if c is not None and "_target_" in c]
+    return [build(_medeff_checkpoint(c), f"{what}.{k}", trusted=trusted) for k, c in group.items()
+            if c is not None and "_target_" in c]
 
 
 def _uses_names(cfg: dict[str, Any], kind: str, dm) -> dict[str, Any]:
@@ -131,6 +134,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     kind = str(cfg.task.kind)
+    trusted = list(resolved.get("trusted_targets") or [])
     run_dir = Path(resolved["run_dir"])
     log.info("Run folder: %s", run_dir)
     _save_config(resolved, run_dir)
@@ -139,17 +143,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     data_extra: dict[str, Any] = {}
     if cfg.get("seed") is not None and cfg.data.get("_target_") == DATAMODULE and "seed" not in cfg.data:
         data_extra["seed"] = int(cfg.seed)  # epoch-seeded order and augmentation: exact resume at epoch ends
-    dm = build(cfg.data, "data", augmentation=resolved.get("augmentation") or {}, **data_extra)
+    dm = build(cfg.data, "data", trusted=trusted, augmentation=resolved.get("augmentation") or {}, **data_extra)
     dm.prepare_index()
 
     log.info("Instantiating net <%s>", cfg.model._target_)
-    net = build(cfg.model, "model")
-    optimizer = build(cfg.optimizer, "optimizer") if cfg.get("optimizer") else None
+    net = build(cfg.model, "model", trusted=trusted)
+    optimizer = build(cfg.optimizer, "optimizer", trusted=trusted) if cfg.get("optimizer") else None
     sched_cfg = cfg.get("scheduler") or {}
-    scheduler = build(sched_cfg.factory, "scheduler") if sched_cfg.get("factory") else None
+    scheduler = build(sched_cfg.factory, "scheduler", trusted=trusted) if sched_cfg.get("factory") else None
     extra = _uses_names(resolved, kind, dm)
     log.info("Instantiating task <%s>", cfg.task._target_)
-    task = build(cfg.task, "task", net=net, optimizer=optimizer, scheduler=scheduler,
+    task = build(cfg.task, "task", trusted=trusted, net=net, optimizer=optimizer, scheduler=scheduler,
                  scheduler_interval=str(sched_cfg.get("interval", "step")), **extra)
 
     threshold = getattr(task, "threshold", None)
@@ -163,10 +167,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                         label_names=dm.label_names if kind != "classification" else None)
         log.info("Resuming from %s", ckpt_path)
 
-    callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
-    loggers = make_atomic(_instantiate_group(cfg.get("logger"), "logger"))  # metrics.csv, hparams.yaml atomic
+    callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks", trusted)
+    loggers = make_atomic(_instantiate_group(cfg.get("logger"), "logger", trusted))  # metrics.csv, hparams.yaml atomic
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
-    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+    trainer = build(cfg.trainer, "trainer", trusted=trusted, callbacks=callbacks, logger=loggers or False,
                     plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
 

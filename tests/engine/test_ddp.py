@@ -30,6 +30,7 @@ def test_ddp_two_cpu_ranks_end_with_identical_weights(nodule_index, tmp_path):
                  "++trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
                  "+trainer.enable_model_summary=false", "logger=none", "callbacks.lr_monitor=null",
                  "+callbacks.final._target_=crash_callback.SaveWeightsAtEnd",
+                 "trusted_targets=[crash_callback.SaveWeightsAtEnd]",
                  f"+callbacks.final.path={tmp_path}/rank_LOCAL_RANK.pt"] + SMALL_NET
     env = dict(os.environ, PYTHONPATH=str(HERE), OMP_NUM_THREADS="1", PL_TORCH_DISTRIBUTED_BACKEND="gloo")
     proc = subprocess.run([sys.executable, str(script), "train", *overrides], env=env, capture_output=True,

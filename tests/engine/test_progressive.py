@@ -52,7 +52,8 @@ class InputRecorder(L.Callback):
 
 
 def _record(path: Path) -> list[str]:
-    return [f"+callbacks.recorder._target_={__name__}.InputRecorder", f"+callbacks.recorder.path={path}"]
+    return [f"+callbacks.recorder._target_={__name__}.InputRecorder", f"+callbacks.recorder.path={path}",
+            f"trusted_targets=[{__name__}.InputRecorder]"]
 
 
 def _by_epoch(rows: list[dict], training: bool) -> dict[int, list[dict]]:

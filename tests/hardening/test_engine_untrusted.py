@@ -123,10 +123,180 @@ def test_nested_targets_in_a_training_config_are_refused(tmp_path):
 
 
 def test_only_guarded_modules_instantiate():
-    """``hydra.utils.instantiate`` is called only in train.build and predict.load_model, both behind check_targets."""
+    """``hydra.utils.instantiate`` is called only in targets.build_checked, right after check_targets."""
     callers = {}
     for path in PACKAGE.rglob("*.py"):
         text = path.read_text()
         if re.search(r"\binstantiate\(", text):
-            callers[path.relative_to(PACKAGE).as_posix()] = "check_targets(" in text
-    assert callers == {"engine/train.py": True, "engine/predict.py": True}, callers
+            callers[path.relative_to(PACKAGE).as_posix()] = len(re.findall(r"\binstantiate\(", text))
+    assert callers == {"engine/targets.py": 1}, callers
+    src = (PACKAGE / "engine" / "targets.py").read_text()
+    body = src[src.index("def build_checked("):]
+    assert body.index("check_targets(") < body.index("instantiate(checked")
+
+
+# ------------------------------------------------------------------ resolve-then-check: attribute-path payloads
+class _Payload:
+    """Unpickling this object creates ``path``: a pickle that ``torch.load(weights_only=False)`` would run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _attribute_payloads(tmp_path: Path) -> dict[str, dict]:
+    """Targets that *start* like allowed ones but walk module attributes to a dangerous callable."""
+    marker, victim, pickled = tmp_path / "MARKER", tmp_path / "victim.txt", tmp_path / "payload.pkl"
+    shell = {"_target_": "medeff.models.weights.os.system", "command": f"touch {marker}"}
+    return {
+        "torch.load via attributes": {"_target_": "torch.nn.modules.module.torch.load", "f": str(pickled),
+                                      "weights_only": False},
+        "torch.save via attributes": {"_target_": "torch.nn.modules.module.torch.save", "obj": 1, "f": str(victim)},
+        "os.system via medeff": shell,
+        "builtins.exec via attributes": {"_target_": "medeff.models.weights.torch.builtins.exec",
+                                         "_args_": [f"open({str(marker)!r}, 'w')"]},
+        "open via io attribute": {"_target_": "medeff.engine.predict.io.open", "_args_": [str(marker), "w"]},
+        "partial": {**shell, "_partial_": True},
+        "nested in _args_": {"_target_": "torch.nn.Sequential", "_args_": [shell]},
+        "nested in a list": {"_target_": "medeff.models.create_model", "name": "efficientnet_b0",
+                             "extra": [[{"x": shell}]]},
+        "target is a mapping": {"_target_": shell, "command": f"touch {marker}"},
+        "target is a number": {"_target_": 7},
+        "target is a list": {"_target_": ["os", "system"], "command": f"touch {marker}"},
+        "dunder walk": {"_target_": "medeff.models.create_model.__globals__.os.system", "command": f"touch {marker}"},
+    }
+
+
+PAYLOAD_IDS = list(_attribute_payloads(Path("/nonexistent")))
+
+
+def _arm(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """Write the pickle payload and the victim file; check the pickle payload really runs when loaded plainly."""
+    marker, victim, pickled = tmp_path / "MARKER", tmp_path / "victim.txt", tmp_path / "payload.pkl"
+    torch.save(_Payload(marker), pickled)
+    torch.load(pickled, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+    victim.write_bytes(b"precious")
+    return marker, victim, b"precious"
+
+
+@pytest.mark.parametrize("payload", PAYLOAD_IDS)
+def test_attribute_path_payloads_in_a_checkpoint_are_refused(tmp_path, capsys, payload):
+    marker, victim, content = _arm(tmp_path)
+    ckpt = _forged(tmp_path / "forged.ckpt", _attribute_payloads(tmp_path)[payload])
+    rc = main(["predict", f"ckpt={ckpt}", f"input={_image(tmp_path)}", f"output_dir={tmp_path / 'out'}"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 2 and "Traceback" not in err and "not an allowed target" in err, err
+    assert err.count("not an allowed target") == 1, err  # one error, naming the key and the target
+    assert not marker.exists() and victim.read_bytes() == content and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("payload", PAYLOAD_IDS)
+def test_attribute_path_payloads_in_a_training_config_are_refused(tmp_path, payload):
+    from medeff.engine.train import build
+
+    marker, victim, content = _arm(tmp_path)
+    cfg = _attribute_payloads(tmp_path)[payload]
+    with pytest.raises(ConfigError, match="not an allowed target"):
+        build(OmegaConf.create(cfg), "model")
+    with pytest.raises(ConfigError, match="not an allowed target"):  # also as a keyword argument of an allowed one
+        build(OmegaConf.create({"_target_": "torch.nn.Identity"}), "model", extra=cfg)
+    assert not marker.exists() and victim.read_bytes() == content
+
+
+def test_command_line_override_cannot_reach_os_system(tmp_path, capsys):
+    marker = tmp_path / "MARKER"
+    rc = main(["train", "data._target_=medeff.models.weights.os.system", f"+data.command=touch {marker}",
+               f"data.index={tmp_path / 'i.json'}", f"run_dir={tmp_path / 'run'}"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 2 and "Traceback" not in err and "not an allowed target" in err and "posix.system" in err, err
+    assert not marker.exists()
+
+
+def _allow_lists():
+    from medeff.engine.targets import model_targets, train_targets
+
+    return {"model": model_targets(), "train": train_targets()}
+
+
+def _chains(root: str):
+    """Every ``module.attr`` and ``module.submodule_attr.attr`` name, from the loaded modules under ``root``, that
+    resolves to a callable (with the object it resolves to)."""
+    import sys
+    import types
+
+    import medeff.engine.predict  # noqa: F401  (load what a predict or train run loads)
+    import medeff.engine.train  # noqa: F401
+
+    def public(mod):
+        return [(k, v) for k, v in list(vars(mod).items()) if not k.startswith("_")]
+
+    for name, mod in list(sys.modules.items()):
+        if mod is None or not (name == root or name.startswith(root + ".")) or "._" in name:
+            continue
+        for k, v in public(mod):
+            if isinstance(v, types.ModuleType):
+                for k2, v2 in public(v):
+                    if callable(v2) and not isinstance(v2, types.ModuleType):
+                        yield f"{name}.{k}.{k2}", v2
+            elif callable(v):
+                yield f"{name}.{k}", v
+
+
+@pytest.mark.parametrize("root", ["medeff", "torch.nn", "torch.optim", "lightning.pytorch.callbacks",
+                                  "lightning.pytorch.loggers"])
+def test_every_attribute_chain_to_a_callable_outside_the_allow_list_is_refused(root):
+    """Resolve-then-check: whatever dotted path leads to a callable, it is judged by the object it reaches."""
+    from medeff.engine.targets import check_targets
+
+    lists = _allow_lists()
+    refused = accepted = 0
+    wrong = []
+    for chain, obj in _chains(root):
+        for kind, allowed in lists.items():
+            try:
+                check_targets({"_target_": chain}, allowed, source="test")
+                ok = True
+            except ConfigError:
+                ok = False
+            if ok and obj not in allowed:
+                wrong.append(chain)
+            refused += not ok
+            accepted += ok
+    assert not wrong, wrong[:20]
+    assert refused > 50  # the walk did reach many callables outside the lists
+
+
+def test_conf_targets_are_all_allowed():
+    """Every `_target_` of conf/ (every option of every group) builds; the allow-list covers medeff's own configs."""
+    from medeff.config import compose, conf_dir
+    from medeff.engine.targets import check_targets, find_targets, train_targets
+
+    seen = set()
+    for group in ("model", "task", "optimizer", "scheduler", "trainer", "callbacks", "logger", "data"):
+        for option in sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")):
+            cfg = compose("train", [f"{group}={option}", "data.index=x.json", "run_dir=/tmp/x"])
+            node = OmegaConf.to_container(cfg[group], resolve=True)
+            check_targets(node, train_targets(), source=f"conf/{group}/{option}.yaml")
+            seen.update(t for _, t in find_targets(node))
+    assert {"medeff.models.create_model", "lightning.Trainer", "torch.optim.AdamW"} <= seen
+
+
+def test_trusted_targets_extend_the_list_from_the_command_line_only(tmp_path):
+    from medeff.engine.predict import load_model
+    from medeff.engine.train import build
+
+    node = OmegaConf.create({"_target_": "collections.OrderedDict"})
+    with pytest.raises(ConfigError, match="trusted_targets"):
+        build(node, "callbacks.mine")
+    assert isinstance(build(node, "callbacks.mine", trusted=["collections.OrderedDict"]), dict)
+    # a checkpoint cannot grant itself trust: its stored trusted_targets are not read
+    ckpt = _forged(tmp_path / "f.ckpt", {"_target_": "collections.OrderedDict"})
+    sd = torch.load(ckpt, weights_only=True)
+    sd["medeff"]["config"]["trusted_targets"] = ["collections.OrderedDict"]
+    torch.save(sd, ckpt)
+    with pytest.raises(CheckpointError, match="not an allowed target"):
+        load_model(ckpt)
