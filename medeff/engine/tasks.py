@@ -4,6 +4,11 @@ Every task receives a built network (``net``, from ``conf/model`` through ``mede
 partial factories for the optimizer and the scheduler (``conf/optimizer``, ``conf/scheduler``); nothing about the
 architecture or the hyperparameters is fixed here. Metrics are logged with slash keys: ``train/loss``,
 ``val/loss``, ``val/auc``, ``val/balanced_accuracy``, ``val/dice``, ``val/dice_<label>``.
+
+Under DDP the epoch metrics (AUC, balanced accuracy, Dice) are computed from the predictions of all ranks, each
+validation item once (see :mod:`medeff.engine.metrics`), so every rank logs the metrics of the whole validation
+set and the best checkpoint is chosen on all of it. ``val/loss`` is the mean of the ranks' batch losses
+(``sync_dist``), which counts the items the sampler repeats to even out the shares.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from torch import nn
 
 from medeff.engine.inference import first_output, sliding_window
 from medeff.engine.losses import ClassificationLoss, DeepSupervisionLoss
-from medeff.engine.metrics import DiceTracker, aggregate_by_case, class_probabilities, classification_metrics
+from medeff.engine.metrics import (DiceTracker, aggregate_by_case, class_probabilities, classification_metrics,
+                                  first_occurrences, gather_objects, item_keys, world_size)
 from medeff.errors import ConfigError
+from medeff.utils.logging import get_logger
 from medeff.utils.options import look_up
 
 __all__ = ["BaseTask", "ClassificationTask", "SegmentationTask", "JointTask", "TASK_KINDS", "SW_MODES"]
 
 SW_MODES = ("gaussian", "constant")  # MONAI sliding-window blending modes
+log = get_logger(__name__)
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -95,6 +103,34 @@ class BaseTask(L.LightningModule):
             cfg["monitor"] = self.monitor
         return {"optimizer": opt, "lr_scheduler": cfg}
 
+    def _keys(self, batch: dict[str, Any], n: int) -> list[tuple] | None:
+        """Per-item keys that identify a validation item across ranks (None when the batch has no case ids)."""
+        keys = item_keys(batch, n)
+        if keys is None and world_size() > 1 and not getattr(self, "_warned_keys", False):
+            self._warned_keys = True
+            log.warning("Validation batches carry no 'case_id': under DDP the items the sampler repeats to even "
+                        "out the ranks' shares cannot be recognised and are counted twice in the epoch metrics.")
+        return keys
+
+    def _gather_val(self, store: dict[str, list]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Probabilities, targets and case ids of the items of all ranks, each item once, in rank order.
+
+        ``store`` holds per batch ``probs`` and ``targets`` arrays and per item ``keys`` (None when unknown).
+        An item without a key is its own case.
+        """
+        n_local = sum(len(p) for p in store["probs"])
+        rank_items = (np.concatenate(store["probs"]) if n_local else None,
+                      np.concatenate(store["targets"]) if n_local else None, list(store["keys"]))
+        parts = [(r, p) for r, p in enumerate(gather_objects(rank_items)) if p[0] is not None]
+        if not parts:
+            return np.zeros((0, 2)), np.zeros((0,)), []
+        keys = [k if k is not None else (f"rank{r}-item{i}", None) for r, p in parts for i, k in enumerate(p[2])]
+        cases = [k[0] for k in keys]
+        keep = first_occurrences(keys)
+        probs = np.concatenate([p[0] for _, p in parts])[keep]
+        targets = np.concatenate([p[1] for _, p in parts])[keep]
+        return probs, targets, [cases[i] for i in keep]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Attach the self-description (config, class/label maps, preprocessing, versions) to every checkpoint."""
         if self.medeff_meta is not None:
@@ -134,7 +170,7 @@ class ClassificationTask(BaseTask):
                                           label_smoothing=label_smoothing, focal_gamma=focal_gamma)
         self.threshold = float(threshold)
         self.positive_classes = list(positive_classes) if positive_classes else [max(self.num_classes, 2) - 1]
-        self._val: dict[str, list] = {"probs": [], "targets": [], "cases": []}
+        self._val: dict[str, list] = {"probs": [], "targets": [], "keys": []}
 
     def _step_logits(self, batch: dict[str, Any]) -> torch.Tensor:
         return first_output(self.net(batch["image"]))
@@ -148,23 +184,20 @@ class ClassificationTask(BaseTask):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self._step_logits(batch)
         loss = self.loss_fn(logits, batch["label"])
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=logits.shape[0])
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=logits.shape[0], sync_dist=True)
+        n = logits.shape[0]
         self._val["probs"].append(class_probabilities(logits).detach().cpu().numpy())
         self._val["targets"].append(batch["label"].detach().cpu().numpy().reshape(-1))
-        cases = batch.get("case_id")
-        self._val["cases"] += list(cases) if cases is not None else [f"item{len(self._val['cases']) + i}"
-                                                                       for i in range(logits.shape[0])]
+        self._val["keys"] += self._keys(batch, n) or [None] * n
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val["probs"]:
+        store, self._val = self._val, {"probs": [], "targets": [], "keys": []}
+        probs, targets, cases = self._gather_val(store)
+        if not cases:
             return
-        probs = np.concatenate(self._val["probs"])
-        targets = np.concatenate(self._val["targets"])
-        _, p_case, t_case, _ = aggregate_by_case(probs, self._val["cases"], targets)
-        metrics = classification_metrics(p_case, t_case)
-        self._val = {"probs": [], "targets": [], "cases": []}
-        for name, value in metrics.items():
-            self.log(f"val/{name}", value, prog_bar=name == "auc")
+        _, p_case, t_case, _ = aggregate_by_case(probs, cases, targets)  # slices of one case are averaged
+        for name, value in classification_metrics(p_case, t_case).items():
+            self.log(f"val/{name}", value, prog_bar=name == "auc", sync_dist=True)
 
 
 class SegmentationTask(BaseTask):
@@ -220,14 +253,15 @@ class SegmentationTask(BaseTask):
         values = self.dice.compute()
         names = self.label_names[(0 if self.include_background else 1):]
         finite = [v for v in values if np.isfinite(v)]
-        self.log("val/dice", float(np.mean(finite)) if finite else float("nan"), prog_bar=True)
+        self.log("val/dice", float(np.mean(finite)) if finite else float("nan"), prog_bar=True, sync_dist=True)
         for name, v in zip(names, values):
-            self.log(f"val/dice_{name}", v)
+            self.log(f"val/dice_{name}", v, sync_dist=True)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = sliding_window(self.net, batch["image"], roi_size=self.roi_size, **self.sw)
-        self.log("val/loss", self.seg_loss(logits, batch["label"]), on_epoch=True, batch_size=logits.shape[0])
-        self.dice.update(logits, batch["label"])
+        self.log("val/loss", self.seg_loss(logits, batch["label"]), on_epoch=True, batch_size=logits.shape[0],
+                 sync_dist=True)
+        self.dice.update(logits, batch["label"], self._keys(batch, logits.shape[0]))
 
     def on_validation_epoch_end(self) -> None:
         self._log_dice()
@@ -265,7 +299,7 @@ class JointTask(SegmentationTask):
         self.seg_weight, self.cls_weight = float(seg_weight), float(cls_weight)
         self.threshold = float(threshold)
         self.positive_classes = list(positive_classes) if positive_classes else [self.num_class_outputs - 1]
-        self._val: dict[str, list] = {"probs": [], "targets": []}
+        self._val: dict[str, list] = {"probs": [], "targets": [], "keys": []}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         seg, cls = self.net(batch["image"])
@@ -282,18 +316,20 @@ class JointTask(SegmentationTask):
         seg, cls = sliding_window(self.net, batch["image"], roi_size=self.roi_size, joint=True, **self.sw)
         loss = self.seg_weight * self.seg_loss(seg, batch["label"]) + self.cls_weight * self.cls_loss(cls,
                                                                                                         batch["class"])
-        self.log("val/loss", loss, on_epoch=True, batch_size=seg.shape[0])
-        self.dice.update(seg, batch["label"])
+        self.log("val/loss", loss, on_epoch=True, batch_size=seg.shape[0], sync_dist=True)
+        keys = self._keys(batch, seg.shape[0])
+        self.dice.update(seg, batch["label"], keys)
         self._val["probs"].append(class_probabilities(cls).cpu().numpy())
         self._val["targets"].append(batch["class"].cpu().numpy().reshape(-1))
+        self._val["keys"] += keys or [None] * seg.shape[0]
 
     def on_validation_epoch_end(self) -> None:
         self._log_dice()
-        if self._val["probs"]:
-            metrics = classification_metrics(np.concatenate(self._val["probs"]), np.concatenate(self._val["targets"]))
-            for name, value in metrics.items():
-                self.log(f"val/{name}", value)
-        self._val = {"probs": [], "targets": []}
+        store, self._val = self._val, {"probs": [], "targets": [], "keys": []}
+        probs, targets, keys = self._gather_val(store)
+        if keys:
+            for name, value in classification_metrics(probs, targets).items():
+                self.log(f"val/{name}", value, sync_dist=True)
 
 
 TASK_KINDS = {"classification": ClassificationTask, "segmentation": SegmentationTask, "joint": JointTask}
