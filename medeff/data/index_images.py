@@ -146,15 +146,17 @@ def _nifti_image(path: Path):
 def read_header(path: str | os.PathLike) -> Header:
     """Geometry of a single image file without reading its voxels (NIfTI via nibabel, else SimpleITK).
 
+    A NIfTI ``X x Y x Z x 1`` is 3D, as :func:`medeff.io.read_image` reads it.
+
     Raises:
-        ImageReadError: the file cannot be read.
+        ImageReadError: the file cannot be read, or is a NIfTI file holding several volumes.
     """
     path = Path(path)
     if is_nifti(path):
+        from medeff.io.nifti import spatial_shape
+
         img = _nifti_image(path)
-        shape = tuple(int(s) for s in img.shape)
-        if len(shape) == 4 and shape[3] == 1:
-            shape = shape[:3]
+        shape = spatial_shape(img.shape, path)  # X x Y x Z x 1 -> 3D; a real 4D file is refused
         return _header_from_affine_ras(shape, img.affine, str(img.get_data_dtype()))
     import SimpleITK as sitk
 
@@ -192,9 +194,9 @@ def read_voxels(path: str | os.PathLike) -> np.ndarray:
                 hint="the file is probably truncated; re-export it.",
                 path=str(path),
             ) from exc
-        if arr.ndim == 4 and arr.shape[3] == 1:
-            arr = arr[..., 0]
-        return np.asarray(arr)
+        from medeff.io.nifti import spatial_shape
+
+        return np.asarray(arr).reshape(spatial_shape(arr.shape, path))
     try:  # prefer the project's reader when present (it documents its repairs)
         from medeff.io import read_image  # type: ignore[attr-defined]
     except ImportError:

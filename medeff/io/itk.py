@@ -17,10 +17,13 @@ import numpy as np
 from medeff.errors import ImageReadError, InputError
 from medeff.io.base import ImageData, require_finite
 from medeff.utils.atomic import atomic_path, check_writable
+from medeff.utils.logging import get_logger
 
 __all__ = ["read_itk", "write_itk", "ITK_SUFFIXES"]
 
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+
+log = get_logger(__name__)
 
 
 def read_itk(path: str | os.PathLike) -> ImageData:
@@ -28,7 +31,8 @@ def read_itk(path: str | os.PathLike) -> ImageData:
 
     Raises:
         NonFiniteImageError: the voxel values hold NaN or inf.
-        ImageReadError: SimpleITK cannot read the file.
+        ImageReadError: SimpleITK cannot read the file, or it holds several volumes (4D with a 4th axis longer
+            than 1; a 4th axis of length 1 is dropped and noted in ``meta["repairs"]``).
     """
     import SimpleITK as sitk
 
@@ -44,9 +48,22 @@ def read_itk(path: str | os.PathLike) -> ImageData:
     require_finite(arr, path, what="Image file")
     spatial = tuple(range(nd - 1, -1, -1))
     arr = arr.transpose(spatial + tuple(range(nd, arr.ndim)))  # channel axis (vector images) stays last
-    return ImageData(array=arr, spacing=img.GetSpacing(), origin=img.GetOrigin(),
-                     direction=np.array(img.GetDirection()).reshape(nd, nd),
-                     meta={"format": path.suffix.lstrip(".").lower(), "source": str(path), "repairs": [],
+    spacing, origin = img.GetSpacing(), img.GetOrigin()
+    direction = np.array(img.GetDirection()).reshape(nd, nd)
+    repairs: list[str] = []
+    if nd > 3:
+        size = tuple(int(n) for n in img.GetSize())
+        if any(n != 1 for n in size[3:]):
+            raise ImageReadError(
+                f"Image file '{path}' is {nd}D with size {size}: it holds {int(np.prod(size[3:]))} volumes, but "
+                "medeff reads one 3D volume per file.", hint="split it into 3D files and pass one file per volume "
+                "(several channels of one case: one file per channel).", path=str(path))
+        arr = arr.reshape(size[:3] + arr.shape[nd:])
+        spacing, origin, direction = spacing[:3], origin[:3], direction[:3, :3]
+        repairs.append(f"trailing axis of length 1 dropped (stored size {size}, read as 3D {size[:3]})")
+        log.info("Image '%s': %s.", path.name, repairs[-1])
+    return ImageData(array=arr, spacing=spacing, origin=origin, direction=direction,
+                     meta={"format": path.suffix.lstrip(".").lower(), "source": str(path), "repairs": repairs,
                            "warnings": []})
 
 

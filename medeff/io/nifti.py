@@ -1,6 +1,7 @@
 """NIfTI (.nii / .nii.gz) reading and writing through nibabel, keeping the geometry exact.
 
-Reading: the affine is nibabel's best affine (sform when its code is set, else qform); a disagreement
+Reading: one 3D volume per file (a trailing axis of length 1 is dropped and noted; a real 4D file is refused).
+The affine is nibabel's best affine (sform when its code is set, else qform); a disagreement
 between set qform and sform is logged and noted in ``meta["warnings"]``. ``scl_slope``/``scl_inter`` are
 applied in float32 only when they change the values (a NaN or zero slope means "no scaling", as the
 NIfTI standard says), so integer label maps stay integers.
@@ -19,7 +20,7 @@ from medeff.io.base import ImageData, require_finite
 from medeff.utils.atomic import atomic_path
 from medeff.utils.logging import get_logger
 
-__all__ = ["read_nifti", "write_nifti"]
+__all__ = ["read_nifti", "write_nifti", "spatial_shape"]
 
 log = get_logger(__name__)
 
@@ -33,11 +34,12 @@ def read_nifti(path: str | os.PathLike) -> ImageData:
         path: ``.nii`` or ``.nii.gz`` file.
 
     Returns:
-        :class:`ImageData`; 4D files keep their 4th axis as a trailing array axis (geometry is 3D).
+        :class:`ImageData`, 3D: trailing axes of length 1 (``X x Y x Z x 1``) are dropped and noted in
+        ``meta["repairs"]``.
 
     Raises:
         NonFiniteImageError: the stored voxel values hold NaN or inf.
-        ImageReadError: the file is unreadable or its affine is singular or sheared.
+        ImageReadError: the file is unreadable, holds several volumes (4D/5D), or its affine is singular or sheared.
     """
     import nibabel as nib
 
@@ -49,6 +51,13 @@ def read_nifti(path: str | os.PathLike) -> ImageData:
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise ImageReadError(f"NIfTI file '{path}' cannot be read: {exc}.",
                              hint="check that the file is complete (re-copy or re-export it).", path=str(path)) from exc
+    repairs: list[str] = []
+    shape3 = spatial_shape(raw.shape, path)
+    if shape3 != raw.shape:
+        text = f"trailing axis of length 1 dropped (stored shape {tuple(raw.shape)}, read as 3D {shape3})"
+        log.info("NIfTI '%s': %s.", path.name, text)
+        repairs.append(text)
+        raw = raw.reshape(shape3)
     require_finite(raw, path, what="NIfTI file")  # the stored values, before scl_slope/scl_inter
     header = img.header
     warnings: list[str] = []
@@ -84,7 +93,7 @@ def read_nifti(path: str | os.PathLike) -> ImageData:
         image = ImageData.from_affine_ras(array, affine, meta={
             "format": "nifti", "source": str(path), "qform_code": qcode, "sform_code": scode,
             "scl_slope": slope if np.isfinite(slope) else None, "scl_inter": inter if np.isfinite(inter) else None,
-            "repairs": [], "warnings": warnings})
+            "repairs": repairs, "warnings": warnings})
     except ValueError as exc:
         raise ImageReadError(f"NIfTI file '{path}' has an invalid affine: {exc}", hint="fix the header's qform/sform.",
                              path=str(path)) from exc
@@ -98,6 +107,26 @@ def read_nifti(path: str | os.PathLike) -> ImageData:
         raise ImageReadError(f"NIfTI file '{path}' has a sheared affine (axes not orthogonal); medeff grids are "
                              "orthogonal.", hint="resample the image onto an orthogonal grid first.", path=str(path))
     return image
+
+
+def spatial_shape(shape: tuple[int, ...], path: str | os.PathLike) -> tuple[int, ...]:
+    """``shape`` without trailing axes of length 1 beyond the third (``X x Y x Z x 1`` -> ``X x Y x Z``).
+
+    Raises:
+        ImageReadError: a 4th or later axis longer than 1 (a time series or several channels in one file).
+    """
+    shape = tuple(int(n) for n in shape)
+    if len(shape) <= 3:
+        return shape
+    extra = shape[3:]
+    if all(n == 1 for n in extra):
+        return shape[:3]
+    raise ImageReadError(
+        f"NIfTI file '{path}' is {len(shape)}D with shape {shape}: it holds {int(np.prod(extra))} volumes, but "
+        "medeff reads one 3D volume per file.",
+        hint="split it into 3D files (e.g. `fslsplit`, or nibabel's `four_to_three`) and pass one file per volume; "
+             "for several channels of one case, give one file per channel (nnU-Net names <case>_0000.nii.gz, "
+             "<case>_0001.nii.gz, or ';'-separated paths in a CSV manifest).", path=str(path))
 
 
 def write_nifti(image: ImageData, path: str | os.PathLike, *, overwrite: bool = True) -> Path:

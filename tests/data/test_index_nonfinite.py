@@ -1,4 +1,5 @@
-"""NaN/inf voxels: `medeff index` reports the file, the data module and the transforms refuse instead of clipping."""
+"""NaN/inf voxels (`medeff index` reports the file; the data module and the transforms refuse instead of clipping)
+and 4D NIfTI files in the index."""
 
 from __future__ import annotations
 
@@ -116,3 +117,20 @@ def test_load_transform_refuses_nan_arrays_and_files(tmp_path, rng):
     sitk.WriteImage(sitk.GetImageFromArray(big), str(tmp_path / "big.nrrd"))
     with pytest.raises(NonFiniteImageError, match="float32"):
         load({"image": str(tmp_path / "big.nrrd")})
+
+
+def test_index_reads_x_y_z_1_and_reports_real_4d_images(nifti_folders, tmp_path, cfg_over):
+    import nibabel as nib
+
+    one = nifti_folders / "imagesTr" / "pat1_visit0.nii.gz"
+    img = nib.load(str(one))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., None], img.affine), str(one))
+    idx = build_index(nifti_folders, tmp_path / "ok.json", cfg_over("folds.k=2"))
+    assert [c.fingerprint["shape"] for c in idx.all_cases if c.image[0].endswith("pat1_visit0.nii.gz")] == [[12, 10, 8]]
+    three = nifti_folders / "imagesTr" / "pat2_visit1.nii.gz"
+    img = nib.load(str(three))
+    nib.save(nib.Nifti1Image(np.stack([np.asarray(img.dataobj)] * 3, axis=-1), img.affine), str(three))
+    with pytest.raises(IndexValidationError) as info:
+        build_index(nifti_folders, tmp_path / "bad.json", cfg_over("folds.k=2"))
+    [(file, text)] = _problems(info)
+    assert file == "imagesTr/pat2_visit1.nii.gz" and "holds 3 volumes" in text and "split it into 3D files" in text
