@@ -20,11 +20,28 @@ def _fig(w: float = 5.5, h: float = 4.5) -> tuple[Figure, plt.Axes]:
 
 
 def classification_figures(res: dict) -> list[tuple[str, Figure]]:
-    """(caption, figure) pairs for a classification result."""
+    """(caption, figure) pairs for a classification result; figures whose data the result lacks (``curves``, or
+    ``per_case`` in a summary.json) are left out."""
     if res.get("multiclass"):
         return _multiclass(res)
     if res.get("triage_only"):
         return _triage(res)
+    figs = []
+    if res.get("curves"):
+        figs += _roc_pr(res)
+    if res.get("calibration"):
+        figs.append(_reliability(res))
+    if res.get("operating_points"):
+        op = res["operating_points"][0]
+        c = op["confusion"]
+        figs.append((f"Confusion matrix at the {op['label'].lower()}",
+                     _confusion(np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]]), ["negative", "positive"])))
+    if res.get("per_case") and res.get("operating_points"):
+        figs.append(_score_histograms(res, res["operating_points"][0]))
+    return figs
+
+
+def _roc_pr(res: dict) -> list[tuple[str, Figure]]:
     figs = []
     roc = res["curves"]["roc"]
     auc = res["headline"][0]
@@ -51,26 +68,25 @@ def classification_figures(res: dict) -> list[tuple[str, Figure]]:
            ylim=(0, 1.01), title="Precision-recall curve")
     ax.legend(loc="lower left", fontsize=8)
     figs.append(("Precision-recall curve", fig))
+    return figs
 
-    if res.get("calibration"):
-        tab = [r for r in res["calibration"]["table"] if r["n"]]
-        fig, ax = _fig()
-        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
-        ax.plot([r["mean_predicted"] for r in tab], [r["observed_fraction"] for r in tab], "o-", color="tab:green",
-                label="observed")
-        for r in tab:
-            ax.annotate(f"n={r['n']}", (r["mean_predicted"], r["observed_fraction"]), fontsize=6,
-                        textcoords="offset points", xytext=(3, -8))
-        ax.set(xlabel="Mean predicted probability", ylabel="Observed fraction positive", xlim=(0, 1), ylim=(0, 1),
-               title=f"Reliability diagram ({res['calibration']['bins']} {res['calibration']['binning']} bins)")
-        ax.legend(loc="upper left", fontsize=8)
-        figs.append(("Reliability diagram (calibration)", fig))
 
-    op = res["operating_points"][0]
-    c = op["confusion"]
-    figs.append((f"Confusion matrix at the {op['label'].lower()}",
-                 _confusion(np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]]), ["negative", "positive"])))
+def _reliability(res: dict) -> tuple[str, Figure]:
+    tab = [r for r in res["calibration"]["table"] if r["n"]]
+    fig, ax = _fig()
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    ax.plot([r["mean_predicted"] for r in tab], [r["observed_fraction"] for r in tab], "o-", color="tab:green",
+            label="observed")
+    for r in tab:
+        ax.annotate(f"n={r['n']}", (r["mean_predicted"], r["observed_fraction"]), fontsize=6,
+                    textcoords="offset points", xytext=(3, -8))
+    ax.set(xlabel="Mean predicted probability", ylabel="Observed fraction positive", xlim=(0, 1), ylim=(0, 1),
+           title=f"Reliability diagram ({res['calibration']['bins']} {res['calibration']['binning']} bins)")
+    ax.legend(loc="upper left", fontsize=8)
+    return "Reliability diagram (calibration)", fig
 
+
+def _score_histograms(res: dict, op: dict) -> tuple[str, Figure]:
     scores = np.array([r["score"] for r in res["per_case"]], float)
     ref = np.array([r["reference"] for r in res["per_case"]], int)
     fig, ax = _fig()
@@ -80,14 +96,17 @@ def classification_figures(res: dict) -> list[tuple[str, Figure]]:
     ax.axvline(op["threshold"], color="k", ls="--", lw=1, label=f"threshold {op['threshold']:.3g}")
     ax.set(xlabel="Score", ylabel="Number of cases", title="Score distributions per class")
     ax.legend(fontsize=8)
-    figs.append(("Score distributions per reference class", fig))
-    return figs
+    return "Score distributions per reference class", fig
 
 
 def _multiclass(res: dict) -> list[tuple[str, Figure]]:
     from sklearn.metrics import roc_curve
 
     names = res["class_names"]
+    confusion = ("Confusion matrix (rows: reference, columns: highest-scoring class)",
+                 _confusion(np.asarray(res["confusion_matrix"]), names))
+    if not res.get("per_case"):
+        return [confusion]
     ref = np.array([r["reference"] for r in res["per_case"]])
     figs = []
     fig, ax = _fig()
@@ -101,8 +120,7 @@ def _multiclass(res: dict) -> list[tuple[str, Figure]]:
            ylim=(0, 1.01), title="ROC curves, one class vs the rest")
     ax.legend(loc="lower right", fontsize=7)
     figs.append(("ROC curve of each class against the rest", fig))
-    figs.append(("Confusion matrix (rows: reference, columns: highest-scoring class)",
-                 _confusion(np.asarray(res["confusion_matrix"]), names)))
+    figs.append(confusion)
     fig = Figure(figsize=(4.0 * len(names), 3.6), dpi=100)
     for i, name in enumerate(names):
         ax = fig.add_subplot(1, len(names), i + 1)
@@ -132,8 +150,10 @@ def _confusion(cm: np.ndarray, names) -> Figure:
 
 
 def segmentation_figures(res: dict) -> list[tuple[str, Figure]]:
-    """(caption, figure) pairs for a segmentation result."""
+    """(caption, figure) pairs for a segmentation result (none without per-case rows, e.g. from a summary.json)."""
     figs = []
+    if not res.get("per_case") or not res.get("labels"):
+        return figs
     names = [lab["name"] for lab in res["labels"]]
     for key, title, unit in (("dice", "Dice similarity coefficient per label", ""),
                              ("hd95", "95th-percentile Hausdorff distance per label", " (mm)")):
@@ -156,6 +176,8 @@ def segmentation_figures(res: dict) -> list[tuple[str, Figure]]:
 
 def _triage(res: dict) -> list[tuple[str, Figure]]:
     """Scores of every case against the threshold (triage-only results: no ROC without two reference classes)."""
+    if not res.get("per_case"):
+        return []
     scores = np.array([r["score"] for r in res["per_case"]], float)
     thr = res["operating_points"][0]["threshold"]
     fig, ax = _fig()

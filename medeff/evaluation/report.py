@@ -24,9 +24,10 @@ from medeff.evaluation.templates import HTML_TEMPLATE
 from medeff.utils.atomic import atomic_open, atomic_path, write_json_atomic, write_text_atomic
 from medeff.utils.options import look_up
 
-__all__ = ["render_report", "load_results", "save_results", "report_files", "FORMATS"]
+__all__ = ["render_report", "load_results", "save_results", "report_files", "check_results", "FORMATS"]
 
 FORMATS = ("html", "pdf", "json", "csv")
+log = logging.getLogger(__name__)
 
 
 def _json_safe(obj):
@@ -77,7 +78,37 @@ def load_results(path: str | Path) -> dict:
     if not isinstance(res, dict) or res.get("kind") not in ("classification", "segmentation"):
         raise InputError(f"Results file '{path}' is not a medeff evaluation result.",
                          hint="give the results.json written by `medeff evaluate`.", path=str(path))
+    check_results(res, path)
     return res
+
+
+def _required_keys(res: dict) -> list[str]:
+    if res.get("kind") == "segmentation":
+        return ["aggregates"]
+    if res.get("multiclass"):
+        return ["headline", "per_class", "class_names", "confusion_matrix"]
+    return ["headline", "operating_points"]
+
+
+def check_results(res: dict, path: str | Path | None = None) -> None:
+    """Refuse results that lack what every report of their kind shows; other parts (``settings``, ``counts``,
+    ``per_case``, ``provenance``, curves) are optional and their sections say "not available".
+
+    Raises:
+        InputError: ``kind`` is unknown, or a key the report cannot do without is missing (named).
+    """
+    from medeff.errors import InputError
+
+    where = f"Results file '{path}'" if path else "The results"
+    if not isinstance(res, dict) or res.get("kind") not in ("classification", "segmentation"):
+        raise InputError(f"{where} is not a medeff evaluation result (no 'kind' of classification or segmentation).",
+                         hint="give the results.json written by `medeff evaluate`.", path=None if path is None
+                         else str(path))
+    missing = [k for k in _required_keys(res) if not isinstance(res.get(k), list)]
+    if missing:
+        raise InputError(f"{where} lacks the key(s) {missing}, which every {res['kind']} report shows.",
+                         hint="give the results.json (or the summary.json) written by `medeff evaluate`; a file "
+                         "edited by hand must keep these keys.", path=None if path is None else str(path))
 
 
 def _figures(res: dict):
@@ -113,9 +144,11 @@ def render_report(results: dict, out_dir: str | Path, formats: Sequence[str] = F
 
     for f in formats:
         look_up(f, FORMATS, what="report format", key="formats")
+    check_results(results)
     results = _json_safe(results)
     out_dir = Path(out_dir)
-    targets = [out_dir / name for name in report_files(formats)]
+    targets = [out_dir / name for name in report_files(formats)
+               if name != "per_case.csv" or "per_case" in results]
     for target in targets:  # refuse before writing anything, so a refusal leaves no mixed report behind
         check_writable(target, overwrite=overwrite)
     new = [t for t in targets if not t.exists()]
@@ -134,7 +167,10 @@ def _render(results: dict, out_dir: Path, formats: Sequence[str], overwrite: boo
         summary = {k: v for k, v in results.items() if k != "per_case"}
         written["summary.json"] = write_json_atomic(out_dir / "summary.json", summary, overwrite=overwrite)
     if "csv" in formats:
-        written["per_case.csv"] = _write_csv(out_dir / "per_case.csv", results.get("per_case", []), overwrite)
+        if "per_case" in results:
+            written["per_case.csv"] = _write_csv(out_dir / "per_case.csv", results["per_case"], overwrite)
+        else:  # a summary.json: no per-case rows to write
+            log.info("No per-case rows in these results (a summary.json?): per_case.csv not written.")
         written["metrics.csv"] = _write_csv(out_dir / "metrics.csv", flat_metrics(results), overwrite)
     if "html" in formats or "pdf" in formats:
         figs = _figures(results)
@@ -143,12 +179,16 @@ def _render(results: dict, out_dir: Path, formats: Sequence[str], overwrite: boo
 
             env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
             html = env.from_string(HTML_TEMPLATE).render(
-                title=results["title"], sections=sections, figures=[(cap, _png(f)) for cap, f in figs],
+                title=_title(results), sections=sections, figures=[(cap, _png(f)) for cap, f in figs],
                 kind=results["kind"])
             written["report.html"] = write_text_atomic(out_dir / "report.html", html, overwrite=overwrite)
         if "pdf" in formats:
-            written["report.pdf"] = _write_pdf(out_dir / "report.pdf", results["title"], sections, figs, overwrite)
+            written["report.pdf"] = _write_pdf(out_dir / "report.pdf", _title(results), sections, figs, overwrite)
     return written
+
+
+def _title(results: dict) -> str:
+    return str(results.get("title") or f"{str(results['kind']).capitalize()} evaluation")
 
 
 def _write_csv(path: Path, rows: list[dict], overwrite: bool) -> Path:

@@ -20,10 +20,42 @@ def _table(caption: str, headers: list[str], rows: list[list]) -> dict:
     return {"caption": caption, "headers": headers, "rows": [[str(c) for c in r] for r in rows]}
 
 
+NA = "not available"
+PER_CASE_NA = ("Not available: this results file holds no per-case rows (summary.json leaves them out); render the "
+               "results.json of `medeff evaluate` to include this section.")
+
+
+class _Known(dict):
+    """Settings/counts of a results file; a missing entry reads as "not available" (results from other tools, or
+    files written by earlier versions, may lack some)."""
+
+    def __missing__(self, key):
+        return NA
+
+
+def _g(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else NA
+
+
+def _unavailable(res: dict, paras: list[str]) -> list[str]:
+    """The summary paragraphs, with those built from absent ``counts``/``settings`` replaced by one sentence each."""
+    out = []
+    if not res.get("counts"):
+        out.append(f"Numbers of cases, patients/groups and reference classes: {NA} in this results file.")
+    if not res.get("settings"):
+        out.append(f"Evaluation settings (confidence level, bootstrap, conventions): {NA} in this results file.")
+    return out + [p for p in paras if NA not in p]
+
+
 def build_sections(res: dict) -> list[dict]:
-    """Sections ``{"title", "paragraphs", "tables"}`` in report order (figures are added by the renderer)."""
-    conf = res["settings"].get("confidence", 0.95)
-    pct = f"{round(conf * 100):d}%"
+    """Sections ``{"title", "paragraphs", "tables"}`` in report order (figures are added by the renderer).
+
+    Parts of ``res`` that a section needs but that are absent (``settings``, ``counts``, ``per_case``,
+    ``provenance`` ...) make that section say "not available" instead of failing.
+    """
+    conf = _Known(res.get("settings") or {}).get("confidence")
+    conf = float(conf) if isinstance(conf, (int, float)) else None
+    pct = f"{round(conf * 100):d}% " if conf is not None else ""  # headings read "95% CI", or "CI" when unknown
     # sections computed elsewhere (e.g. a cross-validation table of a pipeline), shown first, as given
     secs = [dict(s) for s in res.get("extra_sections") or []]
     if res.get("warnings"):
@@ -43,18 +75,20 @@ def build_sections(res: dict) -> list[dict]:
 def _classification(res: dict, pct: str, conf: float) -> list[dict]:
     if res.get("triage_only"):
         return _triage(res, pct, conf)
-    s, c = res["settings"], res["counts"]
+    s, c = _Known(res.get("settings") or {}), _Known(res.get("counts") or {})
     unit = s.get("unit", "case")
     paras = [f"{c['cases']} {unit}s from {c['groups']} patients/groups ({c['input_rows']} input rows"
              + (f", aggregated per {unit} by {s['aggregate']}" if s.get("aggregate") else "") + ")."]
     if not res.get("multiclass"):
         paras.append(f"Reference: {c['positive']} positive and {c['negative']} negative {unit}s.")
-    paras.append(f"Confidence intervals are {pct}: DeLong for ROC AUC, otherwise a cluster bootstrap that resamples "
-                 f"patients/groups ({s['n_resamples']} resamples, {s['bootstrap_method']} method, seed {s['seed']}).")
+    paras.append(f"Confidence intervals ({(pct or 'level ' + NA).strip()}): DeLong for ROC AUC, otherwise a cluster "
+                 f"bootstrap that resamples patients/groups ({s['n_resamples']} resamples, {s['bootstrap_method']} "
+                 f"method, seed {s['seed']}).")
+    paras = _unavailable(res, paras)
     head = [[r["label"], _ci(r, 3 if r["key"] in ("brier", "ece") else 2, conf), r.get("ci_method") or "",
              r.get("n") or ""] for r in res["headline"]]
     out = [{"title": "Summary", "paragraphs": paras,
-            "tables": [_table("Headline results", ["Measure", f"Estimate ({pct} CI)", "CI method", "n"], head)]}]
+            "tables": [_table("Headline results", ["Measure", f"Estimate ({pct}CI)", "CI method", "n"], head)]}]
     if res.get("multiclass"):
         rows = [[r["class"], r["n_positive"], _ci(r["auc"], 2, conf), _ci(r["auc_bootstrap"], 2, conf)]
                 for r in res["per_class"]]
@@ -62,7 +96,7 @@ def _classification(res: dict, pct: str, conf: float) -> list[dict]:
         cm = [[f"reference {n}"] + row for n, row in zip(names, res["confusion_matrix"])]
         out.append({"title": "Per class (one-vs-rest)", "paragraphs": [],
                     "tables": [_table("ROC AUC of each class against the rest",
-                                      ["Class", "n in class", f"AUC (DeLong {pct} CI)", f"AUC (bootstrap {pct} CI)"],
+                                      ["Class", "n in class", f"AUC (DeLong {pct}CI)", f"AUC (bootstrap {pct}CI)"],
                                       rows),
                                _table("Confusion matrix (number of cases)", [""] + [f"predicted {n}" for n in names],
                                       cm)]})
@@ -101,7 +135,7 @@ def _classification(res: dict, pct: str, conf: float) -> list[dict]:
                 ["z statistic", f"{cp['z']:.3f}"], ["Two-sided p value", f"{cp['p']:.4g}"]]
         out.append({"title": "Model comparison", "paragraphs": [
             f"Paired DeLong test of equal ROC AUC on the same {cp['n_pos'] + cp['n_neg']} {unit}s."],
-            "tables": [_table("ROC AUC of both models", ["", f"Estimate ({pct} CI)"], rows)]})
+            "tables": [_table("ROC AUC of both models", ["", f"Estimate ({pct}CI)"], rows)]})
     for sg in res.get("subgroups", []):
         rows = []
         for r in sg["rows"]:
@@ -112,11 +146,12 @@ def _classification(res: dict, pct: str, conf: float) -> list[dict]:
             f"Sensitivity and specificity at the configured threshold ({sg['threshold']:g}). 'not estimable': the "
             "subgroup lacks positive or negative cases."],
             "tables": [_table(f"Results by {sg['name']}", ["Subgroup", "n", "positive / negative",
-                                                           f"ROC AUC ({pct} CI)", "Sensitivity", "Specificity"],
+                                                           f"ROC AUC ({pct}CI)", "Sensitivity", "Specificity"],
                               rows)]})
-    wrong = sorted(res["per_case"], key=lambda r: -abs(r["score"] - r["reference"]) if res.get("probabilities")
-                   else 0)[:10]
-    if res.get("probabilities"):
+    if res.get("probabilities") and "per_case" not in res:
+        out.append({"title": "Most confidently wrong cases", "paragraphs": [PER_CASE_NA], "tables": []})
+    elif res.get("probabilities"):
+        wrong = sorted(res["per_case"], key=lambda r: -abs(r["score"] - r["reference"]))[:10]
         rows = [[r["case"], r["group"], "positive" if r["reference"] else "negative", f"{r['score']:.3f}"]
                 for r in wrong]
         out.append({"title": "Most confidently wrong cases", "paragraphs": [
@@ -127,14 +162,19 @@ def _classification(res: dict, pct: str, conf: float) -> list[dict]:
 
 def _triage(res: dict, pct: str, conf: float) -> list[dict]:
     """Sections of a triage-only result (no labels, or one reference class): statement, estimable numbers, list."""
-    s, c = res["settings"], res["counts"]
+    s, c = _Known(res.get("settings") or {}), _Known(res.get("counts") or {})
     unit = s.get("unit", "case")
     op = res["operating_points"][0]
-    paras = [res["statement"],
-             f"{c['cases']} {unit}s from {c['groups']} patients/groups; triage threshold {op['threshold']:g} "
-             f"(flag when score >= threshold): {op['flagged']} flagged, {c['cases'] - op['flagged']} routine."]
+    routine = c["cases"] - op["flagged"] if isinstance(c["cases"], int) else NA
+    paras = [res.get("statement") or NA,
+             f"{c['cases']} {unit}s from {c['groups']} patients/groups; triage threshold {_g(op['threshold'])} "
+             f"(flag when score >= threshold): {op['flagged']} flagged, {routine} routine."]
     head = [[r["label"], r["value"] if r["key"] == "flagged" else _ci(r, 2, conf), r.get("ci_method") or "",
              r.get("n") or ""] for r in res["headline"]]
+    if "per_case" not in res:
+        return [{"title": "Summary", "paragraphs": paras,
+                 "tables": [_table("Headline results", ["Measure", f"Estimate ({pct}CI)", "CI method", "n"], head)]},
+                {"title": "Triage decisions", "paragraphs": [PER_CASE_NA], "tables": []}]
     rows = []
     for r in res["per_case"]:
         ref = "" if r.get("reference") is None else ("positive" if r["reference"] else "negative")
@@ -142,7 +182,7 @@ def _triage(res: dict, pct: str, conf: float) -> list[dict]:
     heads = ["Case", "Patient/group", "Score", "Decision"] + (["Reference"] if res["per_case"] and
                                                                "reference" in res["per_case"][0] else [])
     return [{"title": "Summary", "paragraphs": paras,
-             "tables": [_table("Headline results", ["Measure", f"Estimate ({pct} CI)", "CI method", "n"], head)]},
+             "tables": [_table("Headline results", ["Measure", f"Estimate ({pct}CI)", "CI method", "n"], head)]},
             {"title": "Triage decisions", "paragraphs": [
                 f"One row per {unit} (identifiers pseudonymised where they look identifying)."],
              "tables": [_table(f"Score and decision per {unit}", heads, rows)]}]
@@ -176,18 +216,19 @@ def _interval_records(res: dict):
 
 def _interval_notes(res: dict, limit: int = 40) -> dict | None:
     """A section listing the intervals whose method differs from the configured one, or that were clipped."""
-    configured = str((res.get("settings") or {}).get("bootstrap_method", "percentile"))
+    configured = (res.get("settings") or {}).get("bootstrap_method")
     lines = []
     for where, r in _interval_records(res):
         used = r.get("ci_method_used")
-        if used is None or (used == configured and not r.get("ci_clipped")) or used.startswith("not estimable"):
+        plain = used == configured if configured else "(" not in str(used)
+        if used is None or (plain and not r.get("ci_clipped")) or str(used).startswith("not estimable"):
             continue
         clip = str(r.get("ci_method") or "").partition("; ")[2] if r.get("ci_clipped") else ""
         lines.append(f"{r.get('label', r.get('key'))}{where}: {used}" + (f"; {clip}" if clip else "") + ".")
     if not lines:
         return None
     more = len(lines) - limit
-    paras = [f"The configured interval method is {configured}. These intervals used another method, or had an end "
+    paras = [f"The configured interval method is {configured or NA}. These intervals used another method, or had an end "
              "clipped to the measure's range (e.g. the basic method can reach past 1 for a proportion):"]
     paras += lines[:limit] + ([f"... and {more} more (see the ci_method column of metrics.csv)."] if more > 0 else [])
     return {"title": "Confidence interval notes", "paragraphs": paras, "tables": []}
@@ -199,17 +240,19 @@ def _auc_ci(res: dict) -> tuple:
 
 
 def _segmentation(res: dict, pct: str, conf: float) -> list[dict]:
-    s, c = res["settings"], res["counts"]
-    both = "Dice, IoU, NSD = 1 and distances = 0" if s["empty_both"] == "perfect" else "all metrics NaN (excluded)"
+    s, c = _Known(res.get("settings") or {}), _Known(res.get("counts") or {})
+    both = {"perfect": "Dice, IoU, NSD = 1 and distances = 0", "nan": "all metrics NaN (excluded)"}.get(
+        s["empty_both"], NA)
+    one = {"nan": "NaN (excluded)", NA: NA}.get(s["one_empty_distance"], f"set to {s['one_empty_distance']}")
     paras = [f"{c['cases']} cases from {c['groups']} patients/groups, {c['labels']} labels.",
-             f"Means with {pct} cluster-bootstrap CIs ({s['n_resamples']} resamples, {s['bootstrap_method']}, seed "
+             f"Means with {pct}cluster-bootstrap CIs ({s['n_resamples']} resamples, {s['bootstrap_method']}, seed "
              f"{s['seed']}); NaN values are excluded and counted per metric.",
              f"Empty masks: label absent from both reference and prediction -> "
              f"{both}"
              f"; absent from exactly one -> Dice = IoU = NSD = 0 and surface distances "
-             f"{'NaN (excluded)' if s['one_empty_distance'] == 'nan' else 'set to ' + str(s['one_empty_distance'])}"
-             f"{' (image diagonal in mm)' if s['one_empty_distance'] == 'diagonal' else ''}.",
-             f"Normalised surface Dice tolerance: {s['tolerance_mm']:g} mm."]
+             f"{one}{' (image diagonal in mm)' if s['one_empty_distance'] == 'diagonal' else ''}.",
+             f"Normalised surface Dice tolerance: {_g(s['tolerance_mm'])} mm."]
+    paras = _unavailable(res, paras)
     groups = (("Overlap", ["dice", "iou", "nsd"]),
               ("Surface distance and volume", ["hd95", "assd", "volume_ref_ml", "volume_error_ml"]))
     tables = []
@@ -219,7 +262,7 @@ def _segmentation(res: dict, pct: str, conf: float) -> list[dict]:
             m = {x["key"]: x for x in agg["metrics"]}
             rows.append([agg["name"]] + [f"{_ci(m[k], 3, conf)} [n={m[k]['n']}]" for k in keys])
         heads = ["Label"] + [_metric_head(res, k) for k in keys]
-        tables.append(_table(f"{cap}: mean ({pct} CI) [n]", heads, rows))
+        tables.append(_table(f"{cap}: mean ({pct}CI) [n]", heads, rows))
     med = []
     for agg in res["aggregates"]:
         m = {x["key"]: x for x in agg["metrics"]}
@@ -230,7 +273,7 @@ def _segmentation(res: dict, pct: str, conf: float) -> list[dict]:
     out = [{"title": "Summary", "paragraphs": paras, "tables": tables}]
     rows = [[w["case"], "" if w["mean_dice"] is None else f"{w['mean_dice']:.3f}",
              ", ".join(f"{k}: {'NaN' if v is None else f'{v:.3f}'}" for k, v in w["dice_per_label"].items())]
-            for w in res["worst_cases"]]
+            for w in res.get("worst_cases") or []]
     out.append({"title": "Worst cases", "paragraphs": ["Cases with the lowest mean Dice over labels "
                                                        "(identifiers pseudonymised where they look identifying)."],
                 "tables": [_table("Worst cases", ["Case", "Mean Dice", "Dice per label"], rows)]})
@@ -242,7 +285,7 @@ def _metric_head(res: dict, key: str) -> str:
 
     label, unit, _ = SEG_METRICS[key]
     if key == "nsd":
-        label += f" at {res['settings']['tolerance_mm']:g} mm"
+        label += f" at {_g((res.get('settings') or {}).get('tolerance_mm'))} mm"
     return f"{label} ({unit})" if unit else label
 
 
@@ -254,11 +297,14 @@ def _median(m: dict) -> str:
 
 
 def _provenance(res: dict) -> dict:
-    p = res["provenance"]
+    if not isinstance(res.get("provenance"), dict):
+        return {"title": "Provenance", "paragraphs": [f"Provenance {NA} in this results file."], "tables": []}
+    p = _Known(res["provenance"])
     rows = [["medeff version", p["medeff_version"]], ["git commit", p.get("git_commit") or "not available"],
             ["date", p["date_utc"]], ["python", p["python"]], ["platform", p["platform"]], ["seed", p["seed"]]]
-    rows += [[f"package {k}", v] for k, v in p["packages"].items()]
-    rows += [[f"input {role}", f"{v['file']} (sha256 {v['sha256']})"] for role, v in p["inputs"].items()]
+    rows += [[f"package {k}", v] for k, v in (p.get("packages") or {}).items()]
+    rows += [[f"input {role}", f"{v.get('file')} (sha256 {v.get('sha256')})"] for role, v in
+             (p.get("inputs") or {}).items() if isinstance(v, dict)]
     return {"title": "Provenance", "paragraphs": [], "tables": [_table("Software and inputs", ["Item", "Value"], rows)],
             "config": json.dumps(p.get("config", {}), indent=2, default=str)}
 

@@ -111,8 +111,9 @@ def metric_record(key: str, label: str, value, low=None, high=None, method: str 
     return rec
 
 
-def format_ci(value, low=None, high=None, digits: int = 2, unit: str = "", confidence: float = 0.95) -> str:
-    """``0.91 (95% CI 0.87-0.94)``; ``not estimable`` for a missing value."""
+def format_ci(value, low=None, high=None, digits: int = 2, unit: str = "", confidence: float | None = 0.95) -> str:
+    """``0.91 (95% CI 0.87-0.94)`` (``(CI ...)`` when the confidence level is unknown); ``not estimable`` for a missing
+    value."""
     v = clean_number(value)
     if v is None:
         return "not estimable"
@@ -121,5 +122,6 @@ def format_ci(value, low=None, high=None, digits: int = 2, unit: str = "", confi
     lo, hi = clean_number(low), clean_number(high)
     if lo is not None and hi is not None:
         sep = " to " if lo < 0 or hi < 0 else "-"
-        text += f" ({round(confidence * 100):d}% CI {lo:.{digits}f}{sep}{hi:.{digits}f}{u})"
+        level = f"{round(confidence * 100):d}% " if confidence is not None else ""
+        text += f" ({level}CI {lo:.{digits}f}{sep}{hi:.{digits}f}{u})"
     return text
