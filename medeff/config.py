@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from medeff.errors import ConfigError
-from medeff.utils.options import check_positive_int, check_probability
+from medeff.utils.options import check_positive_int, check_probability, suggest
 
-__all__ = ["conf_dir", "compose", "check_values", "VALUE_RULES"]
+__all__ = ["conf_dir", "compose", "check_values", "check_known_keys", "VALUE_RULES", "KNOWN_KEYS_ONLY"]
 
 
 def _probability(value: Any, key: str) -> None:
@@ -29,7 +29,8 @@ def _probabilities(value: Any, key: str) -> None:
 
 def _stored_or_probability(value: Any, key: str) -> None:
     check_probability(value, key, allow_none=True,
-                      hint=f"set {key} to a number from 0 to 1, or {key}=null for the threshold stored in the checkpoint.")
+                      hint=f"set {key} to a number from 0 to 1, or {key}=null for the threshold stored in the "
+                           "checkpoint.")
 
 
 def _positive_int(value: Any, key: str) -> None:
@@ -40,6 +41,7 @@ def _positive_int(value: Any, key: str) -> None:
 #: :func:`compose` and by the functions that also accept a plain dict (``predict``, ``evaluate``).
 VALUE_RULES: dict[str, tuple[tuple[str, Callable[[Any, str], None]], ...]] = {
     "predict": (("threshold", _stored_or_probability), ("batch_size", _positive_int)),
+    "train": (("data.batch_size", _positive_int), ("data.val_batch_size", _positive_int)),
     "evaluate": (("classification.threshold", _probability),
                  ("classification.target_sensitivities", _probabilities)),
 }
@@ -103,16 +105,107 @@ def compose(config_name: str, overrides: Sequence[str] = ()):  # -> omegaconf.Di
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
+        cause = exc.__cause__
+        not_in_struct = isinstance(cause, (ConfigAttributeError, ConfigKeyError))
+        missing = getattr(cause, "full_key", None) if not_in_struct else None
+        if config_name in KNOWN_KEYS_ONLY and missing:  # `a.typo=1`: no "use +a.typo" advice, a suggestion
+            raise _unknown_keys_error(config_name, [str(missing)], _reference(config_name, overrides),
+                                      overrides) from exc
         raise ConfigError(f"Config '{config_name}' with overrides {list(overrides)} is invalid: "
                           f"{_one_line(str(exc))}") from exc
+    if config_name in KNOWN_KEYS_ONLY:
+        check_known_keys(config_name, cfg, overrides)
     check_values(config_name, cfg)
     return cfg
+
+
+#: configs whose keys are all defined in conf/<name>.yaml: an override adding another key (``+a.typo=1``) is a
+#: ConfigError with a "did you mean" suggestion. (``train`` is open: ``+model.width=0.5`` passes options on.)
+KNOWN_KEYS_ONLY = frozenset({"evaluate", "report", "predict", "index"})
+
+
+def _is_group_override(override: str, conf: Path) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return "." not in key and "@" not in key and (conf / key).is_dir()
+
+
+def _reference(config_name: str, overrides: Sequence[str]) -> dict:
+    """``config_name`` with only its config-group choices from ``overrides``: the keys it defines."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf = conf_dir()
+    groups = [o for o in overrides if _is_group_override(o, conf)]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        ref = hydra_compose(config_name=config_name, overrides=groups)
+    return OmegaConf.to_container(ref, resolve=False)
+
+
+def _unknown_paths(node: Any, ref: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of ``node`` that ``ref`` does not define. Below a value that is null, empty or not a mapping in
+    ``ref`` (``labels: {}``, ``compare: null``) any key is the user's."""
+    out = []
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if key not in ref:
+            out.append(path)
+        elif isinstance(ref[key], dict) and ref[key] and isinstance(value, dict):
+            out += _unknown_paths(value, ref[key], f"{path}.")
+    return out
+
+
+def _unknown_keys_error(config_name: str, paths: Sequence[str], ref: dict, overrides: Sequence[str]) -> ConfigError:
+    parts = []
+    for path in paths:
+        node, known = ref, []
+        names = path.split(".")
+        for i, name in enumerate(names):  # stop at the first name the config does not define
+            known = [str(k) for k in node] if isinstance(node, dict) else []
+            if not isinstance(node, dict) or name not in node:
+                path = ".".join(names[:i + 1])
+                break
+            node = node[name]
+        parent = path.rpartition(".")[0]
+        close = suggest(path.rpartition(".")[2], known)
+        mean = f"did you mean {' or '.join(repr(f'{parent}.{c}' if parent else c) for c in close)}? " if close \
+            else ""
+        where = f"under '{parent}'" if parent else "at the top level"
+        parts.append(f"'{path}' is not a key of conf/{config_name}.yaml; {mean}Keys {where}: "
+                     f"{', '.join(sorted(known))}.")
+    given = [o for o in overrides if any(o.lstrip("+~").startswith(p.split(".")[0]) for p in paths)]
+    return ConfigError(f"Unknown config key(s){f' in {given}' if given else ''}: {' '.join(dict.fromkeys(parts))}",
+                       hint=f"use a key that conf/{config_name}.yaml defines (docs/configuration.md lists them).")
+
+
+def check_known_keys(config_name: str, cfg: Any, overrides: Sequence[str] | None = None) -> None:
+    """Refuse keys of ``cfg`` (a DictConfig or a plain dict) that ``conf/<config_name>.yaml`` does not define.
+
+    Args:
+        config_name: the config ``cfg`` is a version of.
+        cfg: the config to check.
+        overrides: the overrides ``cfg`` was composed with (their group choices apply); None: ``cfg`` came from
+            elsewhere (a plain dict), always checked.
+
+    Raises:
+        ConfigError: naming each unknown key, the closest known keys ("did you mean") and the valid ones.
+    """
+    from omegaconf import OmegaConf
+
+    if overrides is not None and not any(o.startswith("+") or "={" in o for o in overrides):
+        return  # only `+` adds keys (Hydra refuses `a.typo=1`), or a mapping value replacing a section
+    overrides = list(overrides or ())
+    ref = _reference(config_name, overrides)
+    node = OmegaConf.to_container(cfg, resolve=False) if not isinstance(cfg, dict) else cfg
+    unknown = _unknown_paths(node, ref)
+    if unknown:
+        raise _unknown_keys_error(config_name, unknown, ref, overrides)
 
 
 def _one_line(text: str) -> str:

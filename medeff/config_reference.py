@@ -28,9 +28,11 @@ medeff's commands are configured with [Hydra](https://hydra.cc) files in `conf/`
 configs of the commands (`train.yaml` for `medeff train`, `predict.yaml` for `medeff predict`, ...); sub-folders are
 config groups, chosen with `group=option` (e.g. `model=efficientnet_b2`) and refined with `key=value` overrides
 (e.g. `data.batch_size=16`, `trainer.max_epochs=5`). An experiment (`experiment=nodule_2d`) is an override file that
-selects options for several groups at once. Keys added with `+key=value` are passed through as they are, e.g.
-`+trainer.strategy=ddp`. A wrong group option is answered with the list of valid options; a wrong value of a medeff
-key names the key and its valid values.
+selects options for several groups at once. In `train`, keys added with `+key=value` are passed through as they
+are, e.g. `+trainer.strategy=ddp`; `evaluate`, `report`, `predict` and `index` take only the keys their file defines,
+and any other key (`+bootstrap.n_resample=10`) is refused with "did you mean" and the valid keys. A wrong group option
+is answered with the list of valid options; a wrong value of a medeff key (a threshold outside [0, 1], a batch size
+below 1) names the key and its valid values.
 
 This page is generated from the files themselves (their comments are the descriptions), and a test checks that it is
 up to date; edit the YAML and regenerate it with

@@ -42,10 +42,11 @@ def _recorded_config(cfg: dict) -> dict:
 
 def evaluate_from_config(cfg: dict) -> dict:
     """Run the evaluation a resolved ``evaluate`` config describes; returns the results dict."""
-    from medeff.config import check_values
+    from medeff.config import check_known_keys, check_values
     from medeff.evaluation import evaluate_classification, evaluate_segmentation
     from medeff.utils.options import look_up
 
+    check_known_keys("evaluate", cfg)  # a misspelt key is an error, not a TypeError or silently ignored
     check_values("evaluate", cfg)  # threshold and target sensitivities: finite, in [0, 1]
     task = look_up(cfg["kind"], ("classification", "segmentation"), what="evaluation kind", key="kind")
     boot, priv = cfg["bootstrap"], cfg["privacy"]

@@ -26,7 +26,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from medeff.errors import CheckpointError
+from medeff.errors import CheckpointError, unpickling_reason
 from medeff.utils.atomic import atomic_path
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "AtomicCheckpointIO", "LastEveryEpochCheckpoint", "build_metadata",
@@ -86,7 +86,7 @@ def _torch_load(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"Checkpoint '{path}' holds objects other than tensors and plain values, so it is "
-                              f"not loaded ({str(exc).splitlines()[0]}).",
+                              f"not loaded ({unpickling_reason(exc)}).",
                               hint="only load checkpoints written by medeff train; re-export untrusted files.",
                               path=str(path)) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:

@@ -19,6 +19,7 @@ model lacks), and the :class:`LoadReport` lists all three. Encoder weights that 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medeff.errors import CheckpointError
+from medeff.errors import CheckpointError, unpickling_reason
 from medeff.models.convert import is_torchvision_state_dict, strip_prefixes, torchvision_to_timm
 from medeff.models.inflate import adapt_input_channels, inflate_weight
 from medeff.utils.logging import get_logger
@@ -129,7 +130,8 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], b
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"Cannot read weights file '{path}' with torch.load(weights_only=True): {exc}",
+        reason = unpickling_reason(exc) if isinstance(exc, pickle.UnpicklingError) else exc  # not torch's advice
+        raise CheckpointError(f"Cannot read weights file '{path}' with torch.load(weights_only=True): {reason}",
                               hint="re-save it as a plain state dict: torch.save(model.state_dict(), path).",
                               path=str(path)) from exc
     if isinstance(obj, Mapping):
