@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "plan": "medeff.cli.plan",
     "crops": "medeff.cli.crops",
     "split": "medeff.cli.split",
+    "knn": "medeff.cli.knn",
     "lidc": "medeff.cli.lidc",
 }
 

@@ -270,3 +270,9 @@ def test_iq_othnccd_groups_and_split_leakage(shared_data, tmp_path):
     assert res["random"]["n_test"] == res["grouped"]["n_test"] == 110
     assert res["random"]["fraction_leaked"] > 0.5, res["random"]  # measured 85 of 110
     assert res["grouped"]["n_leaked"] == 0, res["grouped"]
+    # a lookup of 32x32 thumbnails, learning nothing, matches the published 99% on the random split only
+    from medeff.baselines.knn import knn_config, knn_predict_index
+
+    acc = {p: knn_predict_index(tmp_path / p / "train.json", tmp_path / p / "test.json", tmp_path / f"knn_{p}",
+                                knn_config())["accuracy"] for p in res}
+    assert acc["random"] >= 0.95 and acc["grouped"] <= acc["random"] - 0.1, acc  # measured 0.991 and 0.755
