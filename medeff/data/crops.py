@@ -40,7 +40,7 @@ from medeff.io.base import ImageData
 from medeff.utils.logging import get_logger
 
 __all__ = ["CropTarget", "world_to_voxel", "voxel_to_world", "crop_cube", "read_targets", "read_box_targets",
-           "extract_crops", "crops_config"]
+           "extract_crops", "crops_config", "resolve_under_root"]
 
 log = get_logger(__name__)
 
@@ -200,6 +200,27 @@ def _label(raw: str, label_map: Mapping[str, str], class_names: Sequence[str], l
     return name
 
 
+def resolve_under_root(name: str, root: Path, *, allow_outside: bool, line: int, column: str, csv_path: Path) -> Path:
+    """The file or folder a CSV cell names (relative to ``root``, or absolute), refused unless it lies under
+    ``root`` once ``..`` parts and symbolic links are followed (``os.path.realpath``; ``allow_outside`` lifts this).
+
+    Raises:
+        InputError: the path leads outside ``root`` (naming the row, the column and the option).
+    """
+    full = Path(name) if Path(name).is_absolute() else root / name
+    if allow_outside:
+        return full
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(full)
+    if os.path.commonpath([real, real_root]) != real_root:
+        raise InputError(f"CSV '{csv_path}' row {line}: column '{column}' names {name!r}, which lies outside the data "
+                         f"root '{root}' (once '..' parts and symbolic links are followed); nothing was read.",
+                         hint="put the series under the root and name them relative to it (root=FOLDER; default: "
+                         "the CSV's folder), or set allow_outside_root=true if this CSV is trusted.",
+                         path=str(csv_path))
+    return full
+
+
 def read_targets(path: str | os.PathLike, cfg: Any) -> list[CropTarget]:
     """Rows of a world-position CSV (``input_format=world``): series, x/y/z in LPS mm, optional size and label.
 
@@ -264,7 +285,8 @@ def read_box_targets(path: str | os.PathLike, cfg: Any, root: Path) -> list[Crop
         if not rel:
             skipped += 1
             continue
-        f = Path(rel) if Path(rel).is_absolute() else root / rel
+        f = resolve_under_root(rel, root, allow_outside=bool(cfg.get("allow_outside_root", False)), line=line,
+                               column=str(bc.file), csv_path=path)
         if not f.is_file():
             raise InputError(f"Boxes CSV '{path}' row {line}: the DICOM file named in column '{bc.file}' does not "
                              "exist under the data root.", hint="check the root (root=FOLDER) and the file column.",
@@ -361,8 +383,12 @@ def extract_crops(positions: str | os.PathLike, out_dir: str | os.PathLike, cfg:
                            prefix=str(cfg.group_prefix))
     series_names: dict[str, str] = {}
     keys = []
-    for t in targets:  # every series must exist before anything is read or written
+    allow_outside = bool(cfg.get("allow_outside_root", False))
+    for t in targets:  # every series must be under the root and exist before anything is read or written
         spath = Path(t.series) if Path(t.series).is_absolute() else root / t.series
+        if fmt == "world":  # pixel-box files were checked as they were read
+            spath = resolve_under_root(t.series, root, allow_outside=allow_outside, line=t.row,
+                                       column=str(cfg.columns.series), csv_path=positions)
         if not spath.exists():
             raise InputError(f"Positions CSV '{positions}' row {t.row}: series '{t.series}' does not exist "
                              f"under '{root}'.", hint="check the series column and root=FOLDER (series paths "

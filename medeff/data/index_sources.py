@@ -159,12 +159,14 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _inside(path: str, root: Path) -> bool:
-    """Whether ``path`` (relative to ``root``, or absolute) lies under ``root`` once ``..`` parts are resolved
-    (lexically: links placed inside the root by its owner are followed as they are)."""
+    """Whether ``path`` (relative to ``root``, or absolute) lies under ``root`` once resolved as the file system
+    will open it: symbolic links (of the path and of the root) and ``..`` parts are followed (``os.path.realpath``),
+    so a link inside the root that points elsewhere counts as outside."""
     import os
 
-    full = os.path.normpath(os.path.join(os.path.abspath(root), path))
-    return os.path.commonpath([full, os.path.abspath(root)]) == os.path.abspath(root)
+    real_root = os.path.realpath(root)
+    full = os.path.realpath(os.path.join(os.path.abspath(root), path))
+    return os.path.commonpath([full, real_root]) == real_root
 
 
 def _strip_suffix(name: str) -> str:
@@ -351,7 +353,8 @@ def scan_csv(source: Path, cfg: Any) -> Scan:
         lv_path = str(row[label_col]).strip() if label_col and kind == "map" else ""
         outside = [p for p in images + ([lv_path] if lv_path else []) if not allow_outside and not _inside(p, base)]
         if outside:
-            problems.append((ref, str(source), f"refers to {outside[0]!r}, outside the manifest's folder '{base}'",
+            problems.append((ref, str(source), f"refers to {outside[0]!r}, outside the manifest's folder '{base}' "
+                             "(once '..' parts and symbolic links are followed)",
                              "move the files under the manifest's folder and use relative paths, or set "
                              "csv.allow_outside_root=true if this manifest is trusted"))
             continue

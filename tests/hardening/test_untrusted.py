@@ -45,6 +45,43 @@ def test_manifest_paths_cannot_escape_the_root(tmp_path, bad):
     assert not (tmp_path / "i.json").exists()
 
 
+@pytest.mark.parametrize("link", ["file", "folder", "etc", "label map"])
+def test_manifest_paths_cannot_escape_the_root_through_links(tmp_path, link):
+    """Links inside the root that lead outside it are outside: the check follows them (realpath), not the text."""
+    root = tmp_path / "data"
+    _nifti(root / "a.nii.gz")
+    outside = _nifti(tmp_path / "outside" / "x.nii.gz", seed=1)
+    if link == "file":
+        (root / "x.nii.gz").symlink_to(outside)
+        rows = "a.nii.gz,p1\nx.nii.gz,p2\n"
+    elif link == "folder":
+        (root / "sub").symlink_to(outside.parent, target_is_directory=True)
+        rows = "a.nii.gz,p1\nsub/x.nii.gz,p2\n"
+    elif link == "etc":
+        (root / "sys").symlink_to("/etc", target_is_directory=True)
+        rows = "a.nii.gz,p1\nsys/passwd,p2\n"
+    else:
+        _nifti(root / "b.nii.gz", seed=2)
+        (root / "lab.nii.gz").symlink_to(outside)
+        rows = "a.nii.gz,a.nii.gz,p1\nb.nii.gz,lab.nii.gz,p2\n"
+    header = "image,label,patient_id" if link == "label map" else "image,patient_id"
+    (root / "m.csv").write_text(f"{header}\n{rows}")
+    with pytest.raises(IndexValidationError) as ei:
+        build_index(root / "m.csv", tmp_path / "i.json", _cfg())
+    assert "outside the manifest's folder" in str(ei.value) and "symbolic links" in str(ei.value)
+    assert not (tmp_path / "i.json").exists()
+
+
+def test_manifest_links_inside_the_root_are_fine(tmp_path):
+    root = tmp_path / "data"
+    _nifti(root / "real" / "a.nii.gz")
+    _nifti(root / "b.nii.gz", seed=2)
+    (root / "alias").symlink_to(root / "real", target_is_directory=True)
+    (tmp_path / "data_link").symlink_to(root, target_is_directory=True)  # the root itself reached through a link
+    (root / "m.csv").write_text("image,patient_id\nalias/a.nii.gz,p1\nb.nii.gz,p2\n")
+    assert len(build_index(tmp_path / "data_link" / "m.csv", tmp_path / "i.json", _cfg()).all_cases) == 2
+
+
 def test_manifest_paths_outside_root_allowed_by_option(tmp_path):
     root = tmp_path / "data"
     _nifti(root / "a.nii.gz")

@@ -181,3 +181,61 @@ def test_unlabelled_positions_give_a_manifest_without_labels(tmp_path):
                  "scan.nii.gz,5,5,5,")
     with pytest.raises(InputError, match=r"rows \[3\] have no label"):
         extract_crops(mixed, tmp_path / "out2", crops_config())
+
+
+# ---- data root: series paths may not lead outside it ----------------------------------------------------------------
+def _escape_layout(tmp_path: Path) -> tuple[Path, Path]:
+    """``data/`` (the CSV's folder, the root) with a scan, and ``elsewhere/scan.nii.gz`` outside it, reachable
+    through ``..``, an absolute path, a linked file and a linked folder inside the root."""
+    root, outside = tmp_path / "data", _write_scan(tmp_path / "elsewhere")
+    _write_scan(root)
+    (root / "link.nii.gz").symlink_to(outside)
+    (root / "linkdir").symlink_to(outside.parent, target_is_directory=True)
+    return root, outside
+
+
+ESCAPES = {"dotdot": "../elsewhere/scan.nii.gz", "deep dotdot": "../../../../../../../../etc",
+           "absolute": "ABS", "linked file": "link.nii.gz", "linked folder": "linkdir/scan.nii.gz",
+           "etc": "/etc"}
+
+
+@pytest.mark.parametrize("escape", list(ESCAPES))
+def test_series_outside_the_root_are_refused(tmp_path, escape):
+    root, outside = _escape_layout(tmp_path)
+    series = str(outside) if ESCAPES[escape] == "ABS" else ESCAPES[escape]
+    pos = _csv(root / "pos.csv", "series,x_mm,y_mm,z_mm", "scan.nii.gz,0,0,0", f"{series},0,0,0")
+    with pytest.raises(InputError) as err:
+        extract_crops(pos, tmp_path / "out", crops_config(["size_voxels=8"]))
+    text = str(err.value)
+    assert "row 3" in text and "outside the data root" in text and "allow_outside_root=true" in text, text
+    assert not (tmp_path / "out" / "crops").exists() and not (tmp_path / "out" / "crops.csv").exists()
+
+
+def test_series_outside_the_root_refused_on_the_command_line(tmp_path):
+    root, _ = _escape_layout(tmp_path)
+    pos = _csv(root / "pos.csv", "series,x_mm,y_mm,z_mm", "linkdir/scan.nii.gz,0,0,0")
+    r = subprocess.run([sys.executable, "-m", "medeff.cli.main", "crops", str(pos), str(tmp_path / "out")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "outside the data root" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_links_inside_the_root_and_the_option_are_accepted(tmp_path):
+    root, outside = _escape_layout(tmp_path)
+    (root / "inner.nii.gz").symlink_to(root / "scan.nii.gz")
+    pos = _csv(root / "pos.csv", "series,x_mm,y_mm,z_mm", "inner.nii.gz,0,0,0", "sub/../scan.nii.gz,0,0,0")
+    (root / "sub").mkdir()
+    assert len(list(csv.DictReader(open(extract_crops(pos, tmp_path / "a", crops_config(["size_voxels=8"])))))) == 2
+    trusted = _csv(root / "trusted.csv", "series,x_mm,y_mm,z_mm", "linkdir/scan.nii.gz,0,0,0", f"{outside},0,0,0")
+    cfg = crops_config(["size_voxels=8", "allow_outside_root=true"])
+    assert len(list(csv.DictReader(open(extract_crops(trusted, tmp_path / "b", cfg))))) == 2
+
+
+@pytest.mark.parametrize("escape", ["../elsewhere/x.dcm", "ABS", "linkdir/x.dcm"])
+def test_pixel_box_files_outside_the_root_are_refused(tmp_path, escape):
+    root, outside = _escape_layout(tmp_path)
+    (outside.parent / "x.dcm").write_bytes(b"not read")
+    f = str(outside.parent / "x.dcm") if escape == "ABS" else escape
+    pos = _csv(root / "boxes.csv", "dicom_file,xmin,ymin,xmax,ymax,label", f"{f},1,1,5,5,A")
+    with pytest.raises(InputError, match="row 2: column 'dicom_file' names .* outside the data root"):
+        extract_crops(pos, tmp_path / "out", crops_config(["input_format=pixel_boxes", "label_map={A: malignant}"]))
+    assert not (tmp_path / "out" / "crops").exists() and not (tmp_path / "out" / "crops.csv").exists()
