@@ -6,7 +6,17 @@ Model code never names a 2D or 3D layer class directly: it asks these factories 
 
 from medeff.layers.activations import MemoryEfficientSiLU, SiLUFunction, make_act
 from medeff.layers.drop_path import DropPath, drop_path
-from medeff.layers.factories import check_spatial_dims, make_conv, make_dropout, make_norm, to_tuple
+from medeff.layers.factories import (
+    NORM_DEFAULTS,
+    PADDING_MODES,
+    check_spatial_dims,
+    make_conv,
+    make_dropout,
+    make_norm,
+    padding_mode,
+    to_tuple,
+    with_padding,
+)
 from medeff.layers.fused import BatchNormSiLUFunction, norm_act
 from medeff.ops.modules import FastDepthwiseConv3d  # the fast depthwise op lives in medeff.ops
 
@@ -15,6 +25,8 @@ __all__ = [
     "DropPath",
     "FastDepthwiseConv3d",
     "MemoryEfficientSiLU",
+    "NORM_DEFAULTS",
+    "PADDING_MODES",
     "SiLUFunction",
     "check_spatial_dims",
     "drop_path",
@@ -23,5 +35,7 @@ __all__ = [
     "make_dropout",
     "make_norm",
     "norm_act",
+    "padding_mode",
     "to_tuple",
+    "with_padding",
 ]

@@ -23,7 +23,8 @@ from medeff.utils.options import look_up
 
 _log = get_logger(__name__)
 
-__all__ = ["NORM_DEFAULTS", "PADDING_MODES", "check_spatial_dims", "make_conv", "make_dropout", "make_norm", "to_tuple"]
+__all__ = ["NORM_DEFAULTS", "PADDING_MODES", "check_spatial_dims", "make_conv", "make_dropout", "make_norm", "padding_mode",
+           "to_tuple", "with_padding"]
 
 PADDING_MODES = ("same", "same_tf")
 
@@ -131,6 +132,38 @@ def make_conv(
         cls = FastDepthwiseConv3d
     return cls(in_channels, out_channels, kernel, strides, padding=tuple(k // 2 for k in kernel), groups=groups,
                bias=bias)
+
+
+def padding_mode(conv: nn.Module) -> str:
+    """``"same_tf"`` for a convolution made with ``padding="same_tf"``, else ``"same"``."""
+    return "same_tf" if isinstance(conv, _SameTFMixin) else "same"
+
+
+def with_padding(conv: nn.Module, padding: str, *, fast_depthwise: bool = False) -> nn.Module:
+    """A convolution like ``conv`` (kernel, stride, groups) in another "same" padding mode, sharing its parameters.
+
+    Used to run weights under the padding they were trained with (see
+    :func:`medeff.models.conventions.apply_convention`). The parameters are the same ``nn.Parameter`` objects, so
+    an optimizer holding them keeps working.
+
+    Args:
+        conv: a convolution made by :func:`make_conv`.
+        padding: ``"same"`` or ``"same_tf"``.
+        fast_depthwise: as in :func:`make_conv`.
+
+    Returns:
+        ``conv`` itself when it already pads that way, else the new module (in ``conv``'s train/eval mode).
+    """
+    look_up(padding, PADDING_MODES, what="padding mode", key="padding")
+    if padding_mode(conv) == padding:
+        return conv
+    with torch.device("meta"):
+        new = make_conv(conv.weight.ndim - 2, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                        groups=conv.groups, bias=conv.bias is not None, padding=padding, fast_depthwise=fast_depthwise)
+    new.weight = conv.weight
+    if conv.bias is not None:
+        new.bias = conv.bias
+    return new.train(conv.training)
 
 
 def make_norm(spec: str | tuple[str, dict[str, Any]] | Sequence[Any], spatial_dims: int, channels: int) -> nn.Module:

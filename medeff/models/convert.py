@@ -16,6 +16,12 @@ FusedMBConv, exp. 1    full k conv (with activation)                   ``conv/bn
 
 The block kind is read from the tensors themselves (number of conv layers, and whether the first conv is
 depthwise), so the mapping needs no model and no torchvision.
+
+MONAI's ``EfficientNetBN`` and the ``efficientnet_pytorch`` package share another layout (V1 only): ``_conv_stem``,
+``_bn0``, ``_blocks.*``, ``_conv_head``, ``_bn1``, ``_fc``. A block is ``_expand_conv``/``_bn0`` (absent at
+expansion 1), ``_depthwise_conv``/``_bn1``, ``_se_reduce``/``_se_expand`` and ``_project_conv``/``_bn2``. MONAI
+numbers blocks ``_blocks.{stage}.{global index}``; efficientnet_pytorch numbers them ``_blocks.{global index}`` and
+a new stage starts at each block whose input and output channels differ (true of every EfficientNet stage start).
 """
 
 from __future__ import annotations
@@ -25,7 +31,15 @@ from collections.abc import Mapping
 
 import torch
 
-__all__ = ["WRAPPER_PREFIXES", "is_torchvision_state_dict", "strip_prefixes", "torchvision_to_timm"]
+__all__ = [
+    "WRAPPER_PREFIXES",
+    "efficientnet_pytorch_to_timm",
+    "is_efficientnet_pytorch_state_dict",
+    "is_torchvision_state_dict",
+    "strip_prefixes",
+    "torchvision_generation",
+    "torchvision_to_timm",
+]
 
 #: Prefixes added by training wrappers: Lightning modules (``net.``/``model.``), DataParallel/DDP (``module.``),
 #: ``torch.compile`` (``_orig_mod.``).
@@ -33,11 +47,102 @@ WRAPPER_PREFIXES = ("net.", "model.", "module.", "_orig_mod.")
 
 _BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _BLOCK_KEY = re.compile(r"features\.(\d+)\.(\d+)\.block\.(\d+)\.(.+)")
+_EP_BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(?:(\d+)\.)?(_[a-z0-9_]+)\.(.+)")
 
 
 def is_torchvision_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
     """True when ``state`` uses torchvision's EfficientNet names (``features.0.0.weight`` and no ``conv_stem``)."""
     return "features.0.0.weight" in state and not any(k.endswith("conv_stem.weight") for k in state)
+
+
+def torchvision_generation(state: Mapping[str, torch.Tensor]) -> int:
+    """1 or 2: whether a torchvision-named state dict is an EfficientNet (V1) or an EfficientNetV2.
+
+    V1 starts with a depthwise-separable block (first conv depthwise), V2 with a full convolution (Fused-MBConv).
+    The two differ in BatchNorm eps (1e-5 and 1e-3), so the loader must know.
+
+    Raises:
+        ValueError: no first block in ``state``.
+    """
+    first = state.get("features.1.0.block.0.0.weight")
+    if first is None or first.ndim < 3:
+        raise ValueError("no first block ('features.1.0.block.0.0.weight') to tell EfficientNet from EfficientNetV2.")
+    return 1 if first.shape[1] == 1 and first.shape[0] > 1 else 2
+
+
+def is_efficientnet_pytorch_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
+    """True for MONAI ``EfficientNetBN`` / efficientnet_pytorch names (``_conv_stem.weight``, ``_blocks.*``)."""
+    return "_conv_stem.weight" in state and any(k.startswith("_blocks.") for k in state)
+
+
+_EP_BLOCK_NAMES = {
+    "mb": {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+           "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl", "_bn2": "bn3"},
+    "ds": {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
+           "_project_conv": "conv_pw", "_bn2": "bn2"},
+}
+_EP_TOP_NAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+
+
+def efficientnet_pytorch_to_timm(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str],
+                                                                                 bool]:
+    """Rename a MONAI ``EfficientNetBN`` / efficientnet_pytorch state dict to medeff's (timm's) names.
+
+    Args:
+        state: tensors named ``_conv_stem``, ``_blocks.*``, ...
+
+    Returns:
+        ``(renamed, unknown, monai)``: the renamed tensors, ``{key: reason}`` for keys that fit no known layer, and
+        whether the blocks were numbered the MONAI way (``_blocks.{stage}.{index}``).
+
+    Raises:
+        ValueError: a block without the tensors that tell its channels.
+    """
+    layers: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
+    stage_given: dict[int, int] = {}
+    for k, v in state.items():
+        m = _EP_BLOCK_KEY.fullmatch(k)
+        if m:
+            index = int(m.group(2)) if m.group(2) is not None else int(m.group(1))
+            if m.group(2) is not None:
+                stage_given[index] = int(m.group(1))
+            layers.setdefault(index, {}).setdefault(m.group(3), {})[m.group(4)] = v
+    monai = bool(stage_given)
+    place: dict[int, tuple[int, int, str]] = {}
+    stage, count, prev_stage = -1, 0, None
+    for index in sorted(layers):
+        block = layers[index]
+        try:
+            dw = block["_depthwise_conv"]["weight"]
+            out_ch = block["_project_conv"]["weight"].shape[0]
+        except KeyError as exc:
+            raise ValueError(f"block _blocks.{index} has no {exc.args[0]} tensor.") from exc
+        in_ch = block["_expand_conv"]["weight"].shape[1] if "_expand_conv" in block else dw.shape[0]
+        new_stage = stage_given[index] != prev_stage if monai else (in_ch != out_ch or stage < 0)
+        if new_stage:
+            stage, count = stage + 1, 0
+        prev_stage = stage_given.get(index)
+        place[index] = (stage, count, "mb" if "_expand_conv" in block else "ds")
+        count += 1
+
+    out: dict[str, torch.Tensor] = {}
+    unknown: dict[str, str] = {}
+    for k, v in state.items():
+        new: str | None = None
+        m = _EP_BLOCK_KEY.fullmatch(k)
+        if m:
+            index = int(m.group(2)) if m.group(2) is not None else int(m.group(1))
+            s, b, kind = place[index]
+            layer = _EP_BLOCK_NAMES[kind].get(m.group(3))
+            new = f"blocks.{s}.{b}.{layer}.{m.group(4)}" if layer else None
+        else:
+            head, _, tail = k.partition(".")
+            new = f"{_EP_TOP_NAMES[head]}.{tail}" if head in _EP_TOP_NAMES and tail else None
+        if new is None:
+            unknown[k] = "not an EfficientNet layer in MONAI's / efficientnet_pytorch's naming"
+        else:
+            out[new] = v
+    return out, unknown, monai
 
 
 def strip_prefixes(state: Mapping[str, torch.Tensor], model_keys: set[str]) -> tuple[dict[str, torch.Tensor], list[str],

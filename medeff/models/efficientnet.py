@@ -16,6 +16,13 @@ from medeff.layers import check_spatial_dims, make_dropout, norm_act, to_tuple
 from medeff.models.anisotropy import plan_levels
 from medeff.models.arch import ArchDef
 from medeff.models.blocks import BLOCKS, LayerConfig, recompute
+from medeff.models.conventions import (
+    WeightsConvention,
+    apply_convention,
+    decode_record,
+    encode_record,
+    model_convention,
+)
 from medeff.models.features import FeatureInfo, FeatureSpec
 from medeff.models.scaling import round_channels, round_repeats
 
@@ -83,6 +90,11 @@ def _apply_kernel(kernel: tuple[int, ...], override: tuple[int | None, ...] | No
     return tuple(k if o is None else o for k, o in zip(kernel, override))
 
 
+def _accept_missing_record(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """Let ``load_state_dict`` accept state dicts written before the record existed: the model keeps its settings."""
+    state_dict.setdefault(prefix + "_extra_state", encode_record(None))
+
+
 class EfficientNet(nn.Module):
     """EfficientNet encoder with an optional classification head.
 
@@ -120,6 +132,10 @@ class EfficientNet(nn.Module):
         layer_config: the :class:`LayerConfig` (norm, act, padding) shared with decoders.
         level_kernels: per-level kernel overrides in use (``None`` entries keep the blocks' kernels).
         num_features: channels entering the classifier.
+        weights_convention: the :class:`~medeff.models.conventions.WeightsConvention` (BatchNorm eps, padding,
+            activation, input mean/std) the weights follow: the model's own settings when built, the source's after
+            :func:`medeff.models.load_weights`. It is saved in the state dict (``_extra_state``) and restored by
+            ``load_state_dict``, which re-applies its eps and padding.
 
     Example:
         >>> from medeff.models.arch import ARCH_DEFS
@@ -168,6 +184,8 @@ class EfficientNet(nn.Module):
         cfg = LayerConfig(spatial_dims, norm, act, memory_efficient, padding, fast_depthwise,
                           recompute=recompute and not checkpointing)
         self.layer_config = cfg
+        self.weights_convention: WeightsConvention = model_convention(cfg)
+        self.register_load_state_dict_pre_hook(_accept_missing_record)
         level_strides, level_kernels = resolve_levels(arch.num_levels, spatial_dims, strides, kernels, spacing)
         self.level_kernels = level_kernels
         rl = arch.round_limit
@@ -224,6 +242,21 @@ class EfficientNet(nn.Module):
             self.classifier = nn.Linear(head_ch, num_classes) if num_classes > 0 else nn.Identity()
         if self.channels_last:
             self.to(memory_format=_memory_format(spatial_dims))
+
+    def get_extra_state(self) -> torch.Tensor:
+        """The weights convention as a ``uint8`` tensor (JSON bytes), stored under ``_extra_state``."""
+        return encode_record(self.weights_convention)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        """Apply a weights convention from a state dict (an empty record keeps the model's settings).
+
+        Raises:
+            CheckpointError: a malformed record, or a convention this model cannot follow (another activation,
+                BatchNorm weights in a model built with another norm).
+        """
+        convention = decode_record(state)
+        if convention is not None:
+            apply_convention(self, convention)
 
     def _to_format(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

@@ -78,6 +78,11 @@ class EfficientNetUNet(nn.Module):
         self.total_stride = encoder.feature_info[-1].reduction
         self.pad_mode = pad_mode
 
+    @property
+    def weights_convention(self):
+        """The encoder's :class:`~medeff.models.conventions.WeightsConvention` (see :class:`EfficientNet`)."""
+        return self.encoder.weights_convention
+
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         size = tuple(x.shape[2:])
         target = [math.ceil(s / r) * r for s, r in zip(size, self.total_stride)]

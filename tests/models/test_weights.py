@@ -15,6 +15,8 @@ from medeff.models.blocks import ConvNormAct, DepthwiseSeparable, FusedMBConv, M
 from .helpers import meta_model
 from .timm_helper import import_timm
 
+#: timm name, medeff name, the options that make a medeff model follow the same convention from the start (the
+#: loader sets them anyway; see test_conventions.py)
 TIMM_CASES = [
     ("efficientnet_b0", "efficientnet_b0", {"norm": ("batch", {"eps": 1e-5})}),
     ("tf_efficientnetv2_b0", "efficientnetv2_b0", {"padding": "same_tf"}),
@@ -53,7 +55,7 @@ def _x(*shape, seed=5):
 def test_timm_file_gives_same_logits(timm_case, tmp_path, suffix):
     ref, name, options = timm_case
     assert ref.bn1.running_var.std() > 0  # statistics moved away from the defaults
-    path = tmp_path / f"w{suffix}"
+    path = tmp_path / f"{ref.pretrained_cfg['architecture']}{suffix}"  # the name tells the convention
     if suffix == ".pth":
         torch.save(ref.state_dict(), path)
     else:
@@ -68,6 +70,7 @@ def test_timm_file_gives_same_logits(timm_case, tmp_path, suffix):
     assert diff < 1e-4, diff
     assert report.format == "timm" and not report.adapted and not report.skipped and not report.missing
     assert len(report.loaded) == len(ref.state_dict())
+    assert not report.changes  # the options already matched the weights' convention
 
 
 # --- torchvision naming, written independently from medeff.models.convert: from the module types -------------
@@ -102,6 +105,8 @@ def to_torchvision(model: nn.Module) -> dict[str, torch.Tensor]:
     n_stages = len(model.blocks)
     out = {}
     for key, value in model.state_dict().items():
+        if key == "_extra_state":  # the convention record (torchvision has none)
+            continue
         if key.startswith("conv_stem."):
             new = "features.0.0." + key.split(".", 1)[1]
         elif key.startswith("bn1."):
@@ -135,16 +140,21 @@ def test_torchvision_renaming_roundtrips_every_variant(name):
     model = meta_model(name)
     renamed, unknown = torchvision_to_timm(to_torchvision(model))
     assert not unknown
-    assert {k: tuple(v.shape) for k, v in renamed.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in renamed.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()
+                                                               if k != "_extra_state"}
 
 
-@pytest.mark.parametrize("name, options", [(c[1], c[2]) for c in TIMM_CASES], ids=[c[1] for c in TIMM_CASES])
+#: torchvision's conventions: V1 BatchNorm eps 1e-5, V2 eps 1e-3, symmetric padding (medeff's default)
+TORCHVISION_CASES = [("efficientnet_b0", {"norm": ("batch", {"eps": 1e-5})}), ("efficientnetv2_b0", {})]
+
+
+@pytest.mark.parametrize("name, options", TORCHVISION_CASES, ids=[c[0] for c in TORCHVISION_CASES])
 def test_torchvision_file_gives_same_logits(name, options, tmp_path):
     torch.manual_seed(0)
     ref = _train_bn(create_model(name, num_classes=10, drop_path_rate=0.0, **options))
     path = tmp_path / "tv.pth"
     torch.save(to_torchvision(ref), path)
-    ours = _medeff(name, num_classes=10, **options)
+    ours = _medeff(name, num_classes=10)  # medeff defaults: the loader sets torchvision's eps
     report = load_weights(ours, path)
     x = _x(2, 3, 64, 64)
     with torch.no_grad():
@@ -192,7 +202,7 @@ def test_other_class_count_skips_head_only(timm_case):
     ref, name, options = timm_case
     ours = _medeff(name, num_classes=3, **options)
     before = ours.classifier.weight.clone()
-    report = load_weights(ours, ref.state_dict())
+    report = load_weights(ours, ref.state_dict(), convention=ref.pretrained_cfg["architecture"])
     assert set(report.skipped) == {"classifier.weight", "classifier.bias"}
     assert "class count" in report.skipped["classifier.weight"]
     assert set(report.missing) == {"classifier.weight", "classifier.bias"}
