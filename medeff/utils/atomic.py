@@ -3,6 +3,10 @@
 Writers create a temporary file in the destination folder, flush and fsync it, then ``os.replace``
 it over the final name (atomic on POSIX within one file system). A crash or SIGKILL at any point
 leaves at most a stray ``.tmp-*`` file, never a truncated output with the final name.
+
+The temporary file is created private (``mkstemp``: mode 0600); before the rename it gets the mode any
+ordinary new file would get, ``0666 & ~umask`` (0644 under the usual umask 022, 0600 under 077), so outputs
+are shared exactly as the user's umask says.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import IO, Any
 
 from medeff.errors import OutputExistsError, OutputWriteError
 
-__all__ = ["atomic_path", "atomic_open", "write_text_atomic", "write_json_atomic", "check_writable", "write_error"]
+__all__ = ["atomic_path", "atomic_open", "write_text_atomic", "write_json_atomic", "check_writable", "write_error",
+           "current_umask"]
 
 
 def check_writable(path: str | os.PathLike, *, overwrite: bool = True) -> Path:
@@ -59,6 +64,20 @@ def write_error(path: str | os.PathLike, exc: OSError) -> OutputWriteError:
                             path=str(path))
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # no read-only query elsewhere: set the strictest mask for the instant it takes
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, overwrite: bool = True, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on clean exit it is renamed onto ``path``.
@@ -77,6 +96,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True, suffix: str 
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp's 0600 -> what open() would have given
         _fsync_file(tmp_path)
         if not overwrite and path.exists():  # appeared while this output was being written
             raise OutputExistsError(f"Output '{path}' already exists.", hint="choose another output path or pass "

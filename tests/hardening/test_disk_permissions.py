@@ -249,3 +249,51 @@ def test_report_failure_midway_removes_the_files_it_created(predictions, tmp_pat
     with pytest.raises(OutputWriteError, match="report.pdf"):
         render_report(res, out, ("json", "csv", "pdf"))
     assert_nothing_written(out)
+
+
+# ----------------------------------------------------------------------------------------------- file modes
+@contextlib.contextmanager
+def _umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _modes(out: Path) -> dict[str, str]:
+    return {p.relative_to(out).as_posix(): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077], ids=["umask022", "umask077"])
+def test_atomic_writers_give_files_the_umask_mode(tmp_path, mask):
+    """mkstemp creates 0600; every atomically written file ends up 0666 & ~umask, like a plainly created file."""
+    import nibabel as nib
+
+    from medeff.utils.atomic import atomic_open, atomic_path, current_umask, write_json_atomic, write_text_atomic
+
+    with _umask(mask):
+        assert current_umask() == mask
+        (tmp_path / "plain.txt").write_text("x")  # the reference: what open() gives
+        write_text_atomic(tmp_path / "a.txt", "x")
+        write_json_atomic(tmp_path / "b.json", {"x": 1})
+        with atomic_open(tmp_path / "c.bin", "wb") as fh:
+            fh.write(b"x")
+        with atomic_path(tmp_path / "d.nii.gz") as tmp:
+            nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), str(tmp))
+        write_text_atomic(tmp_path / "a.txt", "replaced")  # overwriting keeps the rule
+    want = oct(0o666 & ~mask)
+    assert _modes(tmp_path) == {n: want for n in ("plain.txt", "a.txt", "b.json", "c.bin", "d.nii.gz")}
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077], ids=["umask022", "umask077"])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_outputs_follow_the_umask(command, mask, series, nifti_source, predictions, tmp_path):
+    """Reports, indexes and converted images are readable by others exactly when the umask says so."""
+    out = tmp_path / "out"
+    argv, files = _commands(series, nifti_source, predictions, out)[command]
+    with _umask(mask):
+        assert main(argv) == 0
+    modes = _modes(out)
+    assert set(files) <= {out / n for n in modes}, modes
+    assert set(modes.values()) == {oct(0o666 & ~mask)}, modes
