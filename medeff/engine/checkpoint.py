@@ -30,7 +30,7 @@ from medeff.errors import CheckpointError, unpickling_reason
 from medeff.utils.atomic import atomic_path
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "AtomicCheckpointIO", "LastEveryEpochCheckpoint", "build_metadata",
-           "load_checkpoint", "check_compatible", "plain"]
+           "load_checkpoint", "check_compatible", "plain", "newest_checkpoint"]
 
 FORMAT = "medeff-checkpoint"
 FORMAT_VERSION = 1
@@ -143,6 +143,37 @@ def load_checkpoint(path: str | Path, *, task: str | None = None, class_names: S
                               path=str(path))
     check_compatible(meta, path, task=task, class_names=class_names, label_names=label_names)
     return meta, ckpt
+
+
+def newest_checkpoint(folder: str | Path) -> tuple[Path | None, int, list[tuple[Path, str]]]:
+    """The complete checkpoint of ``folder`` with the highest global step (``last.ckpt`` wins a tie).
+
+    A checkpoint is complete when :func:`load_checkpoint` accepts it; ``.tmp-*`` files of an interrupted atomic
+    write are not considered. A run killed after Lightning wrote ``epoch_XXX.ckpt`` and before it rewrote
+    ``last.ckpt`` thus resumes from ``epoch_XXX.ckpt``.
+
+    Returns:
+        ``(path, global_step, skipped)`` with ``skipped`` the ``(file, reason)`` of the ``*.ckpt`` files that did not
+        load; ``path`` is None (and ``global_step`` -1) when no file loads or the folder does not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None, -1, []
+    best: tuple[tuple[int, bool, float], Path, int] | None = None
+    skipped: list[tuple[Path, str]] = []
+    for path in sorted(folder.glob("*.ckpt")):
+        if path.name.startswith(".tmp-") or not path.is_file():
+            continue
+        try:
+            _, ckpt = load_checkpoint(path)
+            step = int(ckpt["global_step"])
+        except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+            skipped.append((path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+            continue
+        rank = (step, path.name == "last.ckpt", path.stat().st_mtime)
+        if best is None or rank > best[0]:
+            best = (rank, path, step)
+    return (None, -1, skipped) if best is None else (best[1], best[2], skipped)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

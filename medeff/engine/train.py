@@ -2,7 +2,7 @@
 
 The config is ``conf/train.yaml`` composed with overrides (``medeff train experiment=nodule_2d data.index=...``).
 Everything is built through ``_target_``; this function only wires the pieces and writes the checkpoint
-self-description. ``ckpt_path=last`` resumes from ``${run_dir}/checkpoints/last.ckpt``.
+self-description. ``ckpt_path=last`` resumes from the newest complete checkpoint in ``${run_dir}/checkpoints``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from medeff.engine.checkpoint import AtomicCheckpointIO, build_metadata, load_checkpoint
+from medeff.engine.checkpoint import AtomicCheckpointIO, build_metadata, load_checkpoint, newest_checkpoint
 from medeff.engine.loggers import make_atomic
 from medeff.errors import CheckpointError, ConfigError, MedeffError
 from medeff.utils.logging import get_logger
@@ -35,20 +35,33 @@ def resolve_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path) -> str | None:
-    """``None`` -> None; ``last`` -> ``run_dir/checkpoints/last.ckpt`` (must exist); a path -> itself.
+    """``None`` -> None; ``last`` -> the newest complete checkpoint under ``run_dir/checkpoints``; a path -> itself.
+
+    ``last`` takes the checkpoint with the highest global step among the files that load (``last.ckpt`` on a tie),
+    so a run killed after it wrote ``epoch_XXX.ckpt`` and before it rewrote ``last.ckpt`` resumes from
+    ``epoch_XXX.ckpt``. The file taken, and any file that did not load, are logged.
 
     Raises:
-        CheckpointError: ``last`` asked for but absent.
+        CheckpointError: ``last`` asked for but the run has no complete checkpoint.
     """
     if ckpt_path in (None, "", "null"):
         return None
     if str(ckpt_path) == "last":
-        last = Path(run_dir) / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise CheckpointError(f"ckpt_path=last but '{last}' does not exist.",
+        folder = Path(run_dir) / "checkpoints"
+        newest, step, skipped = newest_checkpoint(folder)
+        for path, reason in skipped:
+            log.warning("Not resuming from '%s': it does not load (%s).", path, reason)
+        if newest is None:
+            what = f"no checkpoint that loads ({len(skipped)} that do not)" if skipped else "no checkpoint"
+            raise CheckpointError(f"ckpt_path=last but '{folder}' holds {what}.",
                                   hint="train once without ckpt_path first, or give run_dir of an earlier run.",
-                                  path=str(last))
-        return str(last)
+                                  path=str(folder))
+        if newest.name != "last.ckpt":
+            log.warning("ckpt_path=last: '%s' is missing or older; resuming from '%s' (global step %d), the newest "
+                        "complete checkpoint of the run.", folder / "last.ckpt", newest, step)
+        else:
+            log.info("ckpt_path=last: resuming from '%s' (global step %d).", newest, step)
+        return str(newest)
     return str(ckpt_path)
 
 

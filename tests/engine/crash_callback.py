@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 
-__all__ = ["KillAt", "SaveWeightsAtEnd"]
+__all__ = ["KillAt", "SaveWeightsAtEnd", "FailBeforeFirstLast"]
 
 
 class KillAt(L.Callback):
@@ -49,3 +49,30 @@ class SaveWeightsAtEnd(L.Callback):
 
         path = self.path.replace("LOCAL_RANK", str(trainer.global_rank))  # one file per DDP rank
         torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, path)
+
+
+class FailBeforeFirstLast(L.Callback):
+    """Stop the run when Lightning is about to write ``last.ckpt`` for the first time (after ``epoch_000.ckpt``).
+
+    Wraps the trainer's checkpoint I/O (``trainer.strategy.checkpoint_io``), so the stop falls exactly between the
+    two writes of the first epoch end.
+
+    Args:
+        kill: SIGKILL the process (True) or raise ``RuntimeError("stopped before last.ckpt")`` (False).
+    """
+
+    def __init__(self, kill: bool = False) -> None:
+        self.kill = bool(kill)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        io = trainer.strategy.checkpoint_io
+        save = io.save_checkpoint
+
+        def save_or_stop(checkpoint, path, storage_options=None):
+            if Path(path).name == "last.ckpt" and not Path(path).exists():
+                if self.kill:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise RuntimeError("stopped before last.ckpt")
+            save(checkpoint, path, storage_options)
+
+        io.save_checkpoint = save_or_stop

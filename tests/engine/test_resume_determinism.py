@@ -94,8 +94,8 @@ def test_crash_mid_epoch_then_resume_matches_uninterrupted_run_in_process(nodule
 
     def run(run_dir: Path, extra: list[str], crash: bool = False) -> None:
 
-        def with_test_callbacks(group, what):
-            built = base(group, what)
+        def with_test_callbacks(group, what, *args, **kwargs):
+            built = base(group, what, *args, **kwargs)
             if what == "callbacks":
                 built.append(SaveWeightsAtEnd(str(run_dir / "final.pt")))
                 if crash:
@@ -114,6 +114,76 @@ def test_crash_mid_epoch_then_resume_matches_uninterrupted_run_in_process(nodule
     a, b = _weights(ref_dir / "final.pt"), _weights(run_dir / "final.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], epoch0[k]) for k in a)
+
+
+def test_killed_between_epoch_checkpoint_and_last_ckpt_resumes_from_the_epoch_checkpoint(nodule_index, tmp_path,
+                                                                                          monkeypatch, caplog):
+    """Stopped after ``epoch_000.ckpt`` was written and before the first ``last.ckpt``: ``ckpt_path=last`` takes
+    ``epoch_000.ckpt`` (the newest complete checkpoint), says so, and ends with the uninterrupted run's weights."""
+    import logging
+
+    monkeypatch.syspath_prepend(str(HERE))
+    from crash_callback import FailBeforeFirstLast, SaveWeightsAtEnd
+
+    import medeff.engine.train as T
+
+    base = T._instantiate_group
+
+    def run(run_dir: Path, extra: list[str], stop: bool = False) -> None:
+        def with_test_callbacks(group, what, *args, **kwargs):
+            built = base(group, what, *args, **kwargs)
+            if what == "callbacks":
+                built.append(SaveWeightsAtEnd(str(run_dir / "final.pt")))
+                if stop:
+                    built.append(FailBeforeFirstLast())
+            return built
+
+        monkeypatch.setattr(T, "_instantiate_group", with_test_callbacks)
+        train(compose("train", _overrides(nodule_index, run_dir) + extra))
+
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "stopped"
+    run(ref_dir, [])
+    with pytest.raises(RuntimeError, match="stopped before last.ckpt"):
+        run(run_dir, [], stop=True)
+    ckpts = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch_000.ckpt"]
+    epoch0 = _weights(ckpts / "epoch_000.ckpt")
+
+    with caplog.at_level(logging.INFO, logger="medeff"):
+        run(run_dir, ["ckpt_path=last"])
+    assert any("epoch_000.ckpt" in r.getMessage() and "resuming from" in r.getMessage() for r in caplog.records)
+    a, b = _weights(ref_dir / "final.pt"), _weights(run_dir / "final.pt")
+    assert a.keys() == b.keys() == epoch0.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], epoch0[k]) for k in a)  # epoch 1 was trained after the resume
+
+
+def _fake_checkpoint(path: Path, step: int) -> None:
+    from medeff.engine.checkpoint import FORMAT, FORMAT_VERSION
+
+    torch.save({"medeff": {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "classification"},
+                "state_dict": {"net.w": torch.full((2,), float(step))}, "global_step": step, "epoch": step}, path)
+
+
+def test_ckpt_path_last_takes_the_newest_checkpoint_that_loads(tmp_path):
+    from medeff.engine.train import resolve_ckpt_path
+    from medeff.errors import CheckpointError
+
+    ckpts = tmp_path / "checkpoints"
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        resolve_ckpt_path("last", tmp_path)
+    ckpts.mkdir()
+    (ckpts / "epoch_003.ckpt").write_bytes(b"cut")  # does not load: skipped, named in the error
+    with pytest.raises(CheckpointError, match="no checkpoint that loads"):
+        resolve_ckpt_path("last", tmp_path)
+    _fake_checkpoint(ckpts / "last.ckpt", 2)
+    _fake_checkpoint(ckpts / "epoch_001.ckpt", 4)  # written after last.ckpt of step 2; the kill came before its update
+    _fake_checkpoint(ckpts / ".tmp-last.ckpt", 9)  # an interrupted atomic write is never taken
+    assert resolve_ckpt_path("last", tmp_path) == str(ckpts / "epoch_001.ckpt")
+    _fake_checkpoint(ckpts / "last.ckpt", 4)  # a tie goes to last.ckpt
+    assert resolve_ckpt_path("last", tmp_path) == str(ckpts / "last.ckpt")
+    assert resolve_ckpt_path("some/file.ckpt", tmp_path) == "some/file.ckpt"
+    assert resolve_ckpt_path(None, tmp_path) is None
 
 
 def test_without_epoch_seeding_the_resumed_run_differs(nodule_index, tmp_path):

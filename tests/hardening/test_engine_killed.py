@@ -102,10 +102,12 @@ def _train_case(zygote, nodules, tmp_path, n, seed, suite, n_resume):
     runs = kill_series(zygote, make_args, check_run_dir, n, seed, suite)
     full = torch.load(tmp_path / "run00" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (full["epoch"], full["global_step"]) == (EPOCHS - 1, EPOCHS)  # last.ckpt follows every epoch
-    # resume killed runs that left a last.ckpt of an unfinished training
-    def last_step(d: Path) -> int:  # one optimiser step per epoch
-        last = d / "checkpoints" / "last.ckpt"
-        return torch.load(last, map_location="cpu", weights_only=True)["global_step"] if last.is_file() else -1
+    # resume killed runs that left a complete checkpoint (last.ckpt or, killed between the two writes of an epoch
+    # end, only epoch_XXX.ckpt) of an unfinished training: ckpt_path=last takes the newest of them
+    def last_step(d: Path) -> int:  # one optimiser step per epoch; -1: no checkpoint loads
+        from medeff.engine.checkpoint import newest_checkpoint
+
+        return newest_checkpoint(d / "checkpoints")[1]
 
     # one targeted position on top of the random ones: right after the first last.ckpt appears
     args, target_dir = make_args(len(runs) + 1)
@@ -124,7 +126,7 @@ def _train_case(zygote, nodules, tmp_path, n, seed, suite, n_resume):
     resumable = [(d, i) for d, i in killed if 0 <= last_step(d) < EPOCHS]
     fresh = [(d, i) for d, i in killed if last_step(d) < 0]
     for run_dir, i in resumable[-n_resume:] + [(target_dir, len(runs) + 1)] + fresh[-1:]:
-        args = make_args(i)[0] + (["ckpt_path=last"] if (run_dir / "checkpoints/last.ckpt").exists() else [])
+        args = make_args(i)[0] + (["ckpt_path=last"] if last_step(run_dir) >= 0 else [])
         rc, text = zygote.run(args)
         assert rc == 0, text[-3000:]
         check_run_dir(run_dir)
