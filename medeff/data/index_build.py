@@ -21,7 +21,13 @@ from medeff.data.fingerprint import case_fingerprint, dataset_fingerprint
 from medeff.data.folds import assign_folds, split_groups
 from medeff.data.index_sources import RawCase, Scan, detect_kind, scan_source
 from medeff.data.index_types import CaseRecord, DatasetIndex
-from medeff.data.index_validation import Problem, inspect_case, raise_problems
+from medeff.data.index_validation import (
+    UNKNOWN_LABELS_FIX,
+    Problem,
+    inspect_case,
+    raise_problems,
+    unknown_labels_problem,
+)
 from medeff.data.leakage import array_hash, confirm_size, find_leaks, thumbnail
 from medeff.data.pseudonyms import Pseudonymiser, case_ids, check_mapping_path, write_mapping
 from medeff.errors import ConfigError
@@ -205,6 +211,7 @@ def build_index(source: str | os.PathLike, out: str | os.PathLike, cfg: Any = No
     atol = float(cfg.validation.geometry_atol)
     lk = cfg.leakage
     samples, hashes, thumbs, fine, found_labels = [], [], [], [], set()
+    found_by_case: list[tuple[str, str, set[int]]] = []  # (case id, label map, values) for naming unknown values
     for rec in records:
         ins = inspect_case(index, rec, check_voxels=True, load=True, atol=atol)
         problems += ins.problems
@@ -216,7 +223,9 @@ def build_index(source: str | os.PathLike, out: str | os.PathLike, cfg: Any = No
             continue
         hdr = ins.header
         if ins.label is not None:
-            found_labels.update(int(v) for v in np.unique(ins.label))
+            values = {int(v) for v in np.unique(ins.label)}
+            found_labels.update(values)
+            found_by_case.append((rec.case_id, str(rec.label), values))
         fp, sample = case_fingerprint(
             ins.image, ins.label, shape=hdr.shape, spacing=hdr.spacing, orientation=hdr.orientation,
             dtype=hdr.dtype or str(ins.image.dtype),
@@ -238,10 +247,12 @@ def build_index(source: str | os.PathLike, out: str | os.PathLike, cfg: Any = No
             fine.append(None)
     if task == "segmentation":
         index.labels = _label_names(cfg, found_labels, index.label_remap)
-        unknown = sorted(found_labels - set(index.labels.values()))
-        if unknown:
-            problems.append(Problem("-", "-", f"label values {unknown} occur in the label maps but not in `labels`",
-                                    "add them to `labels` (name: value) or fix the label maps"))
+        declared = set(index.labels.values())
+        for cid, label_map, values in found_by_case:  # every label map with a value the declared labels lack
+            unknown = sorted(values - declared)
+            if unknown:
+                problems.append(Problem(cid, label_map, unknown_labels_problem(unknown, index.labels),
+                                        UNKNOWN_LABELS_FIX))
     raise_problems(problems, f"Source '{source}'", str(source))
 
     classes = [int(r.label) for r in records] if task == "classification" else None

@@ -26,6 +26,9 @@ log = get_logger(__name__)
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + (".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".npy")
 # column names that may hold direct identifiers: never copied into case metadata
 IDENTIFIER_COLUMNS = r"(?i)(name|birth|accession|mrn|institution|address|phone|patient|exam|study|series|uid|(^|_)id$)"
+# the fix for a label that is not a declared class ({unset}: how to index without labels)
+UNKNOWN_LABEL_FIX = ("a value such as -1 that marks 'unknown' is not a class: to index an unlabelled set leave the "
+                     "labels out ({unset}); otherwise remove those {what} or give them a declared class")
 
 
 @dataclass
@@ -334,12 +337,15 @@ def scan_csv(source: Path, cfg: Any) -> Scan:
     used = {cc.image_col, cc.group_col} | {c for c in (label_col, series_col, fold_col) if c}
     meta_cols = _metadata_columns(cols, cc.get("metadata_columns"), used, str(source))
     class_names = [str(c) for c in cfg.get("class_names") or []]
+    declared = bool(class_names)
     raw_classes = sorted({v for v in df[label_col] if v.strip()}) if kind == "class" else []
     if kind == "class" and not class_names:
-        if all(re.fullmatch(r"\d+", v) for v in raw_classes):
-            class_names = [str(i) for i in range(max(int(v) for v in raw_classes) + 1)]
+        # a negative integer (-1 often marks "unknown") is never a class found in the data: its rows are refused
+        found = [v for v in raw_classes if not re.fullmatch(r"-\d+", v.strip())]
+        if found and all(re.fullmatch(r"\d+", v) for v in found):
+            class_names = [str(i) for i in range(max(int(v) for v in found) + 1)]
         else:
-            class_names = raw_classes
+            class_names = found
     problems = []
     cases = []
     allow_outside = bool(cc.get("allow_outside_root", False))
@@ -371,8 +377,11 @@ def scan_csv(source: Path, cfg: Any) -> Scan:
             elif re.fullmatch(r"\d+", lv) and int(lv) < len(class_names):
                 label = int(lv)
             else:
-                problems.append((ref, images[0], f"has class {lv!r}, not one of {class_names}",
-                                 "fix the class or set class_names to the full list"))
+                problems.append((ref, images[0], f"has class {lv!r} in column '{label_col}', not one of the "
+                                 f"classes {class_names}{' (class_names)' if declared else ''}",
+                                 UNKNOWN_LABEL_FIX.format(unset="csv.label_col=null", what="rows")
+                                 + ", or list every class in class_names"))
+                continue  # one problem per row (the case is not indexed)
         group = str(row[cc.group_col]).strip()
         if not group:
             problems.append((ref, images[0], f"has an empty group cell ('{cc.group_col}')",
@@ -393,6 +402,50 @@ def scan_csv(source: Path, cfg: Any) -> Scan:
     n_channels = max((len(c.image) for c in cases), default=1)
     return Scan("csv", base, task, cases, _channel_names(cfg, n_channels), class_names=class_names,
                 problems=problems)
+
+
+def _archive_labels(labels: np.ndarray, class_names: list[str], rel: str,
+                    key: str) -> tuple[np.ndarray, np.ndarray, tuple[str, str, str, str] | None]:
+    """Integer class per row, the rows whose label is not a declared class, and one problem naming them.
+
+    A label is a class when it is a non-negative integer, below ``len(class_names)`` when classes are declared.
+    Without declared classes, the largest value of an unsigned array (255 for uint8) is refused too: it is what -1
+    becomes when stored unsigned.
+    """
+    arr = np.asarray(labels)
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iuf":
+        return (np.zeros(len(arr), np.int64), np.ones(len(arr), bool),
+                ("-", rel, f"array '{key}' has dtype {arr.dtype}; classes must be integers 0, 1, ...",
+                 "store the class of each row as an integer"))
+    if arr.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(arr) & (arr == np.round(arr))
+        values = np.where(ok, arr, -1).astype(np.int64)
+    else:
+        ok = np.ones(len(arr), bool)
+        values = arr.astype(np.int64)
+    bad = ~ok | (values < 0)
+    if class_names:
+        bad |= values >= len(class_names)
+    elif arr.dtype.kind == "u" and len(arr):
+        bad |= values == np.iinfo(arr.dtype).max
+    if not bad.any():
+        return values, bad, None
+    odd = arr[bad]
+    shown: list = sorted({v for v in odd.tolist() if v == v})  # NaN != NaN: listed once below
+    if arr.dtype.kind == "f" and np.isnan(odd).any():
+        shown.append(float("nan"))
+    rows = np.flatnonzero(bad)
+    declared = (f"the declared classes are {class_names} (values 0..{len(class_names) - 1})" if class_names
+                else "classes are the integers 0, 1, ... (no class_names declared)")
+    fix = UNKNOWN_LABEL_FIX.format(unset="archive.labels_key=null", what="rows")
+    if class_names:
+        fix += ", or list every class in class_names"
+    return values, bad, ("-", rel, f"array '{key}' holds label value(s) {shown[:10]} in {len(rows)} of {len(arr)} "
+                         f"row(s) (rows {rows[:5].tolist()}{' ...' if len(rows) > 5 else ''}), which are not "
+                         f"classes: {declared}", fix)
 
 
 def scan_archive(source: Path, cfg: Any) -> Scan:
@@ -450,14 +503,22 @@ def scan_archive(source: Path, cfg: Any) -> Scan:
     for i, k in enumerate(keys):
         rows_of[str(k)].append(i)
     class_names = [str(c) for c in cfg.get("class_names") or []]
-    if labels is not None and not class_names:
-        class_names = [str(i) for i in range(int(labels.max()) + 1)]
     problems = []
-    cases = []
     rel = _rel(npz, root)
+    bad_rows = np.zeros(n, dtype=bool)
+    if labels is not None:
+        labels, bad_rows, problem = _archive_labels(labels, class_names, rel, str(ac.labels_key))
+        if problem is not None:
+            problems.append(problem)
+        if not class_names:
+            good = labels[~bad_rows]
+            class_names = [str(i) for i in range(int(good.max()) + 1)] if good.size else []
+    cases = []
     for key, rows in rows_of.items():
         rows = sorted(rows, key=lambda r: (order[r], r))
         label = None
+        if bad_rows[rows].any():
+            continue  # reported once for the whole archive (above)
         if labels is not None:
             vals = {int(labels[r]) for r in rows}
             if len(vals) > 1:

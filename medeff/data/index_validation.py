@@ -20,7 +20,8 @@ from medeff.data.index_images import Header, read_dicom_voxels, read_header, rea
 from medeff.data.index_types import TASKS, CaseRecord, DatasetIndex
 from medeff.errors import IndexValidationError, InputError, MedeffError
 
-__all__ = ["Problem", "CaseInspection", "inspect_case", "validate_index", "load_index", "raise_problems"]
+__all__ = ["Problem", "CaseInspection", "inspect_case", "validate_index", "load_index", "raise_problems",
+           "unknown_labels_problem", "UNKNOWN_LABELS_FIX"]
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,13 @@ def _check_label_map(index, case, hdr0, want_voxels, load, atol, bad, out) -> No
         if not np.all(lab == np.round(lab)):
             bad(case.label, "label map has non-integer values", "label maps must hold integer label ids")
             return
+    if lab.size and lab.dtype.kind in "if" and lab.min() < 0:
+        negative = sorted(int(v) for v in np.unique(lab[lab < 0]))
+        bad(case.label, f"label map holds negative value(s) {negative[:10]} ({int(np.count_nonzero(lab < 0))} "
+            "voxel(s)); label values are 0 (background) and the declared labels",
+            "set those voxels to 0 or to a declared label value (a value such as -1 for 'unknown' or 'ignore' "
+            "has no meaning in medeff's label maps)")
+        return
     if getattr(index, "label_remap", None):
         from medeff.data.label_remap import remap_labels
 
@@ -252,9 +260,19 @@ def _check_label_map(index, case, hdr0, want_voxels, load, atol, bad, out) -> No
         found = {int(v) for v in np.unique(lab)}
         unknown = sorted(found - known)
         if unknown:
-            bad(case.label, f"label values {unknown[:10]} are not in the index labels", "add them to `labels`")
+            bad(case.label, unknown_labels_problem(unknown, index.labels), UNKNOWN_LABELS_FIX)
     if load:
         out.label = (reorient(lab, axis_map) if axis_map is not None else lab).astype(np.int64)
+
+
+UNKNOWN_LABELS_FIX = ("add them to `labels` (name: value), keep a subset with `label_remap`, or fix the label map")
+
+
+def unknown_labels_problem(values: list[int], labels: dict[str, int]) -> str:
+    """The problem text for label values a map holds but the declared label set lacks."""
+    declared = ", ".join(f"{k}={v}" for k, v in sorted(labels.items(), key=lambda kv: kv[1]))
+    more = f" (and {len(values) - 10} more)" if len(values) > 10 else ""
+    return f"label map holds value(s) {values[:10]}{more} that are not in the declared labels ({declared})"
 
 
 def validate_index(index: DatasetIndex, *, check_files: bool = True, check_voxels: bool = False,
