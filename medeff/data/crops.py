@@ -357,6 +357,7 @@ def extract_crops(positions: str | os.PathLike, out_dir: str | os.PathLike, cfg:
         InputError: a bad CSV, an unknown series, or a position outside its volume (naming the row and file).
         OutputExistsError: outputs exist and ``overwrite`` is false.
     """
+    from medeff.data.crop_limits import available_memory, check_crop_extent, check_crop_sizes
     from medeff.data.pseudonyms import Pseudonymiser
     from medeff.errors import MedeffError
     from medeff.io import read_image, write_image
@@ -381,6 +382,10 @@ def extract_crops(positions: str | os.PathLike, out_dir: str | os.PathLike, cfg:
     n_vox, spacing, pad = int(cfg.size_voxels), float(cfg.spacing_mm), float(cfg.pad_hu)
     pseudo = Pseudonymiser(None if cfg.get("pseudonym_salt") is None else str(cfg.pseudonym_salt),
                            prefix=str(cfg.group_prefix))
+    if not np.isfinite(spacing) or spacing <= 0:
+        raise ConfigError(f"spacing_mm={spacing} is not a positive spacing.", hint="set spacing_mm, e.g. 1.0.")
+    edges = [n_vox if t.edge_mm is None else max(1, int(round(t.edge_mm / spacing))) for t in targets]
+    check_crop_sizes(targets, edges, spacing, cfg, fmt, positions, available_memory())  # before reading anything
     series_names: dict[str, str] = {}
     keys = []
     allow_outside = bool(cfg.get("allow_outside_root", False))
@@ -422,7 +427,8 @@ def extract_crops(positions: str | os.PathLike, out_dir: str | os.PathLike, cfg:
                 f"{np.round(extent_hi, 1).tolist()} mm).",
                 hint="coordinates must be world LPS mm as in DICOM ImagePositionPatient; from RAS (3D Slicer) negate x "
                 "and y. Check that the row names the right series.", path=str(positions))
-        edge_vox = n_vox if t.edge_mm is None else max(1, int(round(t.edge_mm / spacing)))
+        edge_vox = edges[i]
+        check_crop_extent(t, edge_vox, spacing, image, cfg, fmt, positions)
         crop, padded = crop_cube(image, t.centre_lps, size_voxels=edge_vox, spacing_mm=spacing, pad_value=pad,
                                  order=int(cfg.interpolation_order))
         case_id = f"{cfg.case_prefix}{i + 1:04d}"

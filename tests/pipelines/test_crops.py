@@ -4,6 +4,7 @@ padding outside the volume, and clear errors for bad position CSVs."""
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from medeff.data.crops import crop_cube, crops_config, extract_crops, read_box_targets, world_to_voxel
-from medeff.errors import InputError
+from medeff.errors import InputError, MedeffError
 from medeff.io import read_image
 from medeff.io.base import ImageData
 
@@ -239,3 +240,63 @@ def test_pixel_box_files_outside_the_root_are_refused(tmp_path, escape):
     with pytest.raises(InputError, match="row 2: column 'dicom_file' names .* outside the data root"):
         extract_crops(pos, tmp_path / "out", crops_config(["input_format=pixel_boxes", "label_map={A: malignant}"]))
     assert not (tmp_path / "out" / "crops").exists() and not (tmp_path / "out" / "crops.csv").exists()
+
+
+# ---- size limits: a typo in the size may not ask for petabytes ---------------------------------------------------
+def _never_read(monkeypatch):
+    import medeff.io
+
+    def refuse(*a, **k):
+        raise AssertionError("a series was read before the sizes were checked")
+
+    monkeypatch.setattr(medeff.io, "read_image", refuse)
+
+
+def test_huge_size_column_is_refused_before_reading(tmp_path, monkeypatch):
+    _write_scan(tmp_path)
+    pos = _csv(tmp_path / "positions.csv", "series,x_mm,y_mm,z_mm,size_mm", "scan.nii.gz,0,0,0,48",
+               "scan.nii.gz,0,0,0,100000")
+    _never_read(monkeypatch)
+    with pytest.raises(InputError) as err:
+        extract_crops(pos, tmp_path / "out", crops_config())
+    text = str(err.value)
+    assert "row 3" in text and "column 'size_mm' (100000 mm)" in text and "100000 voxels per edge" in text, text
+    assert "memory available" in text and "spacing_mm" in text and "Fix:" in text, text
+    assert not (tmp_path / "out" / "crops").exists()
+
+
+def test_huge_size_voxels_is_refused_naming_the_key(tmp_path, monkeypatch):
+    _write_scan(tmp_path)
+    pos = _csv(tmp_path / "positions.csv", "series,x_mm,y_mm,z_mm", "scan.nii.gz,0,0,0")
+    _never_read(monkeypatch)
+    with pytest.raises(InputError, match=r"row 2: size_voxels=100000 asks for a cube of 100000 mm"):
+        extract_crops(pos, tmp_path / "out", crops_config(["size_voxels=100000"]))
+    with pytest.raises(MedeffError, match="spacing_mm=0.0 is not a positive spacing"):
+        extract_crops(pos, tmp_path / "out", crops_config(["spacing_mm=0"]))
+
+
+def test_cube_much_larger_than_its_series_is_refused(tmp_path):
+    _write_scan(tmp_path)  # 60 x 60 x 50 mm: about 96 mm corner to corner
+    pos = _csv(tmp_path / "positions.csv", "series,x_mm,y_mm,z_mm,size_mm", "scan.nii.gz,0,0,0,2000")
+    with pytest.raises(InputError) as err:  # 40 voxels at 50 mm: fits in memory, but is nearly all padding
+        extract_crops(pos, tmp_path / "out", crops_config(["spacing_mm=50"]))
+    text = str(err.value)
+    assert "row 2" in text and "column 'size_mm' (2000 mm)" in text and "more than twice its series" in text, text
+    largest = int(re.search(r"accepts at most (\d+) mm", text).group(1))
+    assert 150 < largest < 2000, text
+    rows = list(csv.DictReader(open(extract_crops(_csv(tmp_path / "ok.csv", "series,x_mm,y_mm,z_mm,size_mm",
+                                                       "scan.nii.gz,0,0,0,150"), tmp_path / "ok",
+                                                  crops_config(["spacing_mm=5"])))))
+    assert rows[0]["edge_mm"] == "150.0"  # under twice the series: accepted
+
+
+def test_all_crops_together_must_fit_in_memory(tmp_path, monkeypatch):
+    import medeff.data.crop_limits as limits
+
+    _write_scan(tmp_path)
+    pos = _csv(tmp_path / "positions.csv", "series,x_mm,y_mm,z_mm", *["scan.nii.gz,0,0,0"] * 30)
+    one = 8**3 * limits.CUT_BYTES_PER_VOXEL
+    monkeypatch.setattr(limits, "available_memory", lambda: 2 * (one + 8**3 * limits.KEPT_BYTES_PER_VOXEL * 10))
+    _never_read(monkeypatch)
+    with pytest.raises(InputError, match="its 30 crops together need about .* split the CSV"):
+        extract_crops(pos, tmp_path / "out", crops_config(["size_voxels=8"]))
