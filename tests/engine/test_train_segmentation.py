@@ -64,7 +64,7 @@ def test_predict_inverts_orientation_and_spacing_exactly(seg_run, organ_index, t
         def forward(self, x):  # label 1 where the windowed intensity is above 0.65 (HU 100: kidneys, spine)
             return torch.cat([0.65 - x, x - 0.65], dim=1)
 
-    def fake_load(path, *, device, expect=None):
+    def fake_load(path, *, device, expect=None, **kwargs):
         net, meta = real_load(path, device=device, expect=expect)
         meta = dict(meta, label_names=["background", "bright"])
         return Echo(), meta

@@ -111,7 +111,7 @@ def test_classification_batch_skips_a_bad_case(seg_run, tmp_path, monkeypatch):
 
     real_load = P.load_model
 
-    def fake_load(path, *, device, expect=None):
+    def fake_load(path, *, device, expect=None, **kwargs):
         _, meta = real_load(path, device=device, expect=expect)
         data = dict(meta["data"], kind="volume")
         return Mean(), dict(meta, task="classification", class_names=["benign", "malignant"], positive_classes=[1],
