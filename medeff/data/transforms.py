@@ -18,6 +18,8 @@ Preprocessing spec (``data.preprocessing``)::
       clip: true
     crop_foreground: false    # crop to the body (image > threshold) before anything random
     foreground_threshold: 0.0
+    resize: null              # [size per axis]: rescale the whole image to this grid (area averaging), e.g.
+                              # [224, 224] for 2D slices of differing sizes; null keeps the grid
     resize_to_patch: false    # centre crop / pad to data.patch_size (classification crops)
 
 Augmentation spec (``augmentation``): see ``conf/augmentation/*.yaml``; every key is documented there.
@@ -48,6 +50,7 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
     RandSpatialCropd,
+    Resized,
     ResizeWithPadOrCropd,
     ScaleIntensityRanged,
     Spacingd,
@@ -75,13 +78,16 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "intensity": {"mode": "window", "window": [-1000.0, 400.0], "clip": True},
     "crop_foreground": False,
     "foreground_threshold": 0.0,
+    "resize": None,
     "resize_to_patch": False,
     "label_remap": None,
 }
 
 
 def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read one image (NIfTI file, other ITK format, or DICOM folder) as ``(array [i, j, k], affine_ras)``.
+    """Read one image (NIfTI file, other ITK format, DICOM folder, 2D raster image) as ``(array [i, j, k], affine)``.
+
+    The affine is RAS for 3D images; for 2D images it is ``diag(spacing_i, spacing_j, 1, 1)``.
 
     Uses :func:`medeff.io.read_image` when available, so DICOM geometry rules apply; NIfTI falls back to nibabel.
 
@@ -98,6 +104,8 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         read_image = None
     if read_image is not None:
         img = read_image(path)
+        if img.ndim == 2:  # 2D images (raster files): pixel spacing on the diagonal of a 4x4 affine, no orientation
+            return np.asarray(img.array), np.diag([*img.spacing, 1.0, 1.0])
         return np.asarray(img.array), np.asarray(img.affine_ras)
     import nibabel as nib
 
@@ -268,6 +276,13 @@ def preprocessing_transforms(spec: Mapping[str, Any] | None, *, spatial_dims: in
     if spec.get("crop_foreground"):
         thr = float(spec.get("foreground_threshold", 0.0))
         out.append(CropForegroundd(keys, source_key="image", select_fn=lambda x: x > thr, allow_smaller=True))
+    if spec.get("resize") is not None:
+        size = [int(v) for v in spec["resize"]]
+        if len(size) != spatial_dims or min(size) < 1:
+            raise ConfigError(f"data.preprocessing.resize must give {spatial_dims} positive sizes, got "
+                              f"{spec['resize']}.",
+                              hint="e.g. resize: [224, 224] for 2D images, or null to keep the grid.")
+        out.append(Resized(keys, spatial_size=size, mode=["area"] + (["nearest"] if has_label else [])))
     if spec.get("resize_to_patch"):
         if not patch_size:
             raise ConfigError("data.preprocessing.resize_to_patch is set but data.patch_size is empty.",

@@ -20,8 +20,8 @@ from medeff.evaluation.provenance import collect_provenance
 from medeff.evaluation.roc import (delong, delong_paired_test, weighted_auc, weighted_average_precision,
                                    weighted_roc_at)
 from medeff.evaluation.subgroups import subgroup_tables
-from medeff.evaluation.tables import (aggregate_rows, metric_record, pseudonymise_ids, read_table, require_columns,
-                                      to_float)
+from medeff.evaluation.tables import (aggregate_rows, fold_label_case, metric_record, pseudonymise_ids, read_table,
+                                      require_columns, to_float)
 from medeff.utils.logging import get_logger
 
 __all__ = ["evaluate_classification", "binary_statistic"]
@@ -71,9 +71,11 @@ def _join_references(df: pd.DataFrame, references, case_col: str, where: str) ->
 
 
 def _labels_binary(values: pd.Series, positive_label, where: str, allow_one_class: bool = False) -> np.ndarray:
+    """Boolean reference (True = positive); labels and ``positive_label`` are compared ignoring case."""
     vals = values.astype(str).str.strip()
-    pos = str(positive_label)
     uniq = sorted(vals.unique())
+    wanted = str(positive_label).strip().casefold()
+    pos = next((v for v in uniq if v.casefold() == wanted), str(positive_label).strip())
     empty = vals.isin(["", "nan", "None"])
     if empty.any():
         raise InputError(f"{where}: {int(empty.sum())} of {len(vals)} cases have no reference label.",
@@ -173,6 +175,12 @@ def evaluate_classification(
     require_columns(df, [case_col, group_col, label_col, *score_cols, *sub_cols,
                          *([cmp_col] if cmp_col and not cmp_file else [])], where)
     df = df.dropna(subset=[case_col]).copy()
+    notes: list[str] = []
+    if not unlabelled:
+        df[label_col], note = fold_label_case(df[label_col], where)
+        if note:
+            log.warning("%s", note)
+            notes.append(note)
     for c in score_cols:
         df[c] = to_float(df, c, where)
     if cmp_col and not cmp_file:
@@ -216,6 +224,7 @@ def evaluate_classification(
         "kind": "classification", "title": title, "settings": settings,
         "provenance": collect_provenance(dict(config or {}), inputs, seed),
         "counts": {"cases": int(len(cases)), "groups": int(len(np.unique(groups))), "input_rows": int(len(df))},
+        "warnings": notes,
     }
     per_case = pd.DataFrame({"case": out_case.to_numpy(), "group": out_group.to_numpy(),
                              "n_rows": cases["n_rows"].to_numpy()})

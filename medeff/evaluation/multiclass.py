@@ -16,11 +16,21 @@ __all__ = ["class_indices", "evaluate_multiclass"]
 
 
 def class_indices(labels: pd.Series, names: Sequence[str], where: str) -> np.ndarray:
-    """Map reference labels given as class names or 0-based indices to class indices."""
+    """Map reference labels given as class names (any upper/lower case) or 0-based indices to class indices.
+
+    Raises:
+        InputError: two class names differ only in case, or a label matches no class.
+    """
+    folded = [str(n).strip().casefold() for n in names]
+    if len(set(folded)) < len(folded):
+        dup = sorted({str(n) for n, f in zip(names, folded) if folded.count(f) > 1})
+        raise InputError(f"{where}: class names {dup} differ only in upper/lower case; reference labels are matched "
+                         "to class names ignoring case, so these classes cannot be told apart.",
+                         hint="give the classes names that differ in more than case (class_names=[...]).")
     vals = labels.astype(str).str.strip()
-    lookup = {str(n): i for i, n in enumerate(names)}
+    lookup = {f: i for i, f in enumerate(folded)}
     lookup.update({str(i): i for i in range(len(names))})
-    idx = vals.map(lookup)
+    idx = vals.str.casefold().map(lookup)
     if idx.isna().any():
         bad = sorted(vals[idx.isna()].unique())[:10]
         raise InputError(f"{where}: reference labels {bad} match no class (classes: {list(names)}).",

@@ -112,14 +112,27 @@ def check_results(res: dict, path: str | Path | None = None) -> None:
 
 
 def _figures(res: dict):
+    """(caption, figure) pairs; characters no available font can draw become [U+XXXX] markers in the figures."""
     from medeff.evaluation.figures import classification_figures, segmentation_figures
+    from medeff.evaluation.fonts import log_missing, sanitise_figure
 
-    return classification_figures(res) if res["kind"] == "classification" else segmentation_figures(res)
+    figs = classification_figures(res) if res["kind"] == "classification" else segmentation_figures(res)
+    missing: set[int] = set()
+    for _, fig in figs:
+        sanitise_figure(fig, missing)
+    log_missing(missing, "Report figures")
+    return figs
 
 
 def _png(fig) -> str:
+    import matplotlib
+
+    from medeff.evaluation.fonts import pdf_rc, sanitise_figure
+
+    rc = {k: v for k, v in pdf_rc(sanitise_figure(fig)).items() if k.startswith("font.")}  # CJK fallback fonts
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    with matplotlib.rc_context(rc):
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -228,41 +241,54 @@ def _wrap_table(tab: dict, width: int = 175) -> list[str]:
 def _write_pdf(path: Path, title: str, sections: list[dict], figs, overwrite: bool) -> Path:
     import textwrap
 
-    lines: list[tuple[str, str]] = [("title", title), ("", "")]
+    from medeff.evaluation.fonts import drawable, log_missing
+
+    missing: set[int] = set()
+
+    def d(text) -> str:
+        return drawable(str(text), missing)
+
+    lines: list[tuple[str, str]] = [("title", d(title)), ("", "")]
     for sec in sections:
-        lines.append(("h", sec["title"]))
+        lines.append(("h", d(sec["title"])))
         for p in sec["paragraphs"]:
-            lines += [("", t) for t in textwrap.wrap(p, 150)]
+            lines += [("", t) for t in textwrap.wrap(d(p), 150)]
         for tab in sec["tables"]:
-            lines.append(("b", tab["caption"]))
-            lines += [("m", t) for t in _wrap_table(tab)]
+            lines.append(("b", d(tab["caption"])))
+            shown = {"headers": [d(h) for h in tab["headers"]], "rows": [[d(c) for c in r] for r in tab["rows"]]}
+            lines += [("m", t) for t in _wrap_table(shown)]
             lines.append(("", ""))
         if sec.get("config"):
             lines.append(("b", "Configuration used"))
-            lines += [("m", t[:150]) for t in sec["config"].splitlines()]
-    # the 14 standard PDF fonts keep text as plain strings: searchable and copyable in any PDF reader
-    rc = {"pdf.use14corefonts": True}
+            lines += [("m", d(t)[:150]) for t in sec["config"].splitlines()]
+    log_missing(missing, f"PDF report '{path.name}'")
     fm_log = logging.getLogger("matplotlib.font_manager")  # core-font lookups warn about weights; harmless
     level = fm_log.level
     fm_log.setLevel(logging.ERROR)
     try:
-        return _pdf_pages(path, title, lines, figs, overwrite, rc)
+        return _pdf_pages(path, title, lines, figs, overwrite)
     finally:
         fm_log.setLevel(level)
 
 
-def _pdf_pages(path: Path, title: str, lines: list, figs, overwrite: bool, rc: dict) -> Path:
+def _pdf_pages(path: Path, title: str, lines: list, figs, overwrite: bool) -> Path:
+    """Text pages, then one page per figure. Each page uses the standard PDF fonts when its text allows (plain
+    searchable strings), else embedded TrueType fonts (see :mod:`medeff.evaluation.fonts`)."""
     import matplotlib
     from matplotlib.backends.backend_pdf import PdfPages
     from matplotlib.figure import Figure
 
+    from medeff.evaluation.fonts import pdf_rc, sanitise_figure
+
     per_page = 58
-    with matplotlib.rc_context(rc), atomic_path(path, overwrite=overwrite) as tmp, \
+    # Type 42 for the whole document: embedded fonts are written when the file closes, with the setting of that time
+    with matplotlib.rc_context({"pdf.fonttype": 42}), atomic_path(path, overwrite=overwrite) as tmp, \
             PdfPages(tmp, metadata={"Title": title, "Creator": "medeff"}) as pdf:
         for start in range(0, len(lines), per_page):
+            page = lines[start:start + per_page]
             fig = Figure(figsize=(11.69, 8.27))
             y = 0.95
-            for style, text in lines[start:start + per_page]:
+            for style, text in page:
                 kw = {"family": "monospace", "size": 7} if style == "m" else {"size": 8}
                 if style == "title":
                     kw = {"size": 14, "weight": "bold"}
@@ -272,8 +298,10 @@ def _pdf_pages(path: Path, title: str, lines: list, figs, overwrite: bool, rc: d
                     kw = {"size": 8, "weight": "bold"}
                 fig.text(0.04, y, text, va="baseline", ha="left", **kw)  # baseline: glyph-independent rows
                 y -= 0.0155 if style != "h" else 0.02
-            pdf.savefig(fig)
+            with matplotlib.rc_context(pdf_rc([t for _, t in page])):
+                pdf.savefig(fig)
         for cap, f in figs:
             f.suptitle(cap, fontsize=9, y=0.995)
-            pdf.savefig(f, bbox_inches="tight")
+            with matplotlib.rc_context(pdf_rc(sanitise_figure(f))):
+                pdf.savefig(f, bbox_inches="tight")
     return path

@@ -13,7 +13,7 @@ from medeff.errors import InputError
 from medeff.evaluation.privacy import Pseudonymiser
 
 __all__ = ["read_table", "require_columns", "aggregate_rows", "pseudonymise_ids", "metric_record", "format_ci",
-           "clean_number"]
+           "clean_number", "fold_label_case"]
 
 
 def read_table(source: str | Path | pd.DataFrame, what: str = "predictions") -> tuple[pd.DataFrame, Path | None]:
@@ -55,6 +55,30 @@ def to_float(df: pd.DataFrame, column: str, where: str) -> np.ndarray:
                          f"(CSV lines {rows}).",
                          hint="fill in a numeric score for every row, or drop those rows.")
     return values
+
+
+def fold_label_case(values: pd.Series, where: str) -> tuple[pd.Series, str | None]:
+    """Reference labels with spellings that differ only in case (or surrounding spaces) merged into one class.
+
+    "Benign", "benign" and " BENIGN" are one class, written as its most frequent spelling (ties: the first in sorted
+    order). Returns the labels and a sentence naming the merged spellings (None when nothing was merged); missing
+    values stay missing.
+    """
+    text = values.where(values.isna(), values.astype(str).str.strip())
+    present = text.dropna()
+    counts = present.value_counts()
+    groups: dict[str, list[str]] = {}
+    for spelling in sorted(counts.index, key=lambda v: (-counts[v], v)):
+        groups.setdefault(spelling.casefold(), []).append(spelling)
+    canonical = {s: spellings[0] for spellings in groups.values() for s in spellings}
+    merged = [spellings for spellings in groups.values() if len(spellings) > 1]
+    if not merged:
+        return text, None
+    parts = "; ".join(" + ".join(f"{s!r} ({int(counts[s])})" for s in spellings) + f" -> {spellings[0]!r}"
+                      for spellings in merged)
+    note = (f"{where}: reference labels that differ only in upper/lower case were merged into one class each: "
+            f"{parts}.")
+    return text.map(lambda v: canonical.get(v, v) if isinstance(v, str) else v), note
 
 
 def aggregate_rows(df: pd.DataFrame, case_col: str, score_cols: Sequence[str], label_col: str,

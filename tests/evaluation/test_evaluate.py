@@ -128,8 +128,10 @@ def test_segmentation_from_folders_and_index(tmp_path, rng):
         evaluate_segmentation(prediction_dir=tmp_path / "pred", reference_dir=tmp_path / "ref", n_resamples=10)
 
 
-def _pdf_text(data: bytes) -> str:
-    """Raw PDF plus its decompressed Flate streams, plus the string operands of each text operator joined."""
+def _pdf_text(data: bytes, extract) -> str:
+    """Raw PDF plus its decompressed Flate streams, plus the string operands of each text operator joined, plus the
+    text decoded through the fonts' ToUnicode maps by ``extract`` (the ``pdf_text`` fixture: pages drawn with
+    embedded TrueType fonts)."""
     chunks = [data.decode("latin-1")]
     for m in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, re.S):
         try:
@@ -140,10 +142,10 @@ def _pdf_text(data: bytes) -> str:
     for chunk in chunks[1:]:
         for block in re.findall(r"BT(.*?)ET", chunk, re.S):
             joined.append("".join(re.findall(r"\(((?:[^()\\]|\\.)*)\)", block)).replace("\\", ""))
-    return "\n".join(chunks + joined)
+    return "\n".join(chunks + joined + [extract(data)])
 
 
-def test_no_phi_in_any_output_and_cli(tmp_path, rng):
+def test_no_phi_in_any_output_and_cli(tmp_path, rng, pdf_text):
     df = _predictions(rng, n_patients=40, images=1)
     df["PatientName"] = ["DOE^JOHN", "SMITH^JANE"] * 20
     df["PatientBirthDate"] = "19610412"
@@ -165,12 +167,12 @@ def test_no_phi_in_any_output_and_cli(tmp_path, rng):
     files = sorted(p for p in out.rglob("*") if p.is_file())
     assert {p.name for p in files} >= {"results.json", "summary.json", "per_case.csv", "metrics.csv", "report.html",
                                        "report.pdf"}
-    pdf_text = _pdf_text((out / "report.pdf").read_bytes())
-    assert "Sensitivity" in pdf_text and "Provenance" in pdf_text  # the extraction can see the report's words
+    report_text = _pdf_text((out / "report.pdf").read_bytes(), pdf_text)
+    assert "Sensitivity" in report_text and "Provenance" in report_text  # the extraction can see the report's words
     pseudonyms = set(pd.read_csv(out / "per_case.csv")["case"])
-    assert any(p in pdf_text for p in pseudonyms)  # worst-case table ids are visible to the extraction
+    assert any(p in report_text for p in pseudonyms)  # worst-case table ids are visible to the extraction
     for path in files:
-        text = _pdf_text(path.read_bytes()) if path.suffix == ".pdf" else path.read_text(encoding="utf-8")
+        text = _pdf_text(path.read_bytes(), pdf_text) if path.suffix == ".pdf" else path.read_text(encoding="utf-8")
         for value in PHI:
             assert value not in text, f"{value!r} found in {path.name}"
     summary = json.loads((out / "summary.json").read_text())
