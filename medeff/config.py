@@ -14,7 +14,8 @@ from typing import Any
 from medeff.errors import ConfigError
 from medeff.utils.options import check_positive_int, check_probability, suggest
 
-__all__ = ["conf_dir", "compose", "check_values", "check_known_keys", "VALUE_RULES", "KNOWN_KEYS_ONLY"]
+__all__ = ["conf_dir", "compose", "check_values", "check_known_keys", "rename_deprecated_overrides",
+           "rename_deprecated_keys", "VALUE_RULES", "KNOWN_KEYS_ONLY", "DEPRECATED_KEYS"]
 
 
 def _probability(value: Any, key: str) -> None:
@@ -107,6 +108,7 @@ def compose(config_name: str, overrides: Sequence[str] = ()):  # -> omegaconf.Di
     from hydra.errors import HydraException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+    overrides = rename_deprecated_overrides(config_name, overrides)
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
@@ -123,6 +125,57 @@ def compose(config_name: str, overrides: Sequence[str] = ()):  # -> omegaconf.Di
         check_known_keys(config_name, cfg, overrides)
     check_values(config_name, cfg)
     return cfg
+
+
+#: config name -> {deprecated key: its name now}; the old name still works and logs a deprecation warning.
+DEPRECATED_KEYS: dict[str, dict[str, str]] = {
+    "evaluate": {"out_dir": "output_dir"},
+    "report": {"out_dir": "output_dir"},
+}
+
+
+def _deprecated(config_name: str, old: str, new: str) -> None:
+    from medeff.utils.logging import get_logger
+
+    get_logger(__name__).warning("Config key '%s' of medeff %s is deprecated and will be removed: use '%s' (the same "
+                                 "name as in medeff predict).", old, config_name, new)
+
+
+def rename_deprecated_overrides(config_name: str, overrides: Sequence[str]) -> list[str]:
+    """Rewrite overrides of deprecated keys (:data:`DEPRECATED_KEYS`) to the current names, logging a warning.
+
+    Raises:
+        ConfigError: the old and the new name are both given, with different values.
+    """
+    renames = DEPRECATED_KEYS.get(config_name) or {}
+    out, renamed = [], set()
+    for override in overrides:
+        key, eq, value = override.partition("=")
+        new = renames.get(key.lstrip("+~"))
+        if eq and new:
+            _deprecated(config_name, key.lstrip("+~"), new)
+            override = f"{new}={value}"
+            renamed.add(new)
+        out.append(override)
+    for new in renamed:
+        values = {o.partition("=")[2] for o in out if o.partition("=")[0].lstrip("+") == new}
+        if len(values) > 1:
+            old = next(k for k, v in renames.items() if v == new)
+            raise ConfigError(f"medeff {config_name} was given both '{new}' and its deprecated name '{old}', with "
+                              f"different values ({', '.join(sorted(values))}).", hint=f"give only {new}=...")
+    return out
+
+
+def rename_deprecated_keys(config_name: str, cfg: dict) -> dict:
+    """A copy of a plain config dict with the deprecated top-level keys renamed (logging a warning); a deprecated
+    key that is set wins over the default of its new name."""
+    out = dict(cfg)
+    for old, new in (DEPRECATED_KEYS.get(config_name) or {}).items():
+        value = out.pop(old, None)
+        if value is not None:
+            _deprecated(config_name, old, new)
+            out[new] = value
+    return out
 
 
 #: configs whose keys are all defined in conf/<name>.yaml: an override adding another key (``+a.typo=1``) is a

@@ -76,8 +76,8 @@ $MEDEFF evaluate kind=classification classification.predictions="$WORK/test_eval
     classification.threshold="$(cat "$WORK/threshold.txt")" \
     classification.target_sensitivities="$TARGET_SENS" bootstrap.n_resamples="$N_RESAMPLES" \
     bootstrap.confidence="$CONFIDENCE" bootstrap.seed="$BOOT_SEED" \
-    out_dir="$WORK/eval" render=false overwrite=true
+    output_dir="$WORK/eval" render=false overwrite=true
 $MEDEFF lidc cv-section "$WORK/eval/results.json" "$WORK/cv_predictions.csv" --pipeline "$PIPELINE" \
     "${OVERRIDES[@]}"
-$MEDEFF report results="$WORK/eval/results.json" out_dir="$OUT_DIR" 'formats=[html]' overwrite=true
+$MEDEFF report results="$WORK/eval/results.json" output_dir="$OUT_DIR" 'formats=[html]' overwrite=true
 step "done: $OUT_DIR/predictions.csv $OUT_DIR/report.html"

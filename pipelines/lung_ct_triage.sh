@@ -77,11 +77,11 @@ step evaluate
 "$MEDEFF" evaluate kind=classification "classification.predictions=$OUT/predict/predictions.csv" \
   "classification.references=$OUT/crops/crops.csv" classification.columns.scores=score \
   classification.columns.group=patient_id "classification.positive_label=$POSITIVE_CLASS" \
-  classification.unit=nodule "classification.threshold=$THRESHOLD" render=false "out_dir=$OUT/report" \
+  classification.unit=nodule "classification.threshold=$THRESHOLD" render=false "output_dir=$OUT/report" \
   "title=Lung CT triage: malignancy probability per nodule" "${EVALUATE_OVERRIDES[@]}"
 done_step
 step report
-"$MEDEFF" report "results=$OUT/report/results.json" "out_dir=$OUT/report"
+"$MEDEFF" report "results=$OUT/report/results.json" "output_dir=$OUT/report"
 done_step
 echo "total $SECONDS s" >> "$TIMES"
 echo "lung triage finished in ${SECONDS} s: triage table $OUT/predict/predictions.csv; report $OUT/report/report.html"

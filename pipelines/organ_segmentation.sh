@@ -83,11 +83,11 @@ if [[ "$REFERENCE" != "none" ]]; then
     > "$OUT/evaluation_cases.csv"
   "$MEDEFF" evaluate kind=segmentation "segmentation.index=$OUT/evaluation_cases.csv" \
     "segmentation.labels=$LABEL_NAMES" "segmentation.reference_remap=$LABEL_REMAP" \
-    segmentation.reorient_reference=true render=false "out_dir=$OUT/report" \
+    segmentation.reorient_reference=true render=false "output_dir=$OUT/report" \
     "title=Organ segmentation: Dice per organ on the DICOM series" "${EVALUATE_OVERRIDES[@]}"
   done_step
   step report
-  "$MEDEFF" report "results=$OUT/report/results.json" "out_dir=$OUT/report"
+  "$MEDEFF" report "results=$OUT/report/results.json" "output_dir=$OUT/report"
   done_step
 fi
 echo "total $SECONDS s" >> "$TIMES"

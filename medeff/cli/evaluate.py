@@ -13,10 +13,11 @@ HELP = "evaluate predictions against references (AUC/DeLong, operating points, D
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-name", default="evaluate", help="config in conf/ (default: evaluate)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. "
-                        "classification.predictions=preds.csv classification.columns.scores=prob")
+                        "classification.predictions=preds.csv classification.columns.scores=prob output_dir=out "
+                        "(out_dir= is a deprecated alias)")
 
 
-_PATH_KEYS = ("predictions", "index", "prediction_dir", "reference_dir", "out_dir", "references")
+_PATH_KEYS = ("predictions", "index", "prediction_dir", "reference_dir", "output_dir", "out_dir", "references")
 
 
 def _recorded_config(cfg: dict) -> dict:
@@ -42,10 +43,11 @@ def _recorded_config(cfg: dict) -> dict:
 
 def evaluate_from_config(cfg: dict) -> dict:
     """Run the evaluation a resolved ``evaluate`` config describes; returns the results dict."""
-    from medeff.config import check_known_keys, check_values
+    from medeff.config import check_known_keys, check_values, rename_deprecated_keys
     from medeff.evaluation import evaluate_classification, evaluate_segmentation
     from medeff.utils.options import look_up
 
+    cfg = rename_deprecated_keys("evaluate", cfg)  # out_dir -> output_dir
     check_known_keys("evaluate", cfg)  # a misspelt key is an error, not a TypeError or silently ignored
     check_values("evaluate", cfg)  # threshold and target sensitivities: finite, in [0, 1]
     task = look_up(cfg["kind"], ("classification", "segmentation"), what="evaluation kind", key="kind")
@@ -71,19 +73,18 @@ def evaluate_from_config(cfg: dict) -> dict:
 def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from medeff.config import compose
+    from medeff.config import compose, rename_deprecated_keys
     from medeff.evaluation import render_report, save_results
-    from medeff.utils.logging import get_logger
-
-    log = get_logger(__name__)
     from medeff.evaluation.report import report_files
     from medeff.utils.atomic import check_writable
-
+    from medeff.utils.logging import get_logger
     from medeff.utils.options import look_up
 
-    cfg = OmegaConf.to_container(compose(args.config_name, args.overrides), resolve=True)
+    log = get_logger(__name__)
+    cfg = rename_deprecated_keys("evaluate", OmegaConf.to_container(compose(args.config_name, args.overrides),
+                                                                    resolve=True))  # a config file with out_dir
     look_up(cfg["kind"], ("classification", "segmentation"), what="evaluation kind", key="kind")  # config first
-    out = Path(cfg["out_dir"])
+    out = Path(cfg["output_dir"])
     overwrite = bool(cfg.get("overwrite", False))
     formats = cfg.get("formats") or ("html", "pdf", "json", "csv")
     names = ["results.json"] + (report_files(formats) if cfg.get("render", True) else [])

@@ -70,7 +70,7 @@ def test_keys_below_free_form_values_are_accepted(config, overrides):
 
 def test_evaluate_cli_names_the_misspelt_key(tmp_path, capsys):
     out = tmp_path / "eval"
-    rc = main(["evaluate", f"classification.predictions={tmp_path / 'p.csv'}", f"out_dir={out}",
+    rc = main(["evaluate", f"classification.predictions={tmp_path / 'p.csv'}", f"output_dir={out}",
                "+classification.aggregrate=mean"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err and "TypeError" not in err

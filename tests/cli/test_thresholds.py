@@ -53,7 +53,7 @@ def test_evaluate_refuses_a_threshold_outside_0_1(tmp_path, capsys, override):
     preds.write_text("case_id,label,score\n" + "".join(f"c{i},{i % 2},{(i % 2) * 0.5 + 0.1 * (i % 3)}\n"
                                                        for i in range(12)))
     out = tmp_path / "eval"
-    rc = main(["evaluate", f"classification.predictions={preds}", f"out_dir={out}", "bootstrap.n_resamples=20",
+    rc = main(["evaluate", f"classification.predictions={preds}", f"output_dir={out}", "bootstrap.n_resamples=20",
                "render=false", override])
     err = capsys.readouterr().err
     key = override.split("=")[0]

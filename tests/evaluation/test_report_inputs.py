@@ -55,7 +55,7 @@ def test_report_from_summary_json(tmp_path, kind):
     summary = tmp_path / "first" / "summary.json"
     assert "per_case" not in json.loads(summary.read_text())
     out = tmp_path / "again"
-    assert main(["report", f"results={summary}", f"out_dir={out}"]) == 0
+    assert main(["report", f"results={summary}", f"output_dir={out}"]) == 0
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "Headline results" in html or "Overlap" in html
     assert (out / "report.pdf").read_bytes().startswith(b"%PDF") and (out / "metrics.csv").is_file()
@@ -85,7 +85,7 @@ def test_results_missing_a_required_key_are_refused_naming_file_and_key(tmp_path
     with pytest.raises(InputError, match="headline") as err:
         load_results(path)
     assert "results.json" in str(err.value)
-    assert main(["report", f"results={path}", f"out_dir={tmp_path / 'out'}"]) == 2
+    assert main(["report", f"results={path}", f"output_dir={tmp_path / 'out'}"]) == 2
     message = " ".join(capsys.readouterr().err.split())
     assert "'headline'" in message and "results.json" in message and "Traceback" not in message
     with pytest.raises(InputError, match="aggregates"):

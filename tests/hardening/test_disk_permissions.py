@@ -53,7 +53,7 @@ def predictions(tmp_path_factory):
 def _commands(series, nifti_source, predictions, out: Path) -> dict[str, tuple[list[str], list[Path]]]:
     """command name -> (argv, the files it writes)."""
     evaluate = ["evaluate", f"classification.predictions={predictions}", "bootstrap.n_resamples=20",
-                f"out_dir={out}", "formats=[json,csv,html]"]
+                f"output_dir={out}", "formats=[json,csv,html]"]
     return {
         "convert": (["convert", str(series), str(out / "ct.nii.gz")], [out / "ct.nii.gz"]),
         "index": (["index", str(nifti_source), str(out / "index.json"), "folds.k=2"],
@@ -219,11 +219,11 @@ def test_report_refuses_before_writing_anything(predictions, tmp_path, capsys):
     out = tmp_path / "report"
     out.mkdir()
     (out / "metrics.csv").write_text("old\n")
-    assert main(["report", f"results={res}", f"out_dir={out}", "formats=[json,csv,html]"]) == 2
+    assert main(["report", f"results={res}", f"output_dir={out}", "formats=[json,csv,html]"]) == 2
     assert_one_paragraph(capsys.readouterr().err, "report", out / "metrics.csv", "already exists")
     assert sorted(p.name for p in out.iterdir()) == ["metrics.csv"]
     assert (out / "metrics.csv").read_text() == "old\n"
-    assert main(["report", f"results={res}", f"out_dir={out}", "formats=[json,csv,html]", "overwrite=true"]) == 0
+    assert main(["report", f"results={res}", f"output_dir={out}", "formats=[json,csv,html]", "overwrite=true"]) == 0
     assert (out / "metrics.csv").read_text() != "old\n"
 
 

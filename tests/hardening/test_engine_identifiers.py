@@ -93,8 +93,8 @@ def test_no_identifier_reaches_any_engine_output(zygote, tmp_path):
         for c in index["cases"]:
             w.writerow([c["case_id"], preds[c["case_id"]], str(Path(index["root"]) / c["label"]), c["group"]])
     run("evaluate", "kind=segmentation", f"segmentation.index={out / 'seg_eval.csv'}",
-        "segmentation.columns.group=group", "segmentation.num_workers=0", "bootstrap.n_resamples=20", f"out_dir={out / 'eval'}", "formats=[json,csv]")
-    run("report", f"results={out / 'eval' / 'results.json'}", f"out_dir={out / 'report'}")
+        "segmentation.columns.group=group", "segmentation.num_workers=0", "bootstrap.n_resamples=20", f"output_dir={out / 'eval'}", "formats=[json,csv]")
+    run("report", f"results={out / 'eval' / 'results.json'}", f"output_dir={out / 'report'}")
 
     produced = sorted(p for p in out.rglob("*") if p.is_file())
     names = {p.name for p in produced}

@@ -78,9 +78,9 @@ def test_no_identifier_reaches_any_output(study, tmp_path):
     preds["case_id"] = [f"{c}_{i}" for i, c in enumerate(preds["case_id"])]
     preds.to_csv(out / "predictions.csv", index=False)
     runs.append(_run("evaluate", f"classification.predictions={out / 'predictions.csv'}",
-                     "classification.columns.group=patient", "bootstrap.n_resamples=20", f"out_dir={out / 'eval'}",
+                     "classification.columns.group=patient", "bootstrap.n_resamples=20", f"output_dir={out / 'eval'}",
                      "formats=[json,csv]"))  # the full report (HTML, PDF) comes from `medeff report` below
-    runs.append(_run("report", f"results={out / 'eval' / 'results.json'}", f"out_dir={out / 'report'}"))
+    runs.append(_run("report", f"results={out / 'eval' / 'results.json'}", f"output_dir={out / 'report'}"))
 
     produced = sorted(p for p in out.rglob("*") if p.is_file())
     names = {p.name for p in produced}

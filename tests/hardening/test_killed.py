@@ -209,7 +209,7 @@ def _report_case(results_json, tmp_path, n, seed, suite, formats):
     finals = {"html": {"report.html"}, "pdf": {"report.pdf"}, "json": {"summary.json"},
               "csv": {"per_case.csv", "metrics.csv"}}
     names = set().union(*(finals[f] for f in formats))
-    args = ["report", f"results={results_json}", f"out_dir={out_dir}", "overwrite=true",
+    args = ["report", f"results={results_json}", f"output_dir={out_dir}", "overwrite=true",
             f"formats=[{','.join(formats)}]"]
     kill_at_random_points(args, lambda: _check_report(out_dir), out_dir, names, n, seed, suite)
     assert subprocess.run([sys.executable, "-m", "medeff.cli.main", *args], cwd=REPO,

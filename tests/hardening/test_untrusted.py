@@ -163,7 +163,7 @@ def test_target_column_in_predictions_is_data(tmp_path, monkeypatch):
     df.to_csv(tmp_path / "p.csv", index=False)
     out = tmp_path / "ev"
     assert main(["evaluate", f"classification.predictions={tmp_path / 'p.csv'}", "bootstrap.n_resamples=20",
-                 f"out_dir={out}", "formats=[json]"]) == 0
+                 f"output_dir={out}", "formats=[json]"]) == 0
     assert json.loads((out / "summary.json").read_text())["kind"] == "classification"
 
 
