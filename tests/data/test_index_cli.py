@@ -26,8 +26,10 @@ def test_cli_errors_are_one_paragraph(tmp_path, capsys):
     assert main(["index", str(tmp_path / "nope"), str(tmp_path / "o.json")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and str(tmp_path / "nope") in err  # one line, whatever the path length
     assert main(["index", str(tmp_path), str(tmp_path / "o.json"), "folds.kk=3"]) == 2
-    assert "folds.kk" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "folds.kk" in err and "did you mean 'folds.k'" in err and err.count("\n") == 1
 
 
 def test_task_kind_override_does_not_clash_with_the_task_config_group(tmp_path):
