@@ -1,0 +1,82 @@
+"""Split protocols side by side: metrics with cluster-bootstrap intervals over groups, paired differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medeff.errors import InputError
+from medeff.evaluation.protocols import compare_protocols, metric_names, paired_difference, protocol_metrics
+
+CLASSES = ["normal", "benign", "malignant"]
+
+
+def _onehot(pred, k=3, p=0.8):
+    out = np.full((len(pred), k), (1 - p) / (k - 1))
+    out[np.arange(len(pred)), pred] = p
+    return out
+
+
+def test_protocol_metrics_values_and_intervals():
+    y = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+    pred = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 0])
+    groups = [f"g{i // 2}" for i in range(10)]
+    r = protocol_metrics(y, _onehot(pred), groups, CLASSES, n_resamples=200)
+    m = r["metrics"]
+    assert list(m) == metric_names(CLASSES)
+    assert m["accuracy"]["value"] == pytest.approx(0.8)
+    assert m["sensitivity_normal"]["value"] == pytest.approx(0.75)
+    assert m["sensitivity_benign"]["value"] == pytest.approx(1.0)
+    assert m["specificity_normal"]["value"] == pytest.approx(5 / 6, abs=1e-4)
+    assert m["balanced_accuracy"]["value"] == pytest.approx((0.75 + 1.0 + 0.75) / 3, abs=1e-4)
+    assert r["confusion"] == [[3, 1, 0], [0, 2, 0], [1, 0, 3]] and r["n_groups"] == 5
+    assert m["accuracy"]["ci_low"] < 0.8 < m["accuracy"]["ci_high"]
+    # groups matter: the same data with every image its own group give a narrower interval
+    one = protocol_metrics(y, _onehot(pred), [str(i) for i in range(10)], CLASSES, n_resamples=200)["metrics"]
+    copies = protocol_metrics(np.repeat(y, 5), _onehot(np.repeat(pred, 5)), np.repeat(groups, 5), CLASSES,
+                              n_resamples=200)["metrics"]
+    naive = protocol_metrics(np.repeat(y, 5), _onehot(np.repeat(pred, 5)), [str(i) for i in range(50)], CLASSES,
+                             n_resamples=200)["metrics"]
+    width = lambda rec: rec["ci_high"] - rec["ci_low"]  # noqa: E731
+    assert width(naive["accuracy"]) < width(copies["accuracy"])  # copies of one group are not new evidence
+    assert one["accuracy"]["value"] == copies["accuracy"]["value"]
+
+
+def test_paired_difference_is_zero_for_the_same_model_and_signed():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    good, bad = _onehot(y), _onehot((y + (rng.random(60) < 0.5)) % 3)
+    groups = [str(i // 3) for i in range(60)]
+    same = paired_difference(y, good, good, groups, n_resamples=200)
+    assert all(v["value"] == 0 and v["ci_low"] == 0 and v["ci_high"] == 0 for v in same.values())
+    d = paired_difference(y, good, bad, groups, n_resamples=200)
+    assert d["accuracy"]["value"] > 0.3 and d["accuracy"]["ci_low"] > 0
+
+
+def test_compare_protocols_table():
+    rng = np.random.default_rng(1)
+    rows = []
+    for protocol in ("published", "patient_safe"):
+        y = rng.integers(0, 3, 30)
+        for model, flip in (("knn", 0.1), ("effnet", 0.3)):
+            p = _onehot(np.where(rng.random(30) < flip, (y + 1) % 3, y))
+            d = pd.DataFrame({"file": [f"f{i}.jpg" for i in range(30)], "protocol": protocol, "model": model,
+                              "label": y, "group": [f"g{i // 2}" for i in range(30)]})
+            for c, name in enumerate(CLASSES):
+                d[f"prob_{name}"] = p[:, c]
+            rows.append(d.sample(frac=1.0, random_state=0))  # row order does not matter
+    table = pd.concat(rows)
+    res = compare_protocols(table, CLASSES, reference_model="knn", n_resamples=100)
+    assert set(res["protocols"]) == {"published", "patient_safe"}
+    for part in res["protocols"].values():
+        assert set(part["models"]) == {"knn", "effnet"} and part["models"]["knn"]["n"] == 30
+        assert set(part["paired"]) == {"effnet"} and part["paired"]["effnet"]["versus"] == "knn"
+        acc = {m: part["models"][m]["metrics"]["accuracy"]["value"] for m in ("knn", "effnet")}
+        assert part["paired"]["effnet"]["accuracy"]["value"] == pytest.approx(acc["effnet"] - acc["knn"], abs=1e-4)
+    with pytest.raises(InputError, match="different test images"):
+        bad = table.copy()
+        bad.loc[(bad["model"] == "effnet") & (bad["file"] == "f0.jpg"), "file"] = "other.jpg"
+        compare_protocols(bad, CLASSES, reference_model="knn", n_resamples=10)
+    with pytest.raises(InputError, match="lacks column"):
+        compare_protocols(table.drop(columns=["group"]), CLASSES)
