@@ -7,7 +7,7 @@ replaces it with a pseudonym before anything is written or logged.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,6 +311,50 @@ def _as_number(v: str) -> Any:
     return v
 
 
+def declared_class_names(cfg: Any) -> list[str]:
+    """``class_names`` of the config, spaces around each name removed.
+
+    Raises:
+        ConfigError: two names differ only in upper/lower case (class values are matched ignoring case).
+    """
+    names = [str(c).strip() for c in cfg.get("class_names") or []]
+    folded = [n.casefold() for n in names]
+    dup = sorted({n for n, f in zip(names, folded) if folded.count(f) > 1})
+    if dup:
+        raise ConfigError(f"class_names {dup} differ only in upper/lower case; class values are matched to class "
+                          "names ignoring case, so these classes cannot be told apart.",
+                          hint="give the classes names that differ in more than case (class_names=[...]).")
+    return names
+
+
+def class_spellings(cells: list[str], declared: list[str], where: str) -> dict[str, str]:
+    """Map each class value as written (spaces around it removed) to the class it names, ignoring upper/lower case.
+
+    With ``declared`` class names a value takes the declared spelling; otherwise spellings that differ only in case
+    ("Benign", "benign") are one class, written as the most frequent spelling (ties: the first in sorted order), as
+    ``medeff evaluate`` merges reference labels. Removed spaces and merged spellings are logged. Empty cells are left
+    out.
+    """
+    spaced = [c for c in cells if c.strip() and c != c.strip()]
+    if spaced:
+        log.info("%s: removed spaces around %d class value(s) (e.g. %r -> %r).", where, len(spaced), spaced[0],
+                 spaced[0].strip())
+    counts = Counter(c.strip() for c in cells if c.strip())
+    if declared:
+        lookup = {d.casefold(): d for d in declared}
+        out = {v: lookup.get(v.casefold(), v) for v in counts}
+    else:
+        groups: dict[str, list[str]] = {}
+        for v in sorted(counts, key=lambda v: (-counts[v], v)):
+            groups.setdefault(v.casefold(), []).append(v)
+        out = {v: spellings[0] for spellings in groups.values() for v in spellings}
+    changed = sorted(v for v, c in out.items() if v != c)
+    if changed:
+        log.warning("%s: class values that differ only in upper/lower case are one class: %s.", where,
+                    "; ".join(f"{v!r} ({counts[v]} row(s)) -> {out[v]!r}" for v in changed))
+    return out
+
+
 def scan_csv(source: Path, cfg: Any) -> Scan:
     """A CSV manifest: image path(s), label map path or class, group id, extra metadata columns."""
     cc = cfg.csv
@@ -329,16 +373,19 @@ def scan_csv(source: Path, cfg: Any) -> Scan:
         kind = "none"
     elif kind == "auto":
         vals = [v for v in df[label_col] if v.strip()]
-        kind = "map" if vals and all(v.lower().endswith(IMAGE_SUFFIXES) for v in vals) else "class"
+        kind = "map" if vals and all(v.strip().lower().endswith(IMAGE_SUFFIXES) for v in vals) else "class"
     fold_col = cc.get("fold_col") if cc.get("fold_col") in cols else None
     if cc.get("fold_col") and fold_col is None:
         raise ConfigError(f"CSV '{source}' has no column '{cc.fold_col}' (csv.fold_col); its columns are {cols}.",
                           hint="add the fold column, or set csv.fold_col=null to draw the folds.")
     used = {cc.image_col, cc.group_col} | {c for c in (label_col, series_col, fold_col) if c}
     meta_cols = _metadata_columns(cols, cc.get("metadata_columns"), used, str(source))
-    class_names = [str(c) for c in cfg.get("class_names") or []]
+    class_names = declared_class_names(cfg)
     declared = bool(class_names)
-    raw_classes = sorted({v for v in df[label_col] if v.strip()}) if kind == "class" else []
+    canonical: dict[str, str] = {}
+    if kind == "class":
+        canonical = class_spellings(list(df[label_col]), class_names, f"CSV '{source}' column '{label_col}'")
+    raw_classes = sorted(set(canonical.values()))
     if kind == "class" and not class_names:
         # a negative integer (-1 often marks "unknown") is never a class found in the data: its rows are refused
         found = [v for v in raw_classes if not re.fullmatch(r"-\d+", v.strip())]
@@ -372,6 +419,7 @@ def scan_csv(source: Path, cfg: Any) -> Scan:
             else:
                 problems.append((ref, images[0], "has no label map", f"fill column '{label_col}' or drop the row"))
         elif kind == "class":
+            lv = canonical.get(lv, lv)
             if lv in class_names:
                 label = class_names.index(lv)
             elif re.fullmatch(r"\d+", lv) and int(lv) < len(class_names):
@@ -502,7 +550,7 @@ def scan_archive(source: Path, cfg: Any) -> Scan:
     rows_of: dict[str, list[int]] = defaultdict(list)
     for i, k in enumerate(keys):
         rows_of[str(k)].append(i)
-    class_names = [str(c) for c in cfg.get("class_names") or []]
+    class_names = declared_class_names(cfg)
     problems = []
     rel = _rel(npz, root)
     bad_rows = np.zeros(n, dtype=bool)
