@@ -8,7 +8,6 @@ import pytest
 import torch
 from .helpers import fast_overrides
 
-from medeff.cli.train import expand_sweeps
 from medeff.config import compose
 from medeff.engine.ensemble import AveragedNet, flip_views
 from medeff.engine.predict import predict, resolve_checkpoints
@@ -28,7 +27,7 @@ def cv_runs(nodule_index, tmp_path_factory):
     overrides = ["-m", "experiment=nodule_2d", f"data.index={nodule_index}", "data.fold=0,1", "data.batch_size=8",
                  "logger=none", "callbacks.lr_monitor=null"]
     overrides += [o for o in fast_overrides(root) if not o.startswith("run_dir=")]
-    overrides.append(f"run_dir={root}/fold${{data.fold}}")
+    overrides += [f"run_dir={root}/fold${{data.fold}}", f"hydra.sweep.dir={root}/multirun"]
     assert main(["train", *overrides]) == 0
     return root
 
@@ -99,12 +98,6 @@ def test_averaged_net_flips_segmentation_back():
     assert got.shape == (1, 1, 6, 5, 4) and bool(((got > 0) & (got < 1)).all())
     with pytest.raises(ConfigError, match="tta"):
         flip_views(3, "rotate")
-
-
-def test_expand_sweeps_names_points_other_than_folds():
-    pts = expand_sweeps(["data.fold=0,1", "seed=1,2", "trainer.max_epochs=1"])
-    assert len(pts) == 4 and {t for _, t in pts} == {"seed=1", "seed=2"}
-    assert expand_sweeps(["data.fold=0,1"]) == [(["data.fold=0"], ""), (["data.fold=1"], "")]
 
 
 def test_run_folder_without_checkpoints_is_refused(tmp_path):
