@@ -272,7 +272,7 @@ def unknown_labels_problem(values: list[int], labels: dict[str, int]) -> str:
     """The problem text for label values a map holds but the declared label set lacks."""
     declared = ", ".join(f"{k}={v}" for k, v in sorted(labels.items(), key=lambda kv: kv[1]))
     more = f" (and {len(values) - 10} more)" if len(values) > 10 else ""
-    return f"label map holds value(s) {values[:10]}{more} that are not in the declared labels ({declared})"
+    return f"label map holds label values {values[:10]}{more} that are not in the declared labels ({declared})"
 
 
 def validate_index(index: DatasetIndex, *, check_files: bool = True, check_voxels: bool = False,

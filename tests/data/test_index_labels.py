@@ -101,7 +101,7 @@ def test_label_map_values_outside_the_declared_labels_name_the_file(tmp_path, rn
     with pytest.raises(IndexValidationError) as info:
         build_index(root, tmp_path / "s.json", cfg_over("folds.k=2", "+labels.liver=1"))
     [(file, text)] = _problems(info)
-    assert file == "labelsTr/s2.nii.gz" and "value(s) [7]" in text and "background=0, liver=1" in text
+    assert file == "labelsTr/s2.nii.gz" and "label values [7]" in text and "background=0, liver=1" in text
 
 
 def test_negative_label_map_values_are_refused(tmp_path, rng, cfg_over):
