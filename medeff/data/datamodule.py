@@ -303,7 +303,8 @@ class MedeffDataModule(L.LightningDataModule):
             self.train_ds.transform = t_train
 
     def train_dataloader(self) -> DataLoader:
-        drop_last = len(self.train_ds) > self.batch_size and self.kind == "archive"
+        # classification: a last batch of one image would reach batch norm after global pooling with one value
+        drop_last = len(self.train_ds) > self.batch_size and (self.kind == "archive" or self.task == "classification")
         if self.seed is None:
             return DataLoader(self.train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
                               drop_last=drop_last, persistent_workers=self.num_workers > 0)
