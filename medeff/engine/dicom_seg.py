@@ -12,8 +12,10 @@ source PatientID (``grp_`` + 12 hex digits; with ``dicom_seg.pseudonym_salt`` eq
 ``pseudonym.salt`` it is the group pseudonym of the dataset index, otherwise random per run) and empty birth date,
 sex, accession number, referring physician, study ID, study date and time. ``StudyInstanceUID`` and the series and
 instance references are kept (the standard needs them to tie the SEG to its images): a PACS re-links the SEG to
-its patient through them, or the user edits the patient module after import. Before the file is written its bytes
-are searched for every identifying value of the source headers; a hit refuses the output.
+its patient through them, or the user edits the patient module after import. Before the file is written, every
+text element of the SEG is searched for every identifying value of the source headers, as whole values or runs of
+whole tokens (not substrings, so a short numeric ID cannot match inside a generated time or number), and the
+identifying attributes must be empty; a hit refuses the output, naming the element.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,9 @@ IDENTIFYING_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientBirt
 # set to these values on the copies of the source headers handed to highdicom (type 2: present, may be empty)
 _BLANKED = {"PatientName": "", "PatientBirthDate": "", "PatientSex": "", "AccessionNumber": "",
             "ReferringPhysicianName": "", "StudyID": "", "StudyDate": "", "StudyTime": ""}
+# text VRs searched for identifying values (dates, times, numbers, UIDs and binary data are generated, not copied)
+_TEXT_VRS = {"AE", "AS", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
+_TOKEN = re.compile(r"[^\W_]+")
 _EXTRA_HINT = 'install the extra: pip install "medeff[dicom-seg]" (highdicom), or set output_format=[nifti].'
 
 
@@ -173,8 +179,15 @@ def _sanitised(datasets: Sequence[Any], patient_id: str) -> list:
     return out
 
 
-def _identifying_values(datasets: Sequence[Any]) -> set[str]:
-    values: set[str] = set()
+def _tokens(text: str) -> tuple[str, ...]:
+    """Letters-and-digits runs of ``text``, case-folded: ``'Doe^John 12345'`` -> ``('doe', 'john', '12345')``."""
+    return tuple(t.casefold() for t in _TOKEN.findall(text))
+
+
+def _identifying_values(datasets: Sequence[Any]) -> set[tuple[str, ...]]:
+    """The identifying values of the source headers, as token sequences (values of 4 characters or more; names
+    also by their components)."""
+    values: set[tuple[str, ...]] = set()
     for ds in datasets:
         for tag in IDENTIFYING_TAGS:
             raw = ds.get(tag)
@@ -182,24 +195,43 @@ def _identifying_values(datasets: Sequence[Any]) -> set[str]:
             for item in items:
                 text = str(item or "").strip()
                 parts = [text] + ([p for p in text.replace("=", "^").split("^")] if tag.endswith("Name") else [])
-                values.update(p.strip() for p in parts if len(p.strip()) >= 4)
+                values.update(_tokens(p) for p in parts if len(p.strip()) >= 4 and _tokens(p))
     return values
 
 
-def _leaks(ds: Any, values: set[str]) -> bool:
-    """Whether any text element of ``ds`` (nested sequences included; UIDs and binary data excluded, since a
-    numeric ID can occur inside a UID by chance) contains one of ``values``."""
-    if not values:
-        return False
-    skip = {"UI", "OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ", "US", "SS", "UL", "SL", "FL", "FD", "AT", "UV", "SV"}
+def _contains(tokens: tuple[str, ...], value: tuple[str, ...]) -> bool:
+    n = len(value)
+    return any(tokens[i:i + n] == value for i in range(len(tokens) - n + 1))
+
+
+def _leaks(ds: Any, values: set[tuple[str, ...]], pseudonym: str | None = None) -> str | None:
+    """The keyword of the first element of ``ds`` (nested sequences included) that carries a source identifier,
+    or None.
+
+    * An identifying attribute (:data:`IDENTIFYING_TAGS`) must be empty or absent; ``PatientID`` must be
+      ``pseudonym``.
+    * Text elements (names, descriptions, codes, ...) must not hold an identifying value as a whole value or as a
+      run of whole tokens (``'Doe'`` in ``'liver of John Doe'``, ``'12345'`` in ``'case 12345'``). Matching whole
+      tokens, not substrings, keeps a 4-digit ID from matching inside a longer number by chance.
+    * Elements medeff and highdicom generate are not searched: dates, times, numbers and UIDs (VRs DA, TM, DT,
+      IS, DS, UI and the binary VRs). They are derived from the clock, counters and random UIDs, which contain
+      any short number now and then (a RequestingPhysician '3600' inside ContentTime '133600').
+    """
     for elem in ds.iterall():
-        if elem.VR in skip or elem.value in (None, ""):
+        keyword = elem.keyword
+        if keyword == "PatientID":  # generated: the keyed-hash pseudonym
+            if pseudonym is not None and str(elem.value or "") != pseudonym:
+                return keyword
+            continue
+        if keyword in IDENTIFYING_TAGS and elem.VR != "SQ" and str(elem.value or "").strip():
+            return keyword
+        if elem.VR not in _TEXT_VRS or elem.value in (None, "") or not values:
             continue
         items = elem.value if elem.VM > 1 else [elem.value]
-        text = " ".join(str(v) for v in items)
-        if any(v in text for v in values):
-            return True
-    return False
+        tokens = _tokens(" ".join(str(v) for v in items))
+        if any(_contains(tokens, v) for v in values):
+            return keyword or str(elem.tag)
+    return None
 
 
 def write_dicom_seg(mask: np.ndarray, affine_ras: np.ndarray, source: str | Path, out_path: str | Path, *,
@@ -261,10 +293,13 @@ def write_dicom_seg(mask: np.ndarray, affine_ras: np.ndarray, source: str | Path
         instance_number=1, manufacturer="medeff", manufacturer_model_name="medeff predict",
         software_versions=str(__version__), device_serial_number="none", series_description=series_description,
         content_label="MEDEFF", content_description="medeff automatic segmentation")
-    if _leaks(seg, _identifying_values(datasets)):
-        raise OutputWriteError(f"The DICOM SEG for '{source.name}' would contain identifying values "
-                               "of the source headers; it was not written.",
-                               hint="report this as a medeff bug; use output_format=[nifti] meanwhile.")
+    leak = _leaks(seg, _identifying_values(datasets), pseudonym)
+    if leak is not None:
+        raise OutputWriteError(f"The DICOM SEG for '{source.name}' would contain an identifying value of the "
+                               f"source headers (in {leak}); it was not written.",
+                               hint="if that element is your dicom_seg.series_description, remove the name or ID "
+                               "from it; otherwise report this as a medeff bug and use output_format=[nifti] "
+                               "meanwhile.")
     buf = io.BytesIO()
     seg.save_as(buf)
     out_path = Path(out_path)

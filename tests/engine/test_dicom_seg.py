@@ -86,7 +86,7 @@ def test_seg_rebuilds_the_nifti_mask_and_holds_no_identifier(seg_ckpt, dicom_ser
 
     real_load = P.load_model
 
-    def fake_load(path, *, device, expect=None):
+    def fake_load(path, *, device, expect=None, **kwargs):
         net, meta = real_load(path, device=device, expect=expect)
         return Echo(), dict(meta, label_names=["background", "bright", "dark"])
 
@@ -215,3 +215,146 @@ def test_frames_off_the_mask_grid_are_refused(dicom_series):
     shifted[2, 3] += 0.5 * img.spacing[2]  # half a slice: a resampled series
     with pytest.raises(InputError, match="voxel grid"):
         source_frames(mask, shifted, src)
+
+
+# ---- the identifier check: whole values and tokens, never digits inside generated values -------------------------
+def _short_ids(n: int = 300) -> list[str]:
+    """Short numeric identifiers, 4 to 6 digits (fixed seed: the same list every run)."""
+    rng = np.random.default_rng(7)
+    return ["3600"] + [str(rng.integers(10 ** (k - 1), 10**k)) for k in rng.integers(4, 7, n - 1)]
+
+
+def _generated_with(value: str, pseudonym: str):
+    """A SEG-like dataset whose generated elements (times, dates, UIDs, numbers, the pseudonym, pixel data and
+    a longer number in a description) all contain ``value`` as a substring."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    ds = Dataset()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber = "", pseudonym, "", ""
+    ds.ContentTime, ds.SeriesTime = f"13{value}.{value}"[:13], f"{value}"[:6]
+    ds.InstanceCreationTime = f"1200{value[:2]}.{value}"
+    ds.ContentDate, ds.InstanceCreationDate = f"{value}0101"[:8], f"2024{value}"[:8]
+    ds.AcquisitionDateTime = f"20240101{value}"
+    ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.{value}.{value}9"
+    ds.SOPInstanceUID = f"2.25.{value}{value}"
+    ds.InstanceNumber, ds.SeriesNumber, ds.NumberOfFrames = f"9{value}", 990, int(value)
+    ds.SliceThickness = f"{value}.5"
+    ds.Rows = int(value) % 65536
+    ds.PixelData = value.encode() * 4
+    ds.SeriesDescription = f"medeff segmentation {value}7"  # a longer number is another token
+    ds.ContentLabel, ds.Manufacturer, ds.SoftwareVersions = "MEDEFF", "medeff", "0.1"
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = f"1.2.{value}.{value}"
+    item.ReferencedFrameNumber = int(value)
+    ds.ReferencedInstanceSequence = DicomSequence([item])
+    return ds
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # the colliding values need not be valid DICOM
+@pytest.mark.parametrize("field", ["RequestingPhysician", "PatientID", "StudyID", "AccessionNumber"])
+def test_short_numeric_identifiers_do_not_match_generated_values(field):
+    """Each of 300 short numeric IDs, placed inside every kind of generated value, is no leak; with the former
+    substring match every one of them was (checked here too, so the collisions are real)."""
+    from pydicom.dataset import Dataset
+
+    from medeff.data.pseudonyms import Pseudonymiser
+    from medeff.engine.dicom_seg import _identifying_values, _leaks
+
+    for value in _short_ids():
+        source = Dataset()
+        setattr(source, field, value)
+        pseudonym = f"grp_{value}{Pseudonymiser('s')(value)[4:]}"[:16]  # the hex pseudonym may hold digits too
+        seg = _generated_with(value, pseudonym)
+        texts = " ".join(str(e.value) for e in seg.iterall() if e.VR != "SQ")
+        assert value in texts  # the old substring search would refuse this SEG
+        assert _leaks(seg, _identifying_values([source]), pseudonym) is None, (field, value)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+@pytest.mark.parametrize("where,text", [
+    ("SeriesDescription", "liver of Dorotea Quixote"),        # a name component, other case
+    ("SeriesDescription", "QUIXOTE^DOROTEA^MARIA"),           # the whole name
+    ("SeriesDescription", "seg for MRN-55501234"),            # an ID as tokens
+    ("ContentDescription", "case 3600"),                      # a short numeric ID as a whole token
+    ("ContentCreatorName", "3600"),                           # ... as a whole value
+    ("ClinicalTrialSiteName", "Hospital Sant Quirze"),        # the institution
+])
+def test_real_leaks_are_still_refused(where, text):
+    from pydicom.dataset import Dataset
+
+    from medeff.engine.dicom_seg import _identifying_values, _leaks
+
+    source = Dataset()
+    for k, v in IDENTITY.items():
+        setattr(source, k, v)
+    source.RequestingPhysician = "3600"
+    seg = _generated_with("3600", "grp_0123456789ab")
+    assert _leaks(seg, _identifying_values([source]), "grp_0123456789ab") is None
+    setattr(seg, where, text)
+    assert _leaks(seg, _identifying_values([source]), "grp_0123456789ab") == where
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+@pytest.mark.parametrize("field,value", [("PatientID", "MRN-55501234"), ("InstitutionName", "x"),
+                                         ("RequestingPhysician", "3600"), ("PatientBirthDate", "19480229")])
+def test_identifying_attributes_must_be_empty_in_the_seg(field, value):
+    from pydicom.dataset import Dataset
+
+    from medeff.engine.dicom_seg import _identifying_values, _leaks
+
+    source = Dataset()
+    source.PatientID = "MRN-55501234"
+    seg = _generated_with("3600", "grp_0123456789ab")
+    setattr(seg, field, value)
+    assert _leaks(seg, _identifying_values([source]), "grp_0123456789ab") == field
+
+
+@pytest.fixture(scope="module")
+def short_id_series(tmp_path_factory):
+    """A phantom DICOM series whose identifiers are short numbers (RequestingPhysician '3600', as on the series
+    that was refused at random)."""
+    from medeff.demo.dicom_writer import write_ct_series
+    from medeff.demo.phantom import make_phantom_ct
+
+    ct, _ = make_phantom_ct((24, 20, 8), (8.0, 8.0, 10.0), seed=3)
+    folder = tmp_path_factory.mktemp("dicom_short") / "series"
+    write_ct_series(ct, folder, identity={"RequestingPhysician": "3600", "PatientID": "4821", "StudyID": "36001",
+                                          "AccessionNumber": "360036"})
+    return folder
+
+
+@pytest.mark.skipif(not HAVE_HIGHDICOM, reason="the DICOM SEG writer needs the dicom-seg extra (highdicom)")
+@pytest.mark.parametrize("clock", ["13:36:00.360036", "03:36:00.003600", "23:59:36.001234"])
+def test_seg_is_written_when_generated_values_contain_short_ids(short_id_series, tmp_path, monkeypatch, clock):
+    """highdicom's clock and UIDs are set so that ContentTime, InstanceCreationTime, the series and instance UIDs
+    contain '3600', '4821', '36001' and '360036'; the SEG is written every time, and holds none of them as a value."""
+    import datetime
+    import types
+
+    import highdicom
+    import highdicom.base
+
+    import medeff.engine.dicom_seg as D
+    from medeff.io import read_image
+
+    t = datetime.time.fromisoformat(clock)
+
+    class Clock(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls.combine(datetime.date(2024, 3, 6), t)
+
+    monkeypatch.setattr(highdicom.base, "datetime", types.SimpleNamespace(datetime=Clock, date=datetime.date,
+                                                                          time=datetime.time))
+    uids = iter([f"1.2.826.0.1.3680043.3600.4821.{i + 1}36001360036" for i in range(10)])
+    real_uid = highdicom.UID
+    monkeypatch.setattr(highdicom, "UID", lambda: real_uid(next(uids)))
+    img = read_image(short_id_series)
+    mask = (np.asarray(img.array) > 100).astype(np.uint8)
+    out = D.write_dicom_seg(mask, img.affine_ras, short_id_series, tmp_path / "x.dcm", label_names=["bg", "bright"],
+                            pseudonym_salt="s")
+    seg = pydicom.dcmread(out, stop_before_pixels=True)
+    assert "3600" in str(seg.ContentTime) + str(seg.SeriesInstanceUID)  # the collision did happen
+    assert str(seg.get("RequestingPhysician", "")) == "" and seg.get("StudyID", "") == ""
+    assert seg.AccessionNumber == "" and seg.PatientID != "4821"
