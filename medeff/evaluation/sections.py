@@ -228,8 +228,8 @@ def _interval_notes(res: dict, limit: int = 40) -> dict | None:
     if not lines:
         return None
     more = len(lines) - limit
-    paras = [f"The configured interval method is {configured or NA}. These intervals used another method, or had an end "
-             "clipped to the measure's range (e.g. the basic method can reach past 1 for a proportion):"]
+    paras = [f"The configured interval method is {configured or NA}. These intervals used another method, or had an "
+             "end clipped to the measure's range (e.g. the basic method can reach past 1 for a proportion):"]
     paras += lines[:limit] + ([f"... and {more} more (see the ci_method column of metrics.csv)."] if more > 0 else [])
     return {"title": "Confidence interval notes", "paragraphs": paras, "tables": []}
 

@@ -401,7 +401,8 @@ def _aggregate(table: pd.DataFrame, labels, label_names, groups, n_cases, n_resa
             label, unit, digits = SEG_METRICS[k]
             text, extra = interval_method(boot, j)
             mets.append(metric_record(k, label, boot["estimate"][j] if len(ok) else None, boot["low"][j],
-                                      boot["high"][j], text, n=int(len(ok)), unit=unit, **extra, n_excluded=int(len(col) - len(ok)),
+                                      boot["high"][j], text, n=int(len(ok)), unit=unit, **extra,
+                                      n_excluded=int(len(col) - len(ok)),
                                       median=float(np.median(ok)) if len(ok) else None,
                                       q1=float(np.quantile(ok, 0.25)) if len(ok) else None,
                                       q3=float(np.quantile(ok, 0.75)) if len(ok) else None, digits=digits))

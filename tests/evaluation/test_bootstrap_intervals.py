@@ -14,7 +14,7 @@ from medeff.evaluation.bootstrap import cluster_bootstrap
 
 
 def _near_perfect(n_pos=12, n_neg=30, seed=1) -> pd.DataFrame:
-    """Scores that separate the classes almost perfectly: AUC and sensitivity near 1, where basic intervals overshoot."""
+    """Scores separating the classes almost perfectly: AUC and sensitivity near 1, where basic intervals overshoot."""
     rng = np.random.default_rng(seed)
     pos = np.r_[rng.uniform(0.7, 1.0, n_pos - 1), 0.45]  # one positive below the 0.5 threshold
     neg = np.r_[rng.uniform(0.0, 0.4, n_neg - 1), 0.8]
