@@ -52,11 +52,28 @@ class SliceArchive:
     path: Path
 
 
+def _binary_labels(raw: np.ndarray, path: Path) -> np.ndarray:
+    """The archive's labels as 0 (benign) / 1 (malignant); any other value is an error, never a silent class."""
+    values = np.asarray(raw)
+    if values.dtype.kind not in "biuf":
+        raise InputError(f"Archive '{path}' has labels of type {values.dtype}, not numbers.",
+                         hint="store labels as 0 (benign) and 1 (malignant).", path=str(path))
+    bad = ~np.isin(values, (0, 1))
+    if bad.any():
+        shown = sorted({str(v) for v in values[bad].tolist()})[:5]
+        raise InputError(f"Archive '{path}' has {int(bad.sum())} label(s) that are neither 0 (benign) nor 1 "
+                         f"(malignant): {', '.join(shown)} (first rows {np.flatnonzero(bad)[:5].tolist()}).",
+                         hint="unknown labels are not negatives: drop `labels` from the archive to use it as an "
+                         "unlabelled test folder, or correct those rows.", path=str(path))
+    return values.astype(int)
+
+
 def read_archive(data_dir: str | Path) -> SliceArchive:
     """Read ``nodule_slices_64x64.npz`` (and ``index.csv`` when present) of a data folder.
 
     Raises:
-        InputError: the archive is missing, lacks ``images``/``nodule_key``, or ``index.csv`` has another row count.
+        InputError: the archive is missing, lacks ``images``/``nodule_key``, has labels other than 0/1, or
+            ``index.csv`` has another row count.
     """
     data_dir = Path(data_dir)
     path = data_dir / ARCHIVE
@@ -71,7 +88,7 @@ def read_archive(data_dir: str | Path) -> SliceArchive:
         images = z["images"]
         keys = z["nodule_key"].astype(str)
         order = z["slice_index"] if "slice_index" in z.files else np.zeros(len(keys), dtype=int)
-        labels = z["labels"].astype(int) if "labels" in z.files else None
+        labels = _binary_labels(z["labels"], path) if "labels" in z.files else None
     table = None
     csv_path = data_dir / INDEX_CSV
     if csv_path.is_file():
