@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "crops": "medeff.cli.crops",
     "split": "medeff.cli.split",
     "knn": "medeff.cli.knn",
+    "protocols": "medeff.cli.protocols",
     "lidc": "medeff.cli.lidc",
 }
 
