@@ -80,3 +80,29 @@ def test_compare_protocols_table():
         compare_protocols(bad, CLASSES, reference_model="knn", n_resamples=10)
     with pytest.raises(InputError, match="lacks column"):
         compare_protocols(table.drop(columns=["group"]), CLASSES)
+
+
+def test_protocol_report_refuses_predictions_that_miss_test_images(tmp_path):
+    from medeff.errors import ConfigError
+    from medeff.evaluation.protocol_report import protocol_report, protocols_config
+
+    split = tmp_path / "split"
+    split.mkdir()
+    lines = ["case_id,file,label,class_name,group,split,protocol"]
+    lines += [f"c{i},img {i}.png,{i % 3},{CLASSES[i % 3]},g{i // 2},{'test' if i < 6 else 'train'},random"
+              for i in range(12)]
+    (split / "splits.csv").write_text("\n".join(lines) + "\n")
+    pred = tmp_path / "pred.csv"
+    rows = ["case_id,p_normal,p_benign,p_malignant"] + [f"c{i},0.8,0.1,0.1" for i in range(6)]
+    pred.write_text("\n".join(rows) + "\n")
+    cfg = protocols_config([f"splits=['published:{split}']", f"inputs=['published:m:{pred}']", "reference_model=null",
+                            "bootstrap.n_resamples=20"])
+    res = protocol_report(tmp_path / "out", cfg)
+    m = res["protocols"]["published"]["models"]["m"]
+    assert m["n"] == 6 and m["metrics"]["accuracy"]["value"] == pytest.approx(2 / 6, abs=1e-4)
+    assert res["class_names"] == CLASSES
+    pred.write_text("\n".join(rows[:-1]) + "\n")  # one test image unpredicted
+    with pytest.raises(InputError, match="1 test image"):
+        protocol_report(tmp_path / "out2", cfg)
+    with pytest.raises(ConfigError, match="PROTOCOL:MODEL:PREDICTIONS"):
+        protocol_report(tmp_path / "out3", protocols_config([f"splits=['published:{split}']", "inputs=['m']"]))
