@@ -105,6 +105,7 @@ def evaluate_classification(
     target_sensitivities: Sequence[float] = (0.9, 0.95),
     calibration_bins: int = 10,
     calibration_binning: str = "uniform",
+    decision_curve: Mapping | None = None,
     subgroups: Sequence[Mapping] = (),
     compare: Mapping | None = None,
     references: str | Path | pd.DataFrame | None = None,
@@ -131,6 +132,8 @@ def evaluate_classification(
         threshold: the configured operating threshold (positive when score >= threshold).
         target_sensitivities: triage operating points (highest threshold reaching each sensitivity).
         calibration_bins, calibration_binning: ECE / reliability bins (``uniform`` or ``quantile``).
+        decision_curve: threshold range of the decision-curve analysis, ``{threshold_min, threshold_max,
+            threshold_step}`` (default 0.01 to 0.5 in steps of 0.01); computed for probabilities only.
         subgroups: list of ``{column, bins (optional), name (optional)}``.
         compare: ``{score_column, name, predictions (optional CSV joined on the case column)}`` for a paired test.
         references: optional CSV (or DataFrame) holding the reference label (and group/subgroup columns) per case,
@@ -265,6 +268,13 @@ def evaluate_classification(
         results.update(_binary(scores, y, groups, threshold, target_sensitivities, calibration_bins,
                                calibration_binning, n_resamples, confidence, bootstrap_method, seed, unit,
                                model_name))
+        if results["probabilities"]:
+            from medeff.evaluation.decision_curve import decision_curve as _decision_curve
+
+            dc = _decision_curve(scores, y, groups, decision_curve, n_resamples=n_resamples, confidence=confidence,
+                                 method=bootstrap_method, seed=seed)
+            results["decision_curve"] = dc["points"]
+            results["decision_curve_settings"] = {**dc["settings"], "ci_method": dc["ci_method"]}
         per_case["reference"] = y.astype(int)
         per_case["score"] = scores
         per_case["predicted_positive"] = (scores >= threshold).astype(int)

@@ -31,6 +31,8 @@ def classification_figures(res: dict) -> list[tuple[str, Figure]]:
         figs += _roc_pr(res)
     if res.get("calibration"):
         figs.append(_reliability(res))
+    if res.get("decision_curve"):
+        figs.append(_decision_curve(res))
     if res.get("operating_points"):
         op = res["operating_points"][0]
         c = op["confusion"]
@@ -84,6 +86,27 @@ def _reliability(res: dict) -> tuple[str, Figure]:
            title=f"Reliability diagram ({res['calibration']['bins']} {res['calibration']['binning']} bins)")
     ax.legend(loc="upper left", fontsize=8)
     return "Reliability diagram (calibration)", fig
+
+
+def _decision_curve(res: dict) -> tuple[str, Figure]:
+    pts = res["decision_curve"]
+    t = np.array([p["threshold"] for p in pts], float)
+
+    def col(key):
+        return np.array([np.nan if p.get(key) is None else p[key] for p in pts], float)
+
+    nb, lo, hi, all_ = col("net_benefit"), col("net_benefit_ci_low"), col("net_benefit_ci_high"), \
+        col("net_benefit_treat_all")
+    fig, ax = _fig()
+    ax.fill_between(t, lo, hi, color="tab:blue", alpha=0.2, label="95% CI (cluster bootstrap)")
+    ax.plot(t, nb, color="tab:blue", lw=2, label=res.get("model_name", "Model"))
+    ax.plot(t, all_, color="tab:red", lw=1, ls="--", label="treat all")
+    ax.axhline(0.0, color="k", lw=1, ls=":", label="treat none")
+    top = float(np.nanmax(np.r_[nb, hi, all_, 0.0]))
+    ax.set(xlabel="Threshold probability", ylabel="Net benefit", title="Decision curve",
+           xlim=(float(t.min()), float(t.max())), ylim=(-0.05 * max(top, 0.01), 1.1 * max(top, 0.01)))
+    ax.legend(loc="upper right", fontsize=8)
+    return "Decision curve: net benefit of the model, of treating all and of treating none", fig
 
 
 def _score_histograms(res: dict, op: dict) -> tuple[str, Figure]:

@@ -125,6 +125,8 @@ def _classification(res: dict, pct: str, conf: float) -> list[dict]:
             "|mean predicted probability - observed fraction positive|, weighted by the share of cases in the bin."],
             "tables": [_table("Reliability table", ["Probability bin", "n", "Mean predicted probability",
                                                     "Observed fraction positive"], rows)]})
+    if res.get("decision_curve"):
+        out.append(_decision_section(res, pct))
     if res.get("comparison"):
         cp = res["comparison"]
         rows = [[cp["model_a"], format_ci(cp["auc_a"], *_auc_ci(res), 2, "", conf)],
@@ -158,6 +160,34 @@ def _classification(res: dict, pct: str, conf: float) -> list[dict]:
             "The cases whose predicted probability lies furthest from the reference (identifiers pseudonymised)."],
             "tables": [_table("Worst cases", ["Case", "Patient/group", "Reference", "Score"], rows)]})
     return out
+
+
+def _decision_section(res: dict, pct: str, rows_shown: int = 12) -> dict:
+    """Decision-curve table at up to ``rows_shown`` evenly spread thresholds (all of them are in results.json)."""
+    pts = res["decision_curve"]
+    ds = res.get("decision_curve_settings") or {}
+    step = max(1, -(-len(pts) // rows_shown))
+    shown = pts[::step]
+    if pts[-1] is not shown[-1]:
+        shown.append(pts[-1])
+
+    def nb(p, key):
+        return format_ci(p.get(key), p.get(f"{key}_ci_low"), p.get(f"{key}_ci_high"), 3, "", None)
+
+    rows = [[f"{p['threshold']:.3g}", nb(p, "net_benefit"), nb(p, "net_benefit_treat_all"), "0",
+             f"{(p['net_benefit'] - max(p['net_benefit_treat_all'], 0.0)) * 100:+.1f}"] for p in shown]
+    paras = [
+        "Net benefit at a threshold probability pt (treat when the predicted probability >= pt) is TP/n - FP/n x "
+        "pt/(1 - pt): true positives per case, with each false positive weighted by the odds of the threshold "
+        "(Vickers and Elkin 2006). The model is useful at thresholds where its net benefit exceeds both treating "
+        "all (prevalence - (1 - prevalence) x pt/(1 - pt)) and treating none (0).",
+        f"Thresholds {_g(ds.get('threshold_min'))} to {_g(ds.get('threshold_max'))} in steps of "
+        f"{_g(ds.get('threshold_step'))}; {pct}CIs: {ds.get('ci_method') or NA}. "
+        + (f"The table shows {len(shown)} of the {len(pts)} thresholds; results.json lists all."
+           if len(shown) < len(pts) else "")]
+    return {"title": "Decision curve", "paragraphs": paras,
+            "tables": [_table(f"Net benefit ({pct}CI)", ["Threshold probability", "Model", "Treat all", "Treat none",
+                                                         "Model minus best default, per 100 cases"], rows)]}
 
 
 def _triage(res: dict, pct: str, conf: float) -> list[dict]:
@@ -342,4 +372,10 @@ def flat_metrics(res: dict) -> list[dict]:
     for agg in res.get("aggregates", []):
         for r in agg["metrics"]:
             add("segmentation", agg["name"], r)
+    for p in res.get("decision_curve") or []:
+        for key, label in (("net_benefit", "Net benefit (model)"), ("net_benefit_treat_all", "Net benefit (treat all)")):
+            add("decision_curve", f"threshold {p['threshold']:g}",
+                {"key": key, "label": label, "value": p.get(key), "ci_low": p.get(f"{key}_ci_low"),
+                 "ci_high": p.get(f"{key}_ci_high"), "ci_method": (res.get("decision_curve_settings") or {}).get(
+                     "ci_method"), "ci_method_used": p.get("ci_method_used")})
     return rows
