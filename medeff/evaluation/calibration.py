@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bin_index", "weighted_brier", "weighted_ece", "reliability_table"]
+__all__ = ["bin_index", "weighted_brier", "weighted_ece", "reliability_table", "logit", "weighted_recalibration", "EPS"]
 
 
 def bin_index(prob: np.ndarray, n_bins: int = 10, strategy: str = "uniform") -> tuple[np.ndarray, np.ndarray]:
@@ -61,3 +61,69 @@ def reliability_table(prob: np.ndarray, y: np.ndarray, n_bins: int = 10, strateg
                      "mean_predicted": float(p[sel].mean()) if n else None,
                      "observed_fraction": float(yf[sel].mean()) if n else None})
     return rows
+
+
+#: probabilities are clipped to [EPS, 1 - EPS] before the logit (a probability of exactly 0 or 1 has no logit)
+EPS = 1e-6
+
+
+def logit(prob: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) of probabilities clipped to [EPS, 1 - EPS]."""
+    p = np.clip(np.asarray(prob, float), EPS, 1.0 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def weighted_recalibration(prob: np.ndarray, y: np.ndarray, weights: np.ndarray, *, max_iter: int = 50,
+                           tol: float = 1e-10) -> np.ndarray:
+    """Calibration slope and calibration-in-the-large per row of case weights, by unpenalised maximum likelihood.
+
+    Slope ``b``: logistic regression ``logit P(y=1) = a + b * logit(p)`` (Cox 1958). Calibration-in-the-large
+    ``a0``: ``logit P(y=1) = a0 + logit(p)``, the slope fixed at 1 (an offset). Both are fitted by Newton-Raphson for
+    every row of ``weights`` at once (integer bootstrap weights are frequency weights), without any penalty.
+
+    Returns:
+        ``(2, B)``: row 0 the slope, row 1 the intercept (calibration-in-the-large); NaN where the fit does not
+        converge (e.g. complete separation, or one outcome class only).
+    """
+    w = np.atleast_2d(np.asarray(weights, float))
+    x = logit(prob)
+    yf = np.asarray(y, float)
+    b_count = w.shape[0]
+    # joint fit (a, b): start at the identity recalibration
+    a = np.zeros(b_count)
+    b = np.ones(b_count)
+    ok = np.zeros(b_count, bool)
+    for _ in range(max_iter):
+        mu = _sigmoid(a[:, None] + b[:, None] * x[None, :])
+        r = w * (yf[None, :] - mu)
+        v = w * mu * (1.0 - mu)
+        g0, g1 = r.sum(1), r @ x
+        h00, h01, h11 = v.sum(1), v @ x, v @ (x * x)
+        det = h00 * h11 - h01 * h01
+        with np.errstate(invalid="ignore", divide="ignore"):
+            da = (h11 * g0 - h01 * g1) / det
+            db = (h00 * g1 - h01 * g0) / det
+        a, b = a + da, b + db
+        ok = np.isfinite(a) & np.isfinite(b) & (np.abs(da) + np.abs(db) < tol * (1.0 + np.abs(a) + np.abs(b)))
+        if ok.all():
+            break
+    slope = np.where(ok & (np.abs(b) < 1e6), b, np.nan)
+    # calibration-in-the-large: one parameter with offset logit(p)
+    a0 = np.zeros(b_count)
+    ok0 = np.zeros(b_count, bool)
+    for _ in range(max_iter):
+        mu = _sigmoid(a0[:, None] + x[None, :])
+        g = (w * (yf[None, :] - mu)).sum(1)
+        h = (w * mu * (1.0 - mu)).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            step = g / h
+        a0 = a0 + step
+        ok0 = np.isfinite(a0) & (np.abs(step) < tol * (1.0 + np.abs(a0)))
+        if ok0.all():
+            break
+    intercept = np.where(ok0 & (np.abs(a0) < 1e6), a0, np.nan)
+    return np.vstack([slope, intercept])

@@ -333,6 +333,7 @@ def _binary(scores, y, groups, threshold, targets, n_bins, binning, n_resamples,
         headline += [rec("brier", "Brier score (mean squared error of probabilities; lower is better)", "brier", n=n),
                      rec("ece", f"Expected calibration error ({n_bins} {binning} bins; lower is better)", "ece", n=n)]
         calib = {"bins": n_bins, "binning": binning, "table": cal.reliability_table(scores, y, n_bins, binning)}
+        headline += _recalibration(scores, y, groups, n, n_resamples, confidence, method, seed)
     op_out = []
     for i, op in enumerate(ops):
         c = counts_at(scores, y, op["threshold"])
@@ -356,6 +357,23 @@ def _binary(scores, y, groups, threshold, targets, n_bins, binning, n_resamples,
                            "band_high": np.nan_to_num(band["high"], nan=1.0).tolist()},
                    "pr": {"precision": prec.tolist(), "recall": rec_.tolist(), "prevalence": float(y.mean())}},
     }
+
+
+def _recalibration(scores, y, groups, n, n_resamples, confidence, method, seed) -> list[dict]:
+    """Headline rows ``calibration_slope`` and ``calibration_intercept`` (logistic recalibration on the logit of
+    the probability; the intercept is calibration-in-the-large, the slope fixed at 1), cluster-bootstrap CIs."""
+    boot = cluster_bootstrap(lambda w: cal.weighted_recalibration(scores, y, w), groups, n_resamples=n_resamples,
+                             confidence=confidence, method=method, seed=seed, bounds=None)
+    out = []
+    for i, (key, label) in enumerate((
+            ("calibration_slope", "Calibration slope (logistic recalibration on logit(p); ideal 1, below 1: "
+                                  "over-confident)"),
+            ("calibration_intercept", "Calibration intercept (calibration-in-the-large, slope fixed at 1; ideal 0, "
+                                      "above 0: risks under-estimated)"))):
+        text, extra = interval_method(boot, i)
+        out.append(metric_record(key, label, boot["estimate"][i], boot["low"][i], boot["high"][i], text, n=n,
+                                 **extra))
+    return out
 
 
 def _comparison(a, b, y, groups, name_a, name_b, n_resamples, confidence, method, seed) -> dict:

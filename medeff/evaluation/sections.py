@@ -85,7 +85,8 @@ def _classification(res: dict, pct: str, conf: float) -> list[dict]:
                  f"bootstrap that resamples patients/groups ({s['n_resamples']} resamples, {s['bootstrap_method']} "
                  f"method, seed {s['seed']}).")
     paras = _unavailable(res, paras)
-    head = [[r["label"], _ci(r, 3 if r["key"] in ("brier", "ece") else 2, conf), r.get("ci_method") or "",
+    head = [[r["label"], _ci(r, 3 if r["key"] in ("brier", "ece", "calibration_intercept") else 2, conf),
+             r.get("ci_method") or "",
              r.get("n") or ""] for r in res["headline"]]
     out = [{"title": "Summary", "paragraphs": paras,
             "tables": [_table("Headline results", ["Measure", f"Estimate ({pct}CI)", "CI method", "n"], head)]}]
@@ -122,7 +123,12 @@ def _classification(res: dict, pct: str, conf: float) -> list[dict]:
                  "" if r["observed_fraction"] is None else f"{r['observed_fraction']:.3f}"] for r in cal["table"]]
         out.append({"title": "Calibration", "paragraphs": [
             f"Expected calibration error uses {cal['bins']} {cal['binning']} bins: the mean over bins of "
-            "|mean predicted probability - observed fraction positive|, weighted by the share of cases in the bin."],
+            "|mean predicted probability - observed fraction positive|, weighted by the share of cases in the bin.",
+            "Calibration slope: coefficient of logit(p) in an unpenalised logistic regression of the reference on "
+            "logit(p) (1 is ideal; below 1, predictions are too extreme). Calibration intercept: "
+            "calibration-in-the-large, the intercept of that regression with the slope fixed at 1 (0 is ideal; above "
+            "0, risks are under-estimated on average). Probabilities are clipped to [1e-6, 1 - 1e-6] before the logit."
+            + _calibration_line(res, conf)],
             "tables": [_table("Reliability table", ["Probability bin", "n", "Mean predicted probability",
                                                     "Observed fraction positive"], rows)]})
     if res.get("decision_curve"):
@@ -160,6 +166,13 @@ def _classification(res: dict, pct: str, conf: float) -> list[dict]:
             "The cases whose predicted probability lies furthest from the reference (identifiers pseudonymised)."],
             "tables": [_table("Worst cases", ["Case", "Patient/group", "Reference", "Score"], rows)]})
     return out
+
+
+def _calibration_line(res: dict, conf) -> str:
+    rows = {r["key"]: r for r in res.get("headline") or []}
+    parts = [f"{name} {_ci(rows[k], 3 if k == 'calibration_intercept' else 2, conf)}"
+             for k, name in (("calibration_slope", "slope"), ("calibration_intercept", "intercept")) if k in rows]
+    return (" Here: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _decision_section(res: dict, pct: str, rows_shown: int = 12) -> dict:
