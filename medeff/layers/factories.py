@@ -23,8 +23,8 @@ from medeff.utils.options import look_up
 
 _log = get_logger(__name__)
 
-__all__ = ["NORM_DEFAULTS", "PADDING_MODES", "check_spatial_dims", "make_conv", "make_dropout", "make_norm", "padding_mode",
-           "to_tuple", "with_padding"]
+__all__ = ["NORM_DEFAULTS", "PADDING_MODES", "check_spatial_dims", "make_conv", "make_dropout", "make_norm",
+           "padding_mode", "to_tuple", "with_padding"]
 
 PADDING_MODES = ("same", "same_tf")
 

@@ -78,10 +78,11 @@ def is_efficientnet_pytorch_state_dict(state: Mapping[str, torch.Tensor]) -> boo
 _EP_BLOCK_NAMES = {
     "mb": {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
            "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl", "_bn2": "bn3"},
-    "ds": {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
-           "_project_conv": "conv_pw", "_bn2": "bn2"},
+    "ds": {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
+           "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"},
 }
-_EP_TOP_NAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_EP_TOP_NAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+                 "_fc": "classifier"}
 
 
 def efficientnet_pytorch_to_timm(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str],

@@ -276,8 +276,8 @@ _AMBIGUOUS_HINT = ("pass convention='tf' (timm's tf_* ports of the TensorFlow we
                    "saved from a medeff model by a medeff without convention records, pass convention='model'.")
 
 
-def _detect(state: dict[str, torch.Tensor], layout: str, generation: int, record: WeightsConvention | None,
-            source: Any, path: Path | None, medeff_ckpt: bool) -> tuple[WeightsConvention | None, str]:
+def _detect(layout: str, generation: int, record: WeightsConvention | None, source: Any, path: Path | None,
+            medeff_ckpt: bool) -> tuple[WeightsConvention | None, str]:
     """The source's convention and how it was found; ``(None, how)`` keeps the model's settings."""
     if record is not None:
         return record, "recorded in the weights"
@@ -403,14 +403,14 @@ def load_weights(
     elif chosen is not None:
         conv, how = chosen, f"convention={convention!r}" if isinstance(convention, str) else "given"
         try:
-            detected, found_how = _detect(state, layout, generation, record, source, path, medeff_ckpt)
+            detected, found_how = _detect(layout, generation, record, source, path, medeff_ckpt)
         except CheckpointError:
             detected = None
         if detected is not None and detected.differences(chosen):
             log.warning("convention %s overrides the one found (%s: %s): %s", chosen.describe(), found_how,
                         detected.describe(), "; ".join(detected.differences(chosen)))
     else:
-        conv, how = _detect(state, layout, generation, record, source, path, medeff_ckpt)
+        conv, how = _detect(layout, generation, record, source, path, medeff_ckpt)
     encoders = [m for m in model.modules() if isinstance(m, EfficientNet)]
     if conv is not None:
         for enc in encoders:  # raises before the model is touched

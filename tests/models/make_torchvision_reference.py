@@ -10,7 +10,6 @@ models, so their registrations are stubbed when they cannot load)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import types
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from torchvision_ref import torchvision_reference  # noqa: E402
+from torchvision_ref import layout_digest, reference_input, torchvision_reference  # noqa: E402
 
 NAMES = ("efficientnet_b0", "efficientnet_b3", "efficientnet_v2_s")
 OUT = Path(__file__).parent / "data" / "torchvision_reference.json"
@@ -36,16 +35,6 @@ def import_torchvision():
             sys.modules[name] = types.ModuleType(name)
         import torchvision
     return torchvision
-
-
-def layout_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of the state dict's names and shapes, in order."""
-    text = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def reference_input() -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
 
 
 def main() -> None:

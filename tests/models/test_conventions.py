@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,11 @@ from torch import nn
 
 from medeff.errors import CheckpointError, MedeffError
 from medeff.models import create_model, load_weights
-from medeff.models.conventions import CONVENTIONS, WeightsConvention, decode_record
 from medeff.layers import padding_mode
+from medeff.models.conventions import CONVENTIONS, WeightsConvention, decode_record
 
 from .timm_helper import import_timm
-from .torchvision_ref import realistic_state, torchvision_reference
-
-sys.path.insert(0, str(Path(__file__).parent))
-from make_torchvision_reference import layout_digest, reference_input  # noqa: E402
+from .torchvision_ref import layout_digest, realistic_state, reference_input, torchvision_reference
 
 TOL = 1e-5
 

@@ -18,13 +18,14 @@ What the reference reproduces, and why it can be trusted:
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TorchvisionEfficientNet", "realistic_state", "torchvision_reference"]
+__all__ = ["TorchvisionEfficientNet", "layout_digest", "realistic_state", "reference_input", "torchvision_reference"]
 
 
 def _divisible(value: float, divisor: int = 8) -> int:
@@ -151,3 +152,14 @@ def torchvision_reference(name: str, num_classes: int = 10, seed: int = 0) -> To
     """The reference ``name`` with :func:`realistic_state` weights."""
     torch.manual_seed(seed)
     return realistic_state(TorchvisionEfficientNet(name, num_classes), seed)
+
+
+def layout_digest(model: nn.Module) -> str:
+    """SHA-256 of the state dict's names and shapes, in order."""
+    text = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def reference_input() -> torch.Tensor:
+    """The input of the recorded torchvision logits: ``(2, 3, 64, 64)``, float64."""
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
