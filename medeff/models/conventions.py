@@ -295,9 +295,9 @@ def apply_convention(encoder: nn.Module, convention: WeightsConvention, *, check
 def convention_from_module(module: nn.Module) -> WeightsConvention | None:
     """Read the convention off a foreign module (a timm, torchvision or MONAI EfficientNet instance).
 
-    BatchNorm eps is read from the norm layers; TensorFlow padding is recognised by timm's ``Conv2dSame``,
-    efficientnet_pytorch's ``*SamePadding`` convolutions and MONAI's ``*_padding`` pad modules; mean/std come from
-    timm's ``pretrained_cfg`` when present.
+    BatchNorm eps is read from the norm layers; TensorFlow padding is recognised by timm's ``Conv2dSame*``,
+    efficientnet_pytorch's ``*SamePadding`` convolutions, MONAI's ``*_padding`` pad modules or a timm architecture
+    named ``tf_*``; mean/std come from timm's ``pretrained_cfg`` when present.
 
     Returns:
         The convention, or None when the module holds no BatchNorm and no recognisable padding.
@@ -309,13 +309,14 @@ def convention_from_module(module: nn.Module) -> WeightsConvention | None:
     if len(eps) > 1:
         raise CheckpointError(f"The source module's BatchNorm layers use several eps values {eps}.",
                               hint="pass convention= to load_weights to say which one the weights need.")
-    names = {type(m).__name__ for m in module.modules()}
-    tf_pad = any(n in ("Conv2dSame", "Conv2dDynamicSamePadding", "Conv2dStaticSamePadding") or n.startswith("SameTF")
-                 for n in names) or any(name.endswith("_padding") and isinstance(m, nn.modules.padding._ConstantPadNd)
-                                        for name, m in module.named_modules())
     cfg = getattr(module, "pretrained_cfg", None) or {}
     mean, std = cfg.get("mean"), cfg.get("std")
     arch = cfg.get("architecture")
+    names = {type(m).__name__ for m in module.modules()}
+    tf_pad = (any(n.startswith(("Conv2dSame", "SameTF")) or n.endswith("SamePadding") for n in names)
+              or any(name.endswith("_padding") and isinstance(m, nn.modules.padding._ConstantPadNd)
+                     for name, m in module.named_modules())
+              or str(arch or "").startswith("tf_"))
     source = ("timm-tf" if tf_pad else "timm") if cfg else type(module).__module__.split(".")[0]
     if not eps and not tf_pad:
         return None
