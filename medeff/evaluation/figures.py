@@ -194,6 +194,41 @@ def segmentation_figures(res: dict) -> list[tuple[str, Figure]]:
             ax.set_ylim(-0.02, 1.02)
         fig.tight_layout()
         figs.append((f"{title} (boxes: quartiles; triangles: means; NaN values excluded)", fig))
+    figs += _bland_altman(res)
+    return figs
+
+
+def _bland_altman(res: dict, per_figure: int = 6) -> list[tuple[str, Figure]]:
+    """Bland-Altman plots of predicted vs reference volume (ml), up to ``per_figure`` labels per figure."""
+    agreement = {va["label"]: va for va in res.get("volume_agreement") or [] if va.get("n")}
+    labs = [lab for lab in res["labels"] if lab["value"] in agreement]
+    figs = []
+    for start in range(0, len(labs), per_figure):
+        chunk = labs[start:start + per_figure]
+        cols = min(3, len(chunk))
+        rows = -(-len(chunk) // cols)
+        fig = Figure(figsize=(4.2 * cols, 3.6 * rows), dpi=100)
+        for i, lab in enumerate(chunk):
+            ax = fig.add_subplot(rows, cols, i + 1)
+            pts = [(r["volume_pred_ml"], r["volume_ref_ml"]) for r in res["per_case"] if r["label"] == lab["value"]
+                   and r["volume_pred_ml"] is not None and r["volume_ref_ml"] is not None
+                   and (r["volume_pred_ml"] > 0 or r["volume_ref_ml"] > 0)]
+            pv, rv = np.array(pts, float).reshape(-1, 2).T
+            m = {x["key"]: x["value"] for x in agreement[lab["value"]]["metrics"]}
+            ax.scatter((pv + rv) / 2, pv - rv, s=12, alpha=0.7)
+            for key, style, name in (("bias_ml", "-", "bias"), ("loa_low_ml", "--", "-1.96 SD"),
+                                     ("loa_high_ml", "--", "+1.96 SD")):
+                if m.get(key) is not None:
+                    ax.axhline(m[key], color="tab:red" if key == "bias_ml" else "grey", ls=style, lw=1,
+                               label=f"{name} {m[key]:.2f} ml")
+            ax.axhline(0.0, color="k", lw=0.5)
+            ax.set(xlabel="Mean of predicted and reference volume (ml)",
+                   ylabel="Predicted - reference (ml)" if i % cols == 0 else None,
+                   title=f"{lab['name']} (n={len(pv)})")
+            ax.legend(fontsize=6, loc="best")
+        fig.tight_layout()
+        names = ", ".join(lab["name"] for lab in chunk)
+        figs.append((f"Bland-Altman plot of volumes (ml): {names}", fig))
     return figs
 
 

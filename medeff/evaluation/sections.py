@@ -249,6 +249,9 @@ def _interval_records(res: dict):
     for agg in res.get("aggregates") or []:
         for r in agg.get("metrics") or []:
             yield f" ({agg.get('name')})", r
+    for va in res.get("volume_agreement") or []:
+        for r in va.get("metrics") or []:
+            yield f" ({va.get('name')})", r
     cp = res.get("comparison")
     if cp and cp.get("difference_bootstrap_ci_method_used"):
         yield "", {"label": "ROC AUC difference (cluster bootstrap)",
@@ -314,6 +317,8 @@ def _segmentation(res: dict, pct: str, conf: float) -> list[dict]:
     tables.append(_table("Median [interquartile range]", ["Label", "Dice", "HD95 (mm)", "ASSD (mm)", "NSD",
                                                           "Dice NaN excluded"], med))
     out = [{"title": "Summary", "paragraphs": paras, "tables": tables}]
+    if res.get("volume_agreement"):
+        out.append(_volume_section(res, pct, conf))
     rows = [[w["case"], "" if w["mean_dice"] is None else f"{w['mean_dice']:.3f}",
              ", ".join(f"{k}: {'NaN' if v is None else f'{v:.3f}'}" for k, v in w["dice_per_label"].items())]
             for w in res.get("worst_cases") or []]
@@ -321,6 +326,24 @@ def _segmentation(res: dict, pct: str, conf: float) -> list[dict]:
                                                        "(identifiers pseudonymised where they look identifying)."],
                 "tables": [_table("Worst cases", ["Case", "Mean Dice", "Dice per label"], rows)]})
     return out
+
+
+def _volume_section(res: dict, pct: str, conf) -> dict:
+    """Bland-Altman volume agreement per label (ml)."""
+    rows = []
+    for va in res["volume_agreement"]:
+        m = {x["key"]: x for x in va["metrics"]}
+        rows.append([va["name"], va["n"], _ci(m["bias_ml"], 2, conf), _ci(m["sd_ml"], 2, conf),
+                     _ci(m["loa_low_ml"], 2, conf), _ci(m["loa_high_ml"], 2, conf)])
+    paras = ["Volumes are voxel counts times the voxel volume from each mask's spacing, in ml. Per label, over the "
+             "cases where the label is present in at least one mask: bias = mean of (predicted - reference volume), "
+             "SD of the differences, and 95% limits of agreement bias -/+ 1.96 SD (Bland and Altman 1986); "
+             f"{pct}CIs from the cluster bootstrap (patients resampled). Cases where the label is absent from both "
+             "masks are left out."]
+    return {"title": "Volume agreement (Bland-Altman)", "paragraphs": paras,
+            "tables": [_table(f"Volume agreement in ml ({pct}CI)", ["Label", "n", "Bias (ml)", "SD (ml)",
+                                                                     "Lower limit of agreement (ml)",
+                                                                     "Upper limit of agreement (ml)"], rows)]}
 
 
 def _metric_head(res: dict, key: str) -> str:
@@ -385,6 +408,9 @@ def flat_metrics(res: dict) -> list[dict]:
     for agg in res.get("aggregates", []):
         for r in agg["metrics"]:
             add("segmentation", agg["name"], r)
+    for va in res.get("volume_agreement") or []:
+        for r in va["metrics"]:
+            add("volume_agreement", va["name"], r)
     for p in res.get("decision_curve") or []:
         for key, label in (("net_benefit", "Net benefit (model)"), ("net_benefit_treat_all", "Net benefit (treat all)")):
             add("decision_curve", f"threshold {p['threshold']:g}",

@@ -344,6 +344,10 @@ def evaluate_segmentation(
     groups = groups_raw.astype(str).to_numpy()
     aggregates = _aggregate(table, all_labels, label_names, groups, len(df), n_resamples, confidence,
                             bootstrap_method, seed)
+    from medeff.evaluation.volume_agreement import volume_agreement
+
+    agreement = volume_agreement(table, all_labels, label_names, dict(zip(out_case.to_numpy(), groups)),
+                                 n_resamples=n_resamples, confidence=confidence, method=bootstrap_method, seed=seed)
     mean_dice = table.groupby("case", sort=False)["dice"].mean()
     worst = mean_dice.sort_values(na_position="first").head(worst_cases)
     worst_rows = []
@@ -365,6 +369,7 @@ def evaluate_segmentation(
         "counts": {"cases": int(len(df)), "groups": int(len(np.unique(groups))), "labels": len(all_labels)},
         "labels": [{"value": lab, "name": label_names.get(lab, f"label {lab}")} for lab in all_labels],
         "aggregates": aggregates,
+        "volume_agreement": agreement,
         "worst_cases": worst_rows,
         "warnings": warnings,
         "per_case": table.replace({np.nan: None}).to_dict(orient="records"),
