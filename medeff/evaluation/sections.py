@@ -8,7 +8,7 @@ import json
 from medeff.evaluation.operating_points import METRIC_LABELS
 from medeff.evaluation.tables import format_ci
 
-__all__ = ["build_sections", "flat_metrics"]
+__all__ = ["build_sections", "flat_metrics", "interval_records"]
 
 
 def _ci(rec: dict, digits: int = 2, confidence: float = 0.95) -> str:
@@ -68,6 +68,9 @@ def build_sections(res: dict) -> list[dict]:
     if notes:
         after = next((i + 1 for i, sec in enumerate(secs) if sec["title"] == "Summary"), len(secs))
         secs.insert(after, notes)
+    from medeff.evaluation.methods_text import methods_sections
+
+    secs += methods_sections(res)
     secs.append(_provenance(res))
     return secs
 
@@ -231,7 +234,7 @@ def _triage(res: dict, pct: str, conf: float) -> list[dict]:
              "tables": [_table(f"Score and decision per {unit}", heads, rows)]}]
 
 
-def _interval_records(res: dict):
+def interval_records(res: dict):
     """``(where, record)`` for every reported number with a bootstrap interval."""
     for r in res.get("headline") or []:
         yield "", r
@@ -264,7 +267,7 @@ def _interval_notes(res: dict, limit: int = 40) -> dict | None:
     """A section listing the intervals whose method differs from the configured one, or that were clipped."""
     configured = (res.get("settings") or {}).get("bootstrap_method")
     lines = []
-    for where, r in _interval_records(res):
+    for where, r in interval_records(res):
         used = r.get("ci_method_used")
         plain = used == configured if configured else "(" not in str(used)
         if used is None or (plain and not r.get("ci_clipped")) or str(used).startswith("not estimable"):
