@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medeff", description="EfficientNet for CT: data, models, training, reports.")
     parser.add_argument("--version", action="version", version=f"medeff {__version__}")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING or ERROR")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (also MEDEFF_QUIET=1); bars are only drawn when stderr is a terminal")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod in _available().items():
         p = sub.add_parser(name, help=getattr(mod, "HELP", ""), description=getattr(mod, "HELP", ""))
@@ -86,8 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 1
     from medeff.utils.logging import setup_logging
+    from medeff.utils.progress import set_quiet
 
     setup_logging(args.log_level)
+    set_quiet(args.quiet)  # MEDEFF_QUIET=1 in the environment also turns bars off
     try:
         return int(args._run(args) or 0)
     except MedeffError as exc:

@@ -38,6 +38,7 @@ import numpy as np
 from medeff.errors import ConfigError, InputError
 from medeff.io.base import ImageData
 from medeff.utils.logging import get_logger
+from medeff.utils.progress import track
 
 __all__ = ["CropTarget", "world_to_voxel", "voxel_to_world", "crop_cube", "read_targets", "read_box_targets",
            "extract_crops", "crops_config", "resolve_under_root"]
@@ -403,7 +404,7 @@ def extract_crops(positions: str | os.PathLike, out_dir: str | os.PathLike, cfg:
     results: dict[int, tuple[ImageData, dict[str, Any]]] = {}
     image: ImageData | None = None
     current = None
-    for i in sorted(range(len(targets)), key=lambda j: (keys[j], j)):  # one series in memory at a time
+    for i in track(sorted(range(len(targets)), key=lambda j: (keys[j], j)), "Cutting crops"):  # one series at a time
         t, key = targets[i], keys[i]
         if key != current:
             try:
@@ -446,7 +447,7 @@ def extract_crops(positions: str | os.PathLike, out_dir: str | os.PathLike, cfg:
                      case_id, t.row, 100 * padded, pad)
         results[i] = (crop, rec)
     rows_out = []
-    for i in range(len(targets)):  # everything was checked: now write, in row order
+    for i in track(range(len(targets)), "Writing crops"):  # everything was checked: now write, in row order
         crop, rec = results[i]
         write_image(crop, out / rec["image"], overwrite=overwrite)
         rows_out.append(rec)

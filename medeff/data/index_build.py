@@ -33,6 +33,7 @@ from medeff.data.pseudonyms import Pseudonymiser, case_ids, check_mapping_path, 
 from medeff.errors import ConfigError
 from medeff.utils.atomic import check_writable, write_json_atomic
 from medeff.utils.logging import get_logger
+from medeff.utils.progress import track
 
 __all__ = ["build_index", "index_config"]
 
@@ -212,7 +213,7 @@ def build_index(source: str | os.PathLike, out: str | os.PathLike, cfg: Any = No
     lk = cfg.leakage
     samples, hashes, thumbs, fine, found_labels = [], [], [], [], set()
     found_by_case: list[tuple[str, str, set[int]]] = []  # (case id, label map, values) for naming unknown values
-    for rec in records:
+    for rec in track(records, "Indexing cases"):
         ins = inspect_case(index, rec, check_voxels=True, load=True, atol=atol)
         problems += ins.problems
         if ins.problems or ins.image is None:

@@ -20,6 +20,7 @@ from medeff.io.dicom_geometry import SeriesPlan, plan_series
 from medeff.io.dicom_scan import DicomSeriesInfo, SliceHeader, find_series
 from medeff.io.options import DicomReadOptions
 from medeff.utils.logging import get_logger
+from medeff.utils.progress import track
 
 __all__ = ["read_dicom_series", "find_series", "select_series", "DicomSeriesInfo", "DicomReadOptions"]
 
@@ -207,7 +208,7 @@ def _read_pixels(slices: list[SliceHeader], label: str, notes: list[str] | None 
         return _read_pixels_sitk(slices, label)
     stored = np.dtype(f"<{'i' if first.signed else 'u'}{first.bits_allocated // 8}")
     vol = np.empty((len(slices), first.rows, first.columns), dtype=stored)
-    for k, hdr in enumerate(slices):
+    for k, hdr in enumerate(track(slices, "Reading DICOM slices", transient=True)):
         with open(hdr.path, "rb") as fh:
             fh.seek(hdr.pixel_offset)
             got = fh.readinto(memoryview(vol[k]).cast("B"))

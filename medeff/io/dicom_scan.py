@@ -19,6 +19,7 @@ import numpy as np
 
 from medeff.io.dicom_parse import FastHeader, read_tags
 from medeff.utils.logging import get_logger
+from medeff.utils.progress import track
 
 __all__ = ["DicomSeriesInfo", "SliceHeader", "find_series", "scan_files", "series_label"]
 
@@ -179,7 +180,7 @@ def scan_files(files: Iterable[Path], *, skipped: list[Path] | None = None) -> l
             suffix) but cannot be parsed (truncated, zero-byte, garbage): the reader reports them.
     """
     out = []
-    for path in files:
+    for path in track(files, "Reading DICOM headers", transient=True):
         path = Path(path)
         fast = read_tags(path, _WANTED)
         if fast is not None and fast.truncated:
