@@ -20,6 +20,7 @@ from medeff.evaluation.provenance import collect_provenance
 from medeff.evaluation.surface import EmptyConventions, label_metrics
 from medeff.evaluation.tables import metric_record, pseudonymise_ids, read_table, require_columns
 from medeff.utils.logging import get_logger
+from medeff.utils.progress import track
 
 __all__ = ["evaluate_segmentation", "match_folders", "read_mask", "SEG_METRICS"]
 
@@ -318,9 +319,10 @@ def evaluate_segmentation(
              bool(reorient_reference)) for p, r in zip(df[pred_col], df[ref_col])]
     if num_workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=min(num_workers, os.cpu_count() or 1)) as ex:
-            per_case = list(ex.map(_case_metrics, jobs, chunksize=max(1, len(jobs) // (8 * num_workers))))
+            per_case = list(track(ex.map(_case_metrics, jobs, chunksize=max(1, len(jobs) // (8 * num_workers))),
+                                  "Scoring cases", total=len(jobs)))
     else:
-        per_case = [_case_metrics(j) for j in jobs]
+        per_case = [_case_metrics(j) for j in track(jobs, "Scoring cases")]
 
     pseudo = Pseudonymiser(pseudonym_salt)
     out_case, case_hashed = pseudonymise_ids(df[case_col], hash_case_ids, pseudo, "C")

@@ -208,3 +208,22 @@ def test_cli_index_draws_on_a_terminal_unless_quiet(tmp_path, monkeypatch):
     assert "Indexing cases" not in tty_stderr.getvalue() and BAR not in tty_stderr.getvalue()
     assert main(["index", str(tmp_path / "arc"), str(tmp_path / "i.json")]) == 0
     assert "Indexing cases" in tty_stderr.getvalue()  # the same call without --quiet shows the step
+
+
+def test_segmentation_scoring_shows_a_count_and_no_file_names(tmp_path, monkeypatch):
+    import nibabel as nib
+    import numpy as np
+
+    from medeff.evaluation import evaluate_segmentation
+
+    for role, shift in (("ref", 0), ("pred", 1)):
+        (tmp_path / role).mkdir()
+        for i in range(3):
+            arr = np.zeros((12, 12, 6), np.uint8)
+            arr[2 + shift:8 + shift, 2:8, 1:5] = 1
+            nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / role / f"DOE_JANE_{i}.nii.gz")
+    tty_stderr = fake_tty_stderr(monkeypatch)
+    evaluate_segmentation(prediction_dir=tmp_path / "pred", reference_dir=tmp_path / "ref", n_resamples=10)
+    shown = tty_stderr.getvalue()
+    assert "Scoring cases" in shown and "3/3" in shown
+    assert "DOE_JANE" not in shown
