@@ -183,8 +183,9 @@ def run(args: argparse.Namespace) -> int:
         if swept:
             print(f"# swept with -m: {' '.join(swept)}")
         return 0
-    if args.multirun or (compose(args.config_name, fixed) is not None
-                         and _hydra_mode(args.config_name, fixed) == "MULTIRUN"):
+    if not args.multirun:
+        compose(args.config_name, fixed)  # medeff's own report of a bad override, before Hydra's
+    if args.multirun or _hydra_mode(args.config_name, fixed) == "MULTIRUN":  # e.g. hparams_search=lr_sweep
         multirun(args.config_name, overrides)
         return 0
     from medeff.engine.train import train

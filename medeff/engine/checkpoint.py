@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medeff.errors import CheckpointError, unpickling_reason
 from medeff.utils.atomic import atomic_path
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "AtomicCheckpointIO", "LastEveryEpochCheckpoint", "build_metadata",
+__all__ = ["FORMAT", "FORMAT_VERSION", "AtomicCheckpointIO", "last_every_time", "build_metadata",
            "load_checkpoint", "check_compatible", "plain", "newest_checkpoint"]
 
 FORMAT = "medeff-checkpoint"
@@ -194,26 +194,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return _torch_load(Path(path))
 
 
-class LastEveryEpochCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` follows every checkpointing point.
+#: the ModelCheckpoint arguments that say when and how a checkpoint is written (copied to the last.ckpt companion)
+_WHEN = ("dirpath", "every_n_epochs", "every_n_train_steps", "train_time_interval", "save_on_train_epoch_end",
+         "save_weights_only", "verbose")
+
+
+def last_every_time(checkpoint_args: Mapping[str, Any]) -> ModelCheckpoint | None:
+    """A second ``ModelCheckpoint`` that rewrites ``last.ckpt`` at every checkpointing point of the first.
 
     Lightning (2.6) rewrites ``last.ckpt`` only when a new top-k file is saved, so after epochs whose monitored
     metric did not improve (or was NaN), ``last.ckpt`` is an older epoch and ``ckpt_path=last`` after a crash would
-    silently repeat them. ``medeff train`` builds this class wherever the config names
-    ``lightning.pytorch.callbacks.ModelCheckpoint``; the arguments are the same.
+    silently repeat them. ``medeff train`` builds Lightning's ``ModelCheckpoint`` as configured but with
+    ``save_last=False``, and adds this companion, made with public arguments only: no monitor, one file kept,
+    ``filename="last"``, no version counter (the file is replaced), at the same points (``every_n_*``,
+    ``save_on_train_epoch_end``) as the first. Lightning orders checkpoint callbacks after the others and keeps
+    their order, so at an epoch end the best file is written first, then ``last.ckpt``.
+
+    Args:
+        checkpoint_args: the arguments of the configured ``ModelCheckpoint``.
+
+    Returns:
+        The companion, or None when the configured checkpoint needs none (``save_last`` not true, or no monitor:
+        Lightning then writes ``last.ckpt`` with every checkpoint already).
     """
-
-    def _save_last_if_missed(self, trainer: Any) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
-                and self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_missed(trainer)
-
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_missed(trainer)
+    if checkpoint_args.get("save_last") is not True or not checkpoint_args.get("monitor"):
+        return None
+    when = {k: checkpoint_args[k] for k in _WHEN if k in checkpoint_args}
+    return ModelCheckpoint(filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1,
+                           save_last=False, enable_version_counter=False, **when)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import sliding_window_inference
-from monai.inferers.utils import _get_scan_interval
 from torch import nn
 
 __all__ = ["first_output", "sliding_window", "window_slices"]
@@ -38,7 +37,10 @@ def window_slices(image_size: Sequence[int], roi_size: Sequence[int], overlap: f
     Returns:
         One tuple of per-axis slices per window.
     """
-    interval = _get_scan_interval(tuple(image_size), tuple(roi_size), len(image_size), (overlap,) * len(image_size))
+    # the step between window starts per axis, as sliding_window_inference steps: the window size times
+    # (1 - overlap), at least 1; an axis the window spans exactly has one window (tests/engine/test_window_grid.py)
+    interval = tuple(int(roi) if int(roi) == int(size) else max(int(roi * (1 - overlap)), 1)
+                     for size, roi in zip(image_size, roi_size))
     return [tuple(s) for s in dense_patch_slices(tuple(image_size), tuple(roi_size), interval, return_slice=True)]
 
 

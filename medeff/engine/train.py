@@ -13,8 +13,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from medeff.engine.checkpoint import AtomicCheckpointIO, build_metadata, load_checkpoint, newest_checkpoint
-from medeff.engine.loggers import make_atomic
+from medeff.engine.checkpoint import (AtomicCheckpointIO, build_metadata, last_every_time, load_checkpoint,
+                                     newest_checkpoint)
+from medeff.engine.loggers import ATOMIC_LOGGERS
 from medeff.errors import CheckpointError, ConfigError, MedeffError
 from medeff.utils.logging import get_logger
 
@@ -97,20 +98,27 @@ def build(node: Any, what: str, *, trusted: list[str] | None = None, **kwargs: A
 LIGHTNING_CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
 
 
-def _medeff_checkpoint(node: Any) -> Any:
-    """Build Lightning's ModelCheckpoint as :class:`LastEveryEpochCheckpoint` (``last.ckpt`` after every epoch)."""
-    if node.get("_target_") != LIGHTNING_CHECKPOINT:
-        return node
-    node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
-    node._target_ = "medeff.engine.checkpoint.LastEveryEpochCheckpoint"
-    return node
+def _build_one(node: Any, what: str, trusted: list[str] | None) -> list:
+    """Build one callback / logger; Lightning's ``ModelCheckpoint`` gets a ``last.ckpt`` companion
+    (:func:`medeff.engine.checkpoint.last_every_time`) and Lightning's CSV / TensorBoard loggers are built as their
+    atomic medeff counterparts (:data:`medeff.engine.loggers.ATOMIC_LOGGERS`), with the configured arguments."""
+    target = node.get("_target_")
+    if target != LIGHTNING_CHECKPOINT and target not in ATOMIC_LOGGERS:
+        return [build(node, what, trusted=trusted)]
+    args = OmegaConf.to_container(node, resolve=True)
+    if target in ATOMIC_LOGGERS:
+        return [build(OmegaConf.create({**args, "_target_": ATOMIC_LOGGERS[target]}), what, trusted=trusted)]
+    companion = last_every_time(args)
+    if companion is None:
+        return [build(node, what, trusted=trusted)]
+    return [build(OmegaConf.create({**args, "save_last": False}), what, trusted=trusted), companion]
 
 
 def _instantiate_group(group: Any, what: str, trusted: list[str] | None) -> list:
     if not group:
         return []
-    return [build(_medeff_checkpoint(c), f"{what}.{k}", trusted=trusted) for k, c in group.items()
-            if c is not None and "_target_" in c]
+    return [obj for k, c in group.items() if c is not None and "_target_" in c
+            for obj in _build_one(c, f"{what}.{k}", trusted)]
 
 
 def _uses_names(cfg: dict[str, Any], kind: str, dm) -> dict[str, Any]:
@@ -181,7 +189,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("Resuming from %s", ckpt_path)
 
     callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks", trusted)
-    loggers = make_atomic(_instantiate_group(cfg.get("logger"), "logger", trusted))  # metrics.csv, hparams.yaml atomic
+    loggers = _instantiate_group(cfg.get("logger"), "logger", trusted)  # metrics.csv, hparams.yaml atomic
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
     trainer = build(cfg.trainer, "trainer", trusted=trusted, callbacks=callbacks, logger=loggers or False,
                     plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
