@@ -33,6 +33,10 @@ def test_the_docs_show_commands():
 def test_documented_command_is_valid(cmd):
     argv = cmd.argv
     assert argv, f"{cmd}: empty command"
+    lead: list[str] = []  # options of `medeff` itself, before the subcommand
+    while len(argv) > 1 and argv[0] in ("--quiet", "--log-level"):
+        n = 2 if argv[0] == "--log-level" else 1
+        lead, argv = lead + argv[:n], argv[n:]
     if argv[0].isupper():  # a placeholder such as `medeff COMMAND --help`
         return
     assert argv[0] in COMMANDS, f"{cmd}: unknown subcommand '{argv[0]}'; valid: {sorted(COMMANDS)}"
@@ -42,7 +46,7 @@ def test_documented_command_is_valid(cmd):
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            args = parser.parse_args(argv)
+            args = parser.parse_args(lead + argv)
     except SystemExit as exc:
         assert exc.code == 0, f"{cmd}: the CLI rejects it: {err.getvalue().strip()}"
         return  # --help
