@@ -207,9 +207,16 @@ def _new_progress(console: Any = None) -> Any:
 
     if console is None:
         console = Console(stderr=True)
+    # lines written to stdout go above the bar only when stdout is the terminal too; a redirected stdout (a log
+    # file) keeps every line
+    is_tty = getattr(sys.stdout, "isatty", None)
+    try:
+        stdout_tty = bool(callable(is_tty) and is_tty())
+    except (ValueError, OSError):
+        stdout_tty = False
     return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, auto_refresh=False,
-                    redirect_stdout=True, redirect_stderr=True)
+                    redirect_stdout=stdout_tty, redirect_stderr=True)
 
 
 def _after_fork_in_child() -> None:

@@ -158,11 +158,23 @@ def test_an_outer_loop_shown_after_its_inner_loop_keeps_its_line(monkeypatch):
     assert "Later step" in buf.getvalue()
 
 
-def test_log_lines_pass_through_while_a_bar_is_shown(monkeypatch):
+def test_log_lines_go_above_the_bar_when_stdout_is_the_terminal_too(monkeypatch):
     tty_stderr = fake_tty_stderr(monkeypatch)
+    monkeypatch.setattr(sys, "stdout", tty_stderr)
     for i in track(range(2), "Indexing cases"):
         print(f"case {i} done")  # what a log handler writing to stdout does
     assert "case 0 done" in tty_stderr.getvalue() and "case 1 done" in tty_stderr.getvalue()
+    assert sys.stdout is tty_stderr
+
+
+def test_a_redirected_stdout_keeps_its_lines_while_a_bar_is_shown(monkeypatch):
+    tty_stderr = fake_tty_stderr(monkeypatch)
+    log_file = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", log_file)
+    for i in track(range(2), "Indexing cases"):
+        print(f"case {i} done")
+    assert log_file.getvalue() == "case 0 done\ncase 1 done\n"
+    assert "Indexing cases" in tty_stderr.getvalue() and "case 0" not in tty_stderr.getvalue()
 
 
 def _child_report(conn):
