@@ -71,7 +71,7 @@ done
 # 5. both protocols and every model side by side: metrics with cluster-bootstrap CIs, paired comparison with k-NN
 step report
 list() { local IFS=,; printf "['%s']" "$(printf "%s" "$*" | sed "s/,/','/g")"; }
-"$MEDEFF" protocols "$OUT" "splits=$(list "${SPLITS[@]}")" "inputs=$(list "${INPUTS[@]}")" \
+"$MEDEFF" protocols "$OUT" "splits=$(list "${SPLITS[@]}")" "inputs=$(list "${INPUTS[@]}")" "index=$WORK/index.json" \
   "image_root='$DATA'" "published=$PUBLISHED" "bootstrap.n_resamples=$N_RESAMPLES" \
   "title='IQ-OTH/NCCD: published image-level split vs patient-safe split'" overwrite=true
 done_step

@@ -104,6 +104,12 @@ def _render(res: dict, root: Path | None) -> str:
         out.append(f"<p>Published: accuracy {100 * float(pub['accuracy']):.1f}% ({e(str(pub.get('label', '')))}).</p>")
     out.append("<p>95% intervals: cluster bootstrap over near-duplicate groups "
                f"({res['bootstrap']['n_resamples']} resamples). Decisions are the most probable class.</p>")
+    g = res.get("grouping")
+    if g:
+        sizes = ", ".join(f"{n} of size {k}" for k, n in g.get("size_counts", {}).items())
+        out.append(f"<p>Near-duplicate groups: {g['n_cases']} images in {g['n_groups']} groups (largest "
+                   f"{g['largest']}, {g['n_singletons']} single; {g.get('mixed_class_groups', 'n/a')} mixing "
+                   f"classes): {e(sizes)}.</p>")
     out.append("<h2>Headline</h2><table><tr><th>protocol</th><th>model</th><th>n (groups)</th><th>accuracy</th>"
                "<th>balanced accuracy</th><th>macro AUC</th><th>test images with a near-duplicate in training</th>"
                "</tr>")
@@ -218,6 +224,12 @@ def protocol_report(out_dir: str | os.PathLike, cfg: Any = None) -> dict[str, An
     for p in res["protocols"]:
         res["protocols"][p]["leakage"] = leakage.get(p, {})
         res["protocols"][p]["split_dir"] = splits[p].name
+    if cfg.get("index"):
+        ipath = Path(str(cfg.index))
+        if not ipath.is_file():
+            raise InputError(f"Index '{ipath}' does not exist.", hint="give the index the splits were drawn from, or "
+                             "index=null.", path=str(ipath))
+        res["grouping"] = (json.loads(ipath.read_text(encoding="utf-8")).get("leakage") or {}).get("groups")
     res["title"] = str(cfg.title)
     res["published"] = OmegaConf.to_container(cfg.published) if cfg.get("published") else None
     res["bootstrap"] = {"n_resamples": int(bs.n_resamples), "confidence": float(bs.confidence), "seed": int(bs.seed)}

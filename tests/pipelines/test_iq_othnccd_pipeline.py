@@ -63,6 +63,7 @@ def test_outputs_and_columns(run):
         assert abs(sum(float(r[f"prob_{c}"]) for c in CLASSES) - 1.0) < 1e-4
     res = json.loads((out / "results.json").read_text())
     assert res["class_names"] == CLASSES and res["published"]["accuracy"] == 0.991
+    assert res["grouping"]["n_cases"] == 18 and sum(int(k) * v for k, v in res["grouping"]["size_counts"].items()) == 18
     for p in ("published", "patient_safe"):
         part = res["protocols"][p]
         assert set(part["models"]) == {"thumbnail_knn", "efficientnet_b0"}
@@ -73,7 +74,7 @@ def test_outputs_and_columns(run):
         assert part["leakage"]["leakage"]["n_test"] == sum(1 for q, _ in test if q == p)
     assert res["protocols"]["patient_safe"]["leakage"]["leakage"]["n_leaked"] == 0
     html = (out / "report.html").read_text()
-    assert "patient_safe" in html and "99.1%" in html and "Confusion matrix" in html
+    assert "patient_safe" in html and "99.1%" in html and "Confusion matrix" in html and "Near-duplicate groups" in html
     timings = (out / "timings.txt").read_text()
     for step in ("index", "split_published", "knn_patient_safe", "train_published_efficientnet_b0", "report"):
         assert step in timings
