@@ -12,6 +12,7 @@ from medeff.evaluation.bootstrap import UNIT, cluster_bootstrap, interval_method
 from medeff.evaluation.operating_points import counts_at, metrics_from_counts
 from medeff.evaluation.roc import delong, weighted_auc
 from medeff.evaluation.tables import metric_record
+from medeff.utils.progress import track
 
 __all__ = ["subgroup_levels", "subgroup_tables"]
 
@@ -44,7 +45,7 @@ def subgroup_tables(cases: pd.DataFrame, specs: Sequence[Mapping], scores: np.nd
                              hint="fix evaluation subgroups[].column in the config.")
         levels = subgroup_levels(cases[col], spec.get("bins"), spec.get("unit", ""))
         rows = []
-        for level in sorted(levels.unique(), key=_level_key):
+        for level in track(sorted(levels.unique(), key=_level_key), "Subgroup intervals"):
             sel = (levels == level).to_numpy()
             ys, ss, gs = y[sel], scores[sel], groups[sel]
             n_pos, n_neg = int(ys.sum()), int((~ys).sum())

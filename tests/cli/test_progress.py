@@ -239,3 +239,21 @@ def test_segmentation_scoring_shows_a_count_and_no_file_names(tmp_path, monkeypa
     shown = tty_stderr.getvalue()
     assert "Scoring cases" in shown and "3/3" in shown
     assert "DOE_JANE" not in shown
+
+
+def test_classification_subgroup_intervals_show_a_count(monkeypatch):
+    import numpy as np
+    import pandas as pd
+
+    from medeff.evaluation.subgroups import subgroup_tables
+
+    rng = np.random.default_rng(0)
+    n = 40
+    y = np.arange(n) % 2 == 0
+    scores = np.clip(y * 0.3 + rng.random(n) * 0.7, 0, 1)
+    cases = pd.DataFrame({"scanner": np.array(["A", "B", "C", "D"])[np.arange(n) % 4]})
+    tty_stderr = fake_tty_stderr(monkeypatch)
+    tables = subgroup_tables(cases, [{"column": "scanner"}], scores, y, np.arange(n).astype(str), 0.5,
+                             n_resamples=20, confidence=0.95, method="percentile", seed=0)
+    assert [r["level"] for r in tables[0]["rows"]] == ["A", "B", "C", "D"]
+    assert "Subgroup intervals" in tty_stderr.getvalue() and "4/4" in tty_stderr.getvalue()
