@@ -1,4 +1,4 @@
-"""Activations: SiLU/Swish, with a memory-efficient variant whose autograd saves only the input."""
+"""Activations: SiLU/Swish (with a memory-efficient variant whose autograd saves only the input), ReLU6 (EfficientNet-Lite)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "swish": nn.SiLU,
     "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
     "gelu": nn.GELU,
     "memory_efficient_silu": MemoryEfficientSiLU,
 }
@@ -45,7 +46,7 @@ def make_act(name: str = "silu", *, memory_efficient: bool = False, inplace: boo
     """Create an activation module by name.
 
     Args:
-        name: ``silu`` (= ``swish``), ``relu``, ``gelu`` or ``memory_efficient_silu``.
+        name: ``silu`` (= ``swish``), ``relu``, ``relu6``, ``gelu`` or ``memory_efficient_silu``.
         memory_efficient: use :class:`MemoryEfficientSiLU` for ``silu``/``swish``.
         inplace: in-place variant where torch offers one (ReLU/SiLU).
 
@@ -58,6 +59,6 @@ def make_act(name: str = "silu", *, memory_efficient: bool = False, inplace: boo
     cls = look_up(name.lower(), ACTIVATIONS, what="activation", key="act")
     if memory_efficient and cls is nn.SiLU:
         cls = MemoryEfficientSiLU
-    if inplace and cls in (nn.SiLU, nn.ReLU):
+    if inplace and cls in (nn.SiLU, nn.ReLU, nn.ReLU6):
         return cls(inplace=True)
     return cls()

@@ -164,6 +164,11 @@ class ArchDef:
         round_limit: channel rounding never goes below ``round_limit`` times the scaled value
             (0.9 for V1/V2-S/M/L; 0 for the V2-B variants, as published).
         stem_kernel: stem conv kernel size.
+        scale_stem: scale the stem channels with width (False for EfficientNet-Lite: the stem stays 32).
+        scale_head: scale the head channels with width (False for EfficientNet-Lite: the head stays 1280).
+        fix_first_last: keep the repeats of the first and last stage when scaling depth (EfficientNet-Lite).
+        act: the activation the architecture was published with (``"relu6"`` for EfficientNet-Lite); the default
+            of :class:`medeff.models.EfficientNet` when no ``act`` is given.
     """
 
     name: str
@@ -172,6 +177,10 @@ class ArchDef:
     head_channels: int = 1280
     round_limit: float = 0.9
     stem_kernel: int = 3
+    scale_stem: bool = True
+    scale_head: bool = True
+    fix_first_last: bool = False
+    act: str = "silu"
 
     @property
     def num_levels(self) -> int:
@@ -200,6 +209,17 @@ ARCH_DEFS: dict[str, ArchDef] = {
         "mb_r4_k5_s2_e6_c192_se0.25",
         "mb_r1_k3_s1_e6_c320_se0.25",
     ]),
+    # EfficientNet-Lite (TensorFlow's mobile/edge variant): the B0 table without squeeze-excitation, ReLU6, stem,
+    # head and the first/last stage repeats fixed under scaling.
+    "efficientnet_lite": parse_arch("efficientnet_lite", [
+        "ds_r1_k3_s1_e1_c16",
+        "mb_r2_k3_s2_e6_c24",
+        "mb_r2_k5_s2_e6_c40",
+        "mb_r3_k3_s2_e6_c80",
+        "mb_r3_k5_s1_e6_c112",
+        "mb_r4_k5_s2_e6_c192",
+        "mb_r1_k3_s1_e6_c320",
+    ], scale_stem=False, scale_head=False, fix_first_last=True, act="relu6"),
     "efficientnetv2_base": parse_arch("efficientnetv2_base", [
         "cba_r1_k3_s1_e1_c16_skip",
         "fmb_r2_k3_s2_e4_c32",
@@ -235,4 +255,4 @@ ARCH_DEFS: dict[str, ArchDef] = {
         "mb_r7_k3_s1_e6_c640_se0.25",
     ], stem_channels=32),
 }
-"""The published block tables (EfficientNet B0 and EfficientNetV2), one source of truth for every variant."""
+"""The published block tables (EfficientNet B0, EfficientNet-Lite and EfficientNetV2), one source of truth for every variant."""

@@ -143,7 +143,7 @@ def timm_convention(name: str) -> WeightsConvention | None:
     """The convention of a timm model name (``tf_efficientnet_b0.ns_jft_in1k``, ``timm/efficientnetv2_s``).
 
     ``tf_*`` models are ports of TensorFlow weights (eps 1e-3, TF padding); the others were trained in PyTorch
-    (eps 1e-5, symmetric padding). Input mean/std are left unknown here (timm's value differs per weight tag).
+    (eps 1e-5, symmetric padding). ``*efficientnet_lite*`` models use ReLU6. Input mean/std are left unknown here (timm's value differs per weight tag).
 
     Returns:
         The convention (``name`` recorded without a ``timm/`` prefix), or None when ``name`` holds no timm
@@ -154,7 +154,8 @@ def timm_convention(name: str) -> WeightsConvention | None:
     if match is None:
         return None
     base = CONVENTIONS["tf" if match.group(1) else "timm"]
-    return dataclasses.replace(base, name=text.removeprefix("timm/"))
+    act = "relu6" if "efficientnet_lite" in text else base.act
+    return dataclasses.replace(base, act=act, name=text.removeprefix("timm/"))
 
 
 def resolve_convention(spec: Any) -> WeightsConvention | None:
@@ -297,7 +298,8 @@ def convention_from_module(module: nn.Module) -> WeightsConvention | None:
 
     BatchNorm eps is read from the norm layers; TensorFlow padding is recognised by timm's ``Conv2dSame*``,
     efficientnet_pytorch's ``*SamePadding`` convolutions, MONAI's ``*_padding`` pad modules or a timm architecture
-    named ``tf_*``; mean/std come from timm's ``pretrained_cfg`` when present.
+    named ``tf_*``; the activation is ``relu6`` when the module holds ReLU6 layers (EfficientNet-Lite), else
+    ``silu``; mean/std come from timm's ``pretrained_cfg`` when present.
 
     Returns:
         The convention, or None when the module holds no BatchNorm and no recognisable padding.
@@ -320,7 +322,8 @@ def convention_from_module(module: nn.Module) -> WeightsConvention | None:
     source = ("timm-tf" if tf_pad else "timm") if cfg else type(module).__module__.split(".")[0]
     if not eps and not tf_pad:
         return None
-    return WeightsConvention(source, eps[0] if eps else None, "same_tf" if tf_pad else "same",
+    act = "relu6" if any(isinstance(m, nn.ReLU6) for m in module.modules()) else "silu"
+    return WeightsConvention(source, eps[0] if eps else None, "same_tf" if tf_pad else "same", act,
                              mean=_triple(mean), std=_triple(std), name=arch)
 
 

@@ -108,7 +108,7 @@ class EfficientNet(nn.Module):
         dropout: dropout before the classifier.
         drop_path_rate: stochastic depth; block ``i`` of ``n`` drops its branch with ``rate * i / n``.
         norm: ``"batch"`` (eps 1e-3, momentum 0.1), ``"instance"``, ``"group"`` or ``(name, kwargs)``.
-        act: activation name (``"silu"``).
+        act: activation name (default: the architecture's, ``"silu"``; ``"relu6"`` for EfficientNet-Lite).
         memory_efficient: memory-efficient SiLU (saves only the input for backward).
         padding: ``"same"`` (symmetric) or ``"same_tf"`` (TF dynamic padding, for TF-ported weights).
         strides: per-level strides (stem + each downsampling stage), e.g. ``[(1,2,2), (1,2,2), 2, 2, 2]``.
@@ -156,7 +156,7 @@ class EfficientNet(nn.Module):
         dropout: float = 0.2,
         drop_path_rate: float = 0.2,
         norm: Any = "batch",
-        act: str = "silu",
+        act: str | None = None,
         memory_efficient: bool = False,
         padding: str = "same",
         strides: Sequence[int | Sequence[int]] | None = None,
@@ -181,6 +181,7 @@ class EfficientNet(nn.Module):
         self.checkpointing = checkpointing
         self.channels_last = bool(channels_last) and _memory_format(spatial_dims) is not None
         recompute = spatial_dims == 3 if recompute is None else bool(recompute)
+        act = arch.act if act is None else act
         cfg = LayerConfig(spatial_dims, norm, act, memory_efficient, padding, fast_depthwise,
                           recompute=recompute and not checkpointing)
         self.layer_config = cfg
@@ -191,7 +192,7 @@ class EfficientNet(nn.Module):
         rl = arch.round_limit
 
         # stem
-        stem_ch = round_channels(arch.stem_channels, width, round_limit=rl)
+        stem_ch = round_channels(arch.stem_channels, width if arch.scale_stem else 1.0, round_limit=rl)
         stride = level_strides[0] if level_strides else to_tuple(2, spatial_dims)
         kernel = _apply_kernel(to_tuple(arch.stem_kernel, spatial_dims), level_kernels[0])
         self.conv_stem = cfg.conv(in_channels, stem_ch, kernel, stride)
@@ -201,7 +202,8 @@ class EfficientNet(nn.Module):
         specs = [FeatureSpec("act1", stem_ch, reduction, -1, 0)]
 
         # stages
-        repeats = [round_repeats(s.repeats, depth) for s in arch.stages]
+        fixed = {0, len(arch.stages) - 1} if arch.fix_first_last else set()
+        repeats = [s.repeats if i in fixed else round_repeats(s.repeats, depth) for i, s in enumerate(arch.stages)]
         total, block_idx, level, cin = sum(repeats), 0, 0, stem_ch
         stages: list[nn.Module] = []
         for i, (spec, n) in enumerate(zip(arch.stages, repeats)):
@@ -233,7 +235,8 @@ class EfficientNet(nn.Module):
         # head
         self.num_features = cin
         if not features_only:
-            head_ch = round_channels(head_channels or arch.head_channels, width, round_limit=rl)
+            head_ch = round_channels(head_channels or arch.head_channels, width if arch.scale_head else 1.0,
+                                     round_limit=rl)
             self.conv_head = cfg.conv(cin, head_ch, 1)
             self.bn2 = cfg.bn(head_ch)
             self.act2 = cfg.make_act()

@@ -1,9 +1,9 @@
 """Model registry and ``create_model``: named variants (data) -> networks for a task.
 
 Variants are registered with :func:`register_model`; each returns a :class:`ModelVariant` (architecture
-key plus scaling multipliers), so the whole family is data: the published B0-B7 table, EfficientNetV2
-S/M/L and B0-B3, and ``efficientnet_phi`` for any float compound coefficient (``phi=2.5`` or the name
-``efficientnet_phi2.5``).
+key plus scaling multipliers), so the whole family is data: the published B0-B7 table, EfficientNet-Lite0-4,
+EfficientNetV2 S/M/L and B0-B3, and ``efficientnet_phi`` for any float compound coefficient (``phi=2.5`` or the
+name ``efficientnet_phi2.5``).
 """
 
 from __future__ import annotations
@@ -86,6 +86,12 @@ def _register_fixed(name: str, arch: str, scaling: Scaling) -> None:
 
 for _key, _scaling in B_VARIANTS.items():
     _register_fixed(f"efficientnet_{_key}", "efficientnet", _scaling)
+
+# EfficientNet-Lite0..4 (TensorFlow's edge variants): width, depth, resolution and dropout as published.
+for _key, _scaling in {"lite0": Scaling(1.0, 1.0, 224, 0.2), "lite1": Scaling(1.0, 1.1, 240, 0.2),
+                       "lite2": Scaling(1.1, 1.2, 260, 0.3), "lite3": Scaling(1.2, 1.4, 280, 0.3),
+                       "lite4": Scaling(1.4, 1.8, 300, 0.3)}.items():
+    _register_fixed(f"efficientnet_{_key}", "efficientnet_lite", _scaling)
 
 # EfficientNetV2 (Tan & Le 2021): S/M/L are separate architectures; B0-B3 scale the V2 base network.
 _register_fixed("efficientnetv2_s", "efficientnetv2_s", Scaling(1.0, 1.0, 384, 0.2))

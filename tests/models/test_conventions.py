@@ -80,6 +80,9 @@ TIMM = [
     ("tf_efficientnet_b0", "efficientnet_b0", {"source": "timm-tf", "bn_eps": 1e-3, "padding": "same_tf"}),
     ("efficientnetv2_s", "efficientnetv2_s", {"source": "timm", "bn_eps": 1e-5, "padding": "same"}),
     ("tf_efficientnetv2_s", "efficientnetv2_s", {"source": "timm-tf", "bn_eps": 1e-3, "padding": "same_tf"}),
+    ("efficientnet_lite0", "efficientnet_lite0", {"source": "timm", "bn_eps": 1e-5, "padding": "same", "act": "relu6"}),
+    ("tf_efficientnet_lite1", "efficientnet_lite1",
+     {"source": "timm-tf", "bn_eps": 1e-3, "padding": "same_tf", "act": "relu6"}),
 ]
 
 

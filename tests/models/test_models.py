@@ -31,7 +31,8 @@ def test_feature_info_matches_features_2d(name):
     _check_features(zero_model(name), 2)
 
 
-@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_b3", "efficientnetv2_s", "efficientnetv2_b0"])
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_b3", "efficientnetv2_s", "efficientnetv2_b0",
+                                  "efficientnet_lite0"])
 def test_feature_info_matches_features_3d(name):
     _check_features(zero_model(name, spatial_dims=3, in_channels=1, features_only=True), 3, size=32)
 
@@ -287,7 +288,8 @@ def test_unknown_option_and_task():
 
 def test_list_models_pattern_and_types():
     assert list_models("efficientnetv2_b*") == [f"efficientnetv2_b{i}" for i in range(4)]
-    assert len(list_models()) == 15
+    assert len(list_models()) == 20
+    assert list_models("efficientnet_lite*") == [f"efficientnet_lite{i}" for i in range(5)]
     assert isinstance(create_model(SMALL, task="segmentation", num_classes=2), EfficientNetUNet)
     assert isinstance(create_model(SMALL), EfficientNet)
     enc = create_model(SMALL, features_only=True, out_indices=(0, 3))

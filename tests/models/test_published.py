@@ -17,6 +17,8 @@ PUBLISHED_PARAMS_M = {
     "efficientnet_b4": 19.34, "efficientnet_b5": 30.39, "efficientnet_b6": 43.04, "efficientnet_b7": 66.35,
     "efficientnetv2_s": 21.46, "efficientnetv2_m": 54.14, "efficientnetv2_l": 118.52,
     "efficientnetv2_b0": 7.14, "efficientnetv2_b1": 8.14, "efficientnetv2_b2": 10.10, "efficientnetv2_b3": 14.36,
+    "efficientnet_lite0": 4.65, "efficientnet_lite1": 5.42, "efficientnet_lite2": 6.09, "efficientnet_lite3": 8.20,
+    "efficientnet_lite4": 13.01,
 }
 # MONAI's hand-written table of B0-B7 level channels, used here only as an oracle.
 LEVEL_CHANNELS = {
@@ -66,6 +68,8 @@ def _randomize_bn(model: torch.nn.Module) -> None:
     [
         ("efficientnet_b0", "efficientnet_b0", {"norm": ("batch", {"eps": 1e-5})}),
         ("tf_efficientnetv2_b0", "efficientnetv2_b0", {"padding": "same_tf"}),
+        ("efficientnet_lite0", "efficientnet_lite0", {"norm": ("batch", {"eps": 1e-5})}),
+        ("tf_efficientnet_lite2", "efficientnet_lite2", {"padding": "same_tf"}),
     ],
 )
 def test_matches_timm_state_dict_and_outputs(timm_name, name, options):
@@ -85,7 +89,8 @@ def test_matches_timm_state_dict_and_outputs(timm_name, name, options):
 
 
 @pytest.mark.parametrize(("timm_name", "name"), [("efficientnet_b0", "efficientnet_b0"),
-                                                  ("tf_efficientnetv2_s", "efficientnetv2_s")])
+                                                  ("tf_efficientnetv2_s", "efficientnetv2_s"),
+                                                  ("efficientnet_lite3", "efficientnet_lite3")])
 def test_features_match_timm(timm_name, name):
     timm = import_timm()
     ref = timm.create_model(timm_name, pretrained=False, features_only=True).eval()
