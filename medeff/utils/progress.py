@@ -9,8 +9,8 @@ A bar (one line per step, with a count and the elapsed/remaining time) is drawn 
 
 - stderr is a terminal (logs redirected to a file, CI, pipelines piping output: no bar, no output at all);
 - quiet is off: :func:`set_quiet` (``medeff --quiet``) or the environment variable ``MEDEFF_QUIET=1``;
-- the code runs in the main process (data-loader or pool workers never draw), in the thread that drew the
-  first bar.
+- the code runs in the main thread of the main process (data-loader, pool and thread-pool workers never
+  draw, so the display state is touched by one thread only and needs no lock).
 
 Otherwise :func:`track` just yields the items. A step that ends within half a second (``DELAY_S``) draws
 nothing. Log lines printed while a bar is shown appear above it. A loop inside another tracked loop gets its own
@@ -45,7 +45,6 @@ DELAY_S = 0.5  # a step shorter than this draws nothing
 _now = time.monotonic
 _quiet = False
 _active: Any = None  # the rich Progress being shown, or None
-_owner: int | None = None  # ident of the thread that shows it
 _users = 0  # tracked loops drawing on it
 
 
@@ -71,6 +70,8 @@ def _stderr_is_terminal() -> bool:
 def progress_enabled(console: Any = None) -> bool:
     """Whether :func:`track` would draw a bar now (on ``console`` when given, else on stderr)."""
     if is_quiet() or multiprocessing.parent_process() is not None:
+        return False
+    if threading.current_thread() is not threading.main_thread():
         return False
     if console is not None:
         return bool(console.is_terminal)
@@ -141,15 +142,12 @@ class Track(Generic[T]):
             self._on = False
 
     def _show(self) -> None:
-        global _active, _owner, _users
+        global _active, _users
         try:
             if _active is None:
                 progress = _new_progress(self._console)
                 progress.start()  # refused (LiveError) while another live display, e.g. a trainer's, is shown
-                _active, _owner = progress, threading.get_ident()
-            elif _owner != threading.get_ident():
-                self._on = False  # another thread's bar is shown: stay silent
-                return
+                _active = progress
             _users += 1
             self._progress = _active
             self._task = _active.add_task(self.description, total=self.total, completed=self._done)
@@ -159,7 +157,7 @@ class Track(Generic[T]):
             self._on = False
 
     def _end(self) -> None:
-        global _active, _owner, _users
+        global _active, _users
         if self._progress is None:
             return
         progress, task = self._progress, self._task
@@ -178,7 +176,7 @@ class Track(Generic[T]):
             pass
         finally:
             if _users <= 0:
-                _active, _owner, _users = None, None, 0
+                _active, _users = None, 0
 
 
 def track(iterable: Iterable[T], description: str, total: int | None = None, *, transient: bool = False,
@@ -221,10 +219,10 @@ def _new_progress(console: Any = None) -> Any:
 
 def _after_fork_in_child() -> None:
     """A forked child never draws: forget the parent's bar and give back the streams it had redirected."""
-    global _active, _owner, _users
+    global _active, _users
     if _active is None:
         return
-    _active, _owner, _users = None, None, 0
+    _active, _users = None, 0
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         original = getattr(stream, "rich_proxied_file", None)

@@ -257,3 +257,16 @@ def test_classification_subgroup_intervals_show_a_count(monkeypatch):
                              n_resamples=20, confidence=0.95, method="percentile", seed=0)
     assert [r["level"] for r in tables[0]["rows"]] == ["A", "B", "C", "D"]
     assert "Subgroup intervals" in tty_stderr.getvalue() and "4/4" in tty_stderr.getvalue()
+
+
+def test_other_threads_never_draw():
+    import threading
+
+    console, buf = terminal()
+    seen: list[int] = []
+    worker = threading.Thread(target=lambda: seen.extend(track(range(5), "Reading DICOM headers", console=console)))
+    worker.start()
+    worker.join()
+    assert seen == [0, 1, 2, 3, 4] and buf.getvalue() == ""
+    assert list(track(range(2), "Indexing cases", console=console)) == [0, 1]
+    assert "Indexing cases" in buf.getvalue()  # the main thread does
