@@ -12,8 +12,9 @@ A bar (one line per step, with a count and the elapsed/remaining time) is drawn 
 - the code runs in the main thread of the main process (data-loader, pool and thread-pool workers never
   draw, so the display state is touched by one thread only and needs no lock).
 
-Otherwise :func:`track` just yields the items. A step that ends within half a second (``DELAY_S``) draws
-nothing. Log lines printed while a bar is shown appear above it. A loop inside another tracked loop gets its own
+Otherwise :func:`track` just yields the items. A bar appears once its step has run for half a second
+(``DELAY_S``, checked as items complete), so quick steps draw nothing. Log lines printed while a bar is shown
+appear above it when stdout is the terminal too; a redirected stdout keeps them. A loop inside another tracked loop gets its own
 line, removed when it finishes; ``transient=True`` removes an outer step's line too (low-level steps such as
 reading one DICOM series, which also run inside training and would otherwise leave a line per read).
 
