@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 
-__all__ = ["MARKER", "core_font_text", "pdf_rc", "drawable", "sanitise_figure"]
+__all__ = ["MARKER", "core_font_text", "pdf_rc", "drawable", "sanitise_figure", "truetype_fonts"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,40 @@ def _fonts() -> tuple[list[str], list[str], frozenset[int]]:
             continue
     names = [f for f, _ in fallback]
     return ["DejaVu Sans", *names], ["DejaVu Sans Mono", *names], frozenset(covered)
+
+
+@functools.lru_cache(maxsize=1)
+def truetype_fonts() -> dict[str, list[tuple[str, str, frozenset[int]]]]:
+    """TrueType files for the PDF report, per style (``sans``, ``bold``, ``mono``): ``[(name, path, code points)]``
+    in the order they are tried, DejaVu (shipped with matplotlib) first, then the installed fallback fonts."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    def entry(name: str, path) -> tuple[str, str, frozenset[int]] | None:
+        path = str(path)  # plain str (newer matplotlib returns a str subclass)
+        try:
+            return name, path, frozenset(FT2Font(path).get_charmap())
+        except (OSError, RuntimeError):
+            return None
+
+    sans = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=False)
+    bold = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans", weight="bold"),
+                                 fallback_to_default=False)
+    mono = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans Mono"), fallback_to_default=False)
+    entries = font_manager.fontManager.ttflist
+    fallback = []
+    for i, family in enumerate(_FALLBACK_FAMILIES):
+        paths = [e.fname for e in entries if e.name == family and e.fname.lower().endswith(".ttf")]
+        if paths:
+            fb = entry(f"medeff-fallback-{i}", paths[0])
+            if fb:
+                fallback.append(fb)
+    out = {}
+    for style, name, path in (("sans", "DejaVuSans", sans), ("bold", "DejaVuSans-Bold", bold),
+                              ("mono", "DejaVuSansMono", mono)):
+        first = entry(name, path)
+        out[style] = ([first] if first else []) + fallback
+    return out
 
 
 def drawable(text: str, missing: set[int] | None = None) -> str:

@@ -2,7 +2,7 @@
 
 Outputs (all written atomically):
     report.html   tables and figures (embedded base64 PNG), provenance, configuration
-    report.pdf    the same sections as pages of figures and text tables (matplotlib PdfPages, pure Python)
+    report.pdf    the same sections, typeset with ReportLab: wrapped tables, figures, page numbers
     summary.json  every number except the per-case rows
     metrics.csv   every summary number as one flat row (value, CI, method, n, unit)
     per_case.csv  one row per case (and label, for segmentation)
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from medeff.evaluation.sections import build_sections, flat_metrics
 from medeff.evaluation.templates import HTML_TEMPLATE
-from medeff.utils.atomic import atomic_open, atomic_path, write_json_atomic, write_text_atomic
+from medeff.utils.atomic import atomic_open, write_json_atomic, write_text_atomic
 from medeff.utils.options import look_up
 
 __all__ = ["render_report", "load_results", "save_results", "report_files", "check_results", "FORMATS"]
@@ -219,89 +219,7 @@ def _write_csv(path: Path, rows: list[dict], overwrite: bool) -> Path:
     return path
 
 
-def _wrap_table(tab: dict, width: int = 175) -> list[str]:
-    """A table as fixed-width text lines; wide cells are cut to fit the page width."""
-    cols = [tab["headers"]] + tab["rows"]
-    n = max(len(r) for r in cols)
-    widths = [max(len(str(r[i])) if i < len(r) else 0 for r in cols) for i in range(n)]
-    budget = max(10, (width - 3 * (n - 1)) // max(n, 1))
-    while sum(widths) + 3 * (n - 1) > width and max(widths) > budget:
-        i = widths.index(max(widths))
-        widths[i] -= 1
-    lines = []
-    for j, r in enumerate(cols):
-        cells = [(str(r[i]) if i < len(r) else "") for i in range(n)]
-        cells = [c if len(c) <= w else c[: max(w - 1, 1)] + "~" for c, w in zip(cells, widths)]
-        lines.append("   ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
-        if j == 0:
-            lines.append("-" * min(width, sum(widths) + 3 * (n - 1)))
-    return lines
-
-
 def _write_pdf(path: Path, title: str, sections: list[dict], figs, overwrite: bool) -> Path:
-    import textwrap
+    from medeff.evaluation.pdf import write_pdf
 
-    from medeff.evaluation.fonts import drawable, log_missing
-
-    missing: set[int] = set()
-
-    def d(text) -> str:
-        return drawable(str(text), missing)
-
-    lines: list[tuple[str, str]] = [("title", d(title)), ("", "")]
-    for sec in sections:
-        lines.append(("h", d(sec["title"])))
-        for p in sec["paragraphs"]:
-            lines += [("", t) for t in textwrap.wrap(d(p), 150)]
-        for tab in sec["tables"]:
-            lines.append(("b", d(tab["caption"])))
-            shown = {"headers": [d(h) for h in tab["headers"]], "rows": [[d(c) for c in r] for r in tab["rows"]]}
-            lines += [("m", t) for t in _wrap_table(shown)]
-            lines.append(("", ""))
-        if sec.get("config"):
-            lines.append(("b", "Configuration used"))
-            lines += [("m", d(t)[:150]) for t in sec["config"].splitlines()]
-    log_missing(missing, f"PDF report '{path.name}'")
-    fm_log = logging.getLogger("matplotlib.font_manager")  # core-font lookups warn about weights; harmless
-    level = fm_log.level
-    fm_log.setLevel(logging.ERROR)
-    try:
-        return _pdf_pages(path, title, lines, figs, overwrite)
-    finally:
-        fm_log.setLevel(level)
-
-
-def _pdf_pages(path: Path, title: str, lines: list, figs, overwrite: bool) -> Path:
-    """Text pages, then one page per figure. Each page uses the standard PDF fonts when its text allows (plain
-    searchable strings), else embedded TrueType fonts (see :mod:`medeff.evaluation.fonts`)."""
-    import matplotlib
-    from matplotlib.backends.backend_pdf import PdfPages
-    from matplotlib.figure import Figure
-
-    from medeff.evaluation.fonts import pdf_rc, sanitise_figure
-
-    per_page = 58
-    # Type 42 for the whole document: embedded fonts are written when the file closes, with the setting of that time
-    with matplotlib.rc_context({"pdf.fonttype": 42}), atomic_path(path, overwrite=overwrite) as tmp, \
-            PdfPages(tmp, metadata={"Title": title, "Creator": "medeff"}) as pdf:
-        for start in range(0, len(lines), per_page):
-            page = lines[start:start + per_page]
-            fig = Figure(figsize=(11.69, 8.27))
-            y = 0.95
-            for style, text in page:
-                kw = {"family": "monospace", "size": 7} if style == "m" else {"size": 8}
-                if style == "title":
-                    kw = {"size": 14, "weight": "bold"}
-                elif style == "h":
-                    kw = {"size": 11, "weight": "bold"}
-                elif style == "b":
-                    kw = {"size": 8, "weight": "bold"}
-                fig.text(0.04, y, text, va="baseline", ha="left", **kw)  # baseline: glyph-independent rows
-                y -= 0.0155 if style != "h" else 0.02
-            with matplotlib.rc_context(pdf_rc([t for _, t in page])):
-                pdf.savefig(fig)
-        for cap, f in figs:
-            f.suptitle(cap, fontsize=9, y=0.995)
-            with matplotlib.rc_context(pdf_rc(sanitise_figure(f))):
-                pdf.savefig(f, bbox_inches="tight")
-    return path
+    return write_pdf(path, title, sections, figs, overwrite=overwrite)

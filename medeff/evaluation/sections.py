@@ -80,7 +80,8 @@ def _classification(res: dict, pct: str, conf: float) -> list[dict]:
         return _triage(res, pct, conf)
     s, c = _Known(res.get("settings") or {}), _Known(res.get("counts") or {})
     unit = s.get("unit", "case")
-    paras = [f"{c['cases']} {unit}s from {c['groups']} patients/groups ({c['input_rows']} input rows"
+    paras = ([f"Model: {res['model_name']}."] if res.get("model_name") else []) + [
+        f"{c['cases']} {unit}s from {c['groups']} patients/groups ({c['input_rows']} input rows"
              + (f", aggregated per {unit} by {s['aggregate']}" if s.get("aggregate") else "") + ")."]
     if not res.get("multiclass"):
         paras.append(f"Reference: {c['positive']} positive and {c['negative']} negative {unit}s.")

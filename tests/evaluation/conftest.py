@@ -1,6 +1,11 @@
-"""Fixtures of the evaluation tests: ``pdf_text`` turns a report PDF back into its text, for pages drawn with the
-standard PDF fonts (plain strings) and for pages drawn with embedded TrueType fonts (glyph codes, decoded through the
-fonts' ToUnicode maps), so that searches for words or identifiers see every page."""
+"""Fixtures of the evaluation tests: ``pdf_text`` turns a report PDF back into its text, for text set in the standard
+PDF fonts (plain strings) and in embedded TrueType fonts (glyph codes, decoded through the fonts' ToUnicode maps), so
+that searches for words or identifiers see every page.
+
+With pypdfium2 installed (the ``test`` extra), PDFium extracts the text; without it a small parser of uncompressed or
+Flate streams does. Either way the text is returned three times: as extracted (one line per text line), with the lines
+joined by spaces (a table cell wrapped over two lines reads as one phrase) and joined with nothing (a long word split
+over two lines reads as one word), so searches for words and identifiers are not defeated by line breaks."""
 
 from __future__ import annotations
 
@@ -10,8 +15,8 @@ import zlib
 import pytest
 
 _OBJ = re.compile(rb"(\d+) 0 obj(.*?)endobj", re.S)
-_STREAM = re.compile(rb"stream\r?\n(.*?)\r?\nendstream", re.S)
-_TOKEN = re.compile(rb"/([A-Za-z0-9]+) [\d.]+ Tf|\((?:\\.|[^\\()])*\)|\bET\b", re.S)
+_STREAM = re.compile(rb"stream\r?\n(.*?)(?:\r?\n)?endstream", re.S)
+_TOKEN = re.compile(rb"/([A-Za-z0-9+]+) [\d.]+ Tf|\((?:\\.|[^\\()])*\)|\bET\b", re.S)
 
 
 def _objects(data: bytes) -> dict[int, tuple[bytes, bytes | None]]:
@@ -78,7 +83,7 @@ def extract_pdf_text(data: bytes) -> str:
     objs = _objects(data)
     fonts: dict[bytes, dict[int, str] | None] = {}  # resource name -> ToUnicode map (None: one-byte WinAnsi font)
     for head, _ in objs.values():
-        for name, num in re.findall(rb"/(F\d+) (\d+) 0 R", head):
+        for name, num in re.findall(rb"/(F[\d+]+) (\d+) 0 R", head):
             fhead = objs.get(int(num), (b"", None))[0]
             tu = re.search(rb"/ToUnicode (\d+) 0 R", fhead)
             fonts[name] = _cmap(objs[int(tu.group(1))][1] or b"") if tu else None
@@ -98,12 +103,34 @@ def extract_pdf_text(data: bytes) -> str:
                 if font is None:
                     current.append(raw.decode("cp1252", errors="replace"))
                 else:
-                    current.append("".join(font.get(int.from_bytes(raw[i:i + 2], "big"), "\ufffd")
-                                           for i in range(0, len(raw) - 1, 2)))
+                    width = 1 if font and max(font) < 256 else 2  # one-byte subsets (ReportLab) or CID fonts
+                    current.append("".join(font.get(int.from_bytes(raw[i:i + width], "big"), "\ufffd")
+                                           for i in range(0, len(raw) - width + 1, width)))
     return "\n".join(lines)
+
+
+def _pdfium_text(data: bytes) -> str | None:
+    try:
+        import pypdfium2 as pdfium
+    except ImportError:
+        return None
+    pdf = pdfium.PdfDocument(data)
+    try:
+        return "\n".join(pdf[i].get_textpage().get_text_range() for i in range(len(pdf)))
+    finally:
+        pdf.close()
+
+
+def pdf_page_text(data: bytes) -> str:
+    """The text of a report PDF, with joined variants (see the module docstring)."""
+    text = _pdfium_text(data)
+    if text is None:
+        text = extract_pdf_text(data)
+    lines = [ln.strip() for ln in text.replace("\r", "").split("\n")]
+    return "\n".join([text, " ".join(lines), "".join(lines)])
 
 
 @pytest.fixture()
 def pdf_text():
     """``pdf_text(bytes) -> str``: the text of a report PDF (see the module docstring)."""
-    return extract_pdf_text
+    return pdf_page_text

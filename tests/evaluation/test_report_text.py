@@ -36,7 +36,7 @@ def test_pdf_shows_non_latin1_title_subgroups_and_model_name(tmp_path, pdf_text,
     assert "??" not in text
     for word in ("Москва", "Zürich", "Αθήνα", "Ωmega"):
         assert word in text, word
-    assert "Модель" in text  # the ROC legend of a figure page
+    assert "Модель" in text  # the summary names the model (figures are images; their text is checked in the HTML)
     # CJK: drawn when a CJK font is installed, else each character is a visible [U+XXXX] marker (and logged)
     tokyo, kanji_title = drawable("東京"), drawable(title)
     assert tokyo in text and kanji_title in text
