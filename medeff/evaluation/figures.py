@@ -195,6 +195,28 @@ def segmentation_figures(res: dict) -> list[tuple[str, Figure]]:
         fig.tight_layout()
         figs.append((f"{title} (boxes: quartiles; triangles: means; NaN values excluded)", fig))
     figs += _bland_altman(res)
+    figs += _overlays(res)
+    return figs
+
+
+def _overlays(res: dict) -> list[tuple[str, Figure]]:
+    """The stored overlay images (worst and median case) as figures."""
+    import base64
+    import io
+
+    import matplotlib.image as mpimg
+
+    figs = []
+    for ov in res.get("overlays") or []:
+        img = mpimg.imread(io.BytesIO(base64.b64decode(ov["png"])), format="png")
+        h, w = img.shape[:2]
+        fig = Figure(figsize=(w / 90, h / 90), dpi=90)
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.imshow(img)
+        ax.axis("off")
+        figs.append((f"{str(ov['which']).capitalize()} case by mean Dice ({ov['case']}, {ov['mean_dice']:.3f}): "
+                     f"slices {', '.join(str(k) for k in ov['slices'])} with reference (green) and prediction (red) "
+                     "contours", fig))
     return figs
 
 

@@ -257,7 +257,8 @@ def evaluate_segmentation(
     Args:
         index: CSV (or DataFrame) with a case id, a prediction path and a reference path per row (relative paths
             are taken from the CSV's folder); or None with ``prediction_dir``/``reference_dir`` matched by file name.
-        columns: ``case``, ``prediction``, ``reference``, ``group`` (patient, optional) column names.
+        columns: ``case``, ``prediction``, ``reference``, ``group`` (patient, optional) and ``image`` (optional: the
+            image of each case, for overlays of the worst and the median case in the report) column names.
         labels: ``{value: name}`` or a list of label values; None evaluates every non-zero label present.
         tolerance_mm: normalised surface Dice tolerance.
         empty_both, one_empty_distance: conventions for empty masks (see :class:`EmptyConventions`).
@@ -285,14 +286,15 @@ def evaluate_segmentation(
     pred_col = columns.get("prediction", "prediction")
     ref_col = columns.get("reference", "reference")
     group_col = columns.get("group") or None
+    image_col = columns.get("image") or None
     conventions = EmptyConventions(str(empty_both), one_empty_distance)
     inputs: dict = {}
     if index is not None:
         df, path = read_table(index, "segmentation index")
         where = f"Segmentation index '{path}'" if path else "Segmentation index"
-        require_columns(df, [case_col, pred_col, ref_col, group_col], where)
+        require_columns(df, [case_col, pred_col, ref_col, group_col, image_col], where)
         base = path.parent if path else Path.cwd()
-        for c in (pred_col, ref_col):
+        for c in (pred_col, ref_col, *([image_col] if image_col else [])):
             df[c] = [str(p if Path(p).is_absolute() else base / p) for p in df[c].astype(str)]
         if df[case_col].duplicated().any():
             raise InputError(f"{where}: {int(df[case_col].duplicated().sum())} duplicate case ids.",
@@ -300,7 +302,7 @@ def evaluate_segmentation(
         inputs["index"] = path
     elif prediction_dir and reference_dir:
         df = match_folders(prediction_dir, reference_dir)
-        case_col, pred_col, ref_col, group_col = "case_id", "prediction", "reference", None
+        case_col, pred_col, ref_col, group_col, image_col = "case_id", "prediction", "reference", None, None
     else:
         raise InputError("No segmentation input given.",
                          hint="set segmentation.index=<CSV of case id, prediction and reference paths>, or "
@@ -358,6 +360,7 @@ def evaluate_segmentation(
         worst_rows.append({"case": case, "mean_dice": None if pd.isna(md) else float(md),
                            "dice_per_label": {n: (None if pd.isna(d) else float(d))
                                               for n, d in zip(sub["label_name"], sub["dice"])}})
+    overlays = _overlays(df, image_col, pred_col, ref_col, out_case, mean_dice, all_labels, remap) if image_col else []
     settings = {"tolerance_mm": float(tolerance_mm), "empty_both": conventions.both_empty,
                 "reference_remap": {str(k): v for k, v in remap.items()} or None,
                 "reorient_reference": bool(reorient_reference),
@@ -373,9 +376,34 @@ def evaluate_segmentation(
         "aggregates": aggregates,
         "volume_agreement": agreement,
         "worst_cases": worst_rows,
+        "overlays": overlays,
         "warnings": warnings,
         "per_case": table.replace({np.nan: None}).to_dict(orient="records"),
     }
+
+
+def _overlays(df, image_col, pred_col, ref_col, out_case, mean_dice, labels, remap) -> list[dict]:
+    """Overlay images of the worst and the median case (see :mod:`medeff.evaluation.overlays`)."""
+    from medeff.evaluation.overlays import choose_cases, overlay_record
+
+    out = []
+    position = {c: i for i, c in enumerate(out_case.to_numpy())}
+    for which, case, dice in choose_cases(mean_dice.to_dict()):
+        i = position[case]
+        where = f"Overlay of the {which} case {case}"
+        pred_img, ref_img = masks_on_one_grid(read_mask(df[pred_col].iloc[i]), read_mask(df[ref_col].iloc[i]), where)
+        ref = ref_img.array
+        if remap:
+            from medeff.data.label_remap import remap_labels
+
+            ref = remap_labels(ref, remap)
+        if ref.shape != pred_img.array.shape:
+            log.warning("%s left out: reference and prediction arrays differ in shape.", where)
+            continue
+        rec = overlay_record(which, str(case), dice, df[image_col].iloc[i], pred_img.array, ref, labels)
+        if rec:
+            out.append(rec)
+    return out
 
 
 def _aggregate(table: pd.DataFrame, labels, label_names, groups, n_cases, n_resamples, confidence, method,
