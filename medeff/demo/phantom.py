@@ -148,10 +148,17 @@ def make_phantom_ct(
     for side in (-1, 1):
         put(_ellipsoid(grid, (ni / 2 + side * ni * 0.2, nj * 0.5, nk * 0.8),
                        (ni * 0.15 * jit(0.1), nj * 0.25 * jit(0.1), nk * 0.35)) & (grid[2] > top), -850.0, 5)
-    put(_ellipsoid(grid, (ni * 0.35 * jit(0.05), nj * 0.45, nk * 0.45), (ni * 0.2 * jit(0.1), nj * 0.22 * jit(0.1), nk * 0.18)), 60.0, 1)
-    put(_ellipsoid(grid, (ni * 0.72 * jit(0.03), nj * 0.6, nk * 0.45), (ni * 0.08 * jit(0.15), nj * 0.1 * jit(0.15), nk * 0.12)), 45.0, 2)
-    put(_ellipsoid(grid, (ni * 0.36, nj * 0.72, nk * 0.25 * jit(0.1)), (ni * 0.06, nj * 0.07, nk * 0.14)), 150.0, 4)
-    put(_ellipsoid(grid, (ni * 0.64, nj * 0.72, nk * 0.27 * jit(0.1)), (ni * 0.06, nj * 0.07, nk * 0.14)), 150.0, 3)
+    # Abdominal organs, sized like an adult's in a ~32 x 28 x 19 cm field of view (the demo's 64 x 56 x 32 voxels
+    # at 5 x 5 x 6 mm): liver ~16 x 14 x 13 cm on the right (low i), spleen ~7 x 8 x 8 cm on the left, kidneys
+    # ~5.5 x 5 x 9 cm either side of the spine. The side tells liver from spleen and the two kidneys apart.
+    put(_ellipsoid(grid, (ni * 0.33 * jit(0.05), nj * 0.45, nk * 0.45 * jit(0.05)),
+                   (ni * 0.25 * jit(0.08), nj * 0.25 * jit(0.08), nk * 0.22 * jit(0.08))), 60.0, 1)
+    put(_ellipsoid(grid, (ni * 0.72 * jit(0.03), nj * 0.5 * jit(0.05), nk * 0.5 * jit(0.05)),
+                   (ni * 0.11 * jit(0.12), nj * 0.14 * jit(0.12), nk * 0.2 * jit(0.12))), 45.0, 2)
+    put(_ellipsoid(grid, (ni * 0.34 * jit(0.03), nj * 0.72, nk * 0.27 * jit(0.1)),
+                   (ni * 0.085 * jit(0.1), nj * 0.09 * jit(0.1), nk * 0.23 * jit(0.1))), 150.0, 4)
+    put(_ellipsoid(grid, (ni * 0.66 * jit(0.03), nj * 0.72, nk * 0.29 * jit(0.1)),
+                   (ni * 0.085 * jit(0.1), nj * 0.09 * jit(0.1), nk * 0.23 * jit(0.1))), 150.0, 3)
     put(_ellipsoid(grid[:2], (ni * 0.5, nj * 0.8), (ni * 0.05, nj * 0.06)), 500.0, 6)
     hu += rng.normal(0.0, noise_hu, size=shape).astype(np.float32)
     hu[~body] = -1000.0 + rng.normal(0.0, 5.0, size=int((~body).sum()))

@@ -7,6 +7,7 @@ path a user takes. It needs no downloaded data and finishes in minutes on two CP
 from __future__ import annotations
 
 import csv
+import io
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from medeff.errors import ConfigError
+from medeff.utils.atomic import write_text_atomic
 from medeff.utils.logging import get_logger
 
 __all__ = ["run_demo"]
@@ -26,30 +29,57 @@ def _step(title: str):
     return time.perf_counter()
 
 
-def _make_data(root: Path, cfg: Any) -> dict[str, Path]:
+def _make_data(root: Path, cfg: Any) -> dict[str, Any]:
+    """Write the demo's phantom data below ``root``: nodule archives and the CT cases (see :func:`_make_ct_data`)."""
+    from medeff.demo.phantom import make_nodule_archive
+
+    seed = int(cfg.seed)
+    paths: dict[str, Any] = {"nodules_train": root / "nodules_train", "nodules_test": root / "nodules_test"}
+    make_nodule_archive(paths["nodules_train"], n_exams=int(cfg.data.nodule_train_exams), seed=seed)
+    make_nodule_archive(paths["nodules_test"], n_exams=int(cfg.data.nodule_test_exams), seed=seed + 1000)
+    paths.update(_make_ct_data(root, cfg))
+    return paths
+
+
+def _make_ct_data(root: Path, cfg: Any) -> dict[str, Any]:
+    """Phantom CT cases: a training set (NIfTI images and label maps, ``ct_train/imagesTr|labelsTr``) and held-out
+    test cases, each a DICOM series of its own (``ct_test_dicom/<case>/``, one synthetic patient each) with its
+    reference label map (``ct_test_labels/<case>.nii.gz``). Test phantoms use seeds no training phantom uses."""
     import nibabel as nib
 
     from medeff.demo.dicom_writer import write_ct_series
-    from medeff.demo.phantom import make_nodule_archive, make_phantom_ct
+    from medeff.demo.phantom import make_phantom_ct
 
     seed = int(cfg.seed)
     d = cfg.data
-    paths = {"nodules_train": root / "nodules_train", "nodules_test": root / "nodules_test",
-             "ct_train": root / "ct_train", "ct_test_dicom": root / "ct_test_dicom",
-             "ct_test_label": root / "ct_test_label.nii.gz"}
-    make_nodule_archive(paths["nodules_train"], n_exams=int(d.nodule_train_exams), seed=seed)
-    make_nodule_archive(paths["nodules_test"], n_exams=int(d.nodule_test_exams), seed=seed + 1000)
     shape, spacing = tuple(d.ct_shape), tuple(d.ct_spacing)
+    train = root / "ct_train"
     for sub in ("imagesTr", "labelsTr"):
-        (paths["ct_train"] / sub).mkdir(parents=True, exist_ok=True)
+        (train / sub).mkdir(parents=True, exist_ok=True)
     for i in range(int(d.ct_train_cases)):
         ct, lab = make_phantom_ct(shape, spacing, seed=seed + i)
-        nib.save(nib.Nifti1Image(ct.array, ct.affine_ras), paths["ct_train"] / "imagesTr" / f"phantom{i:03d}.nii.gz")
-        nib.save(nib.Nifti1Image(lab.array, lab.affine_ras), paths["ct_train"] / "labelsTr" / f"phantom{i:03d}.nii.gz")
-    ct, lab = make_phantom_ct(shape, spacing, seed=seed + 999)
-    write_ct_series(ct, paths["ct_test_dicom"], seed=seed)
-    nib.save(nib.Nifti1Image(lab.array, lab.affine_ras), paths["ct_test_label"])
-    return paths
+        nib.save(nib.Nifti1Image(ct.array, ct.affine_ras), train / "imagesTr" / f"phantom{i:03d}.nii.gz")
+        nib.save(nib.Nifti1Image(lab.array, lab.affine_ras), train / "labelsTr" / f"phantom{i:03d}.nii.gz")
+    n_test = _check_test_cases(cfg)
+    labels_dir = root / "ct_test_labels"
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    tests = []
+    for t in range(n_test):
+        name = f"test{t:02d}"
+        ct, lab = make_phantom_ct(shape, spacing, seed=seed + 10_000 + t)
+        write_ct_series(ct, root / "ct_test_dicom" / name, seed=seed + t,
+                        identity={"PatientID": f"PHANTOM-{t + 1:04d}"})
+        nib.save(nib.Nifti1Image(lab.array, lab.affine_ras), labels_dir / f"{name}.nii.gz")
+        tests.append({"case": name, "dicom": root / "ct_test_dicom" / name, "reference": labels_dir / f"{name}.nii.gz"})
+    return {"ct_train": train, "ct_test": tests}
+
+
+def _check_test_cases(cfg: Any) -> int:
+    n_test = int(cfg.data.ct_test_cases)
+    if n_test < 2:
+        raise ConfigError(f"conf/demo.yaml: data.ct_test_cases is {n_test}; the per-organ Dice needs at least 2 "
+                          "held-out CT cases for a confidence interval.", hint="set data.ct_test_cases=5 (or more).")
+    return n_test
 
 
 def _train(kind: str, section: Any, index: Path, out: Path, seed: int) -> Path:
@@ -99,29 +129,30 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Pa
         overrides: Hydra overrides of ``conf/demo.yaml``.
 
     Returns:
-        ``{"classification_report": ..., "segmentation_report": ...}`` (HTML paths).
+        ``{"classification_report": ..., "segmentation_report": ..., "converted_ct": ...}`` (HTML paths, and the
+        first held-out DICOM series converted to NIfTI).
     """
     import torch
 
     from medeff.config import compose
     from medeff.data import build_index
-    from medeff.demo.phantom import ORGAN_LABELS
     from medeff.engine.predict import predict
-    from medeff.evaluation import evaluate_classification, evaluate_segmentation, render_report
+    from medeff.evaluation import evaluate_classification, render_report
     from medeff.io import read_image, write_image
 
     cfg = compose("demo", overrides)
+    _check_test_cases(cfg)
     torch.set_num_threads(int(cfg.threads))
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     seed = int(cfg.seed)
     t0 = time.perf_counter()
 
-    _step("1/7 phantom data (nodule slice archives, CT volumes with organ labels, a DICOM series)")
+    _step("1/7 phantom data (nodule slice archives, CT volumes with organ labels, held-out DICOM series)")
     data = _make_data(out / "data", cfg)
 
-    _step("2/7 convert the DICOM series to NIfTI (geometry kept)")
-    ct_test = write_image(read_image(data["ct_test_dicom"]), out / "data" / "ct_test.nii.gz")
+    _step("2/7 convert a DICOM series to NIfTI (geometry kept)")
+    ct_test = write_image(read_image(data["ct_test"][0]["dicom"]), out / "data" / "ct_test.nii.gz")
 
     _step("3/7 dataset indexes (patient-level folds, fingerprints, leakage check)")
     idx_nod = build_index(data["nodules_train"], out / "index" / "nodules_train.json", overrides=["overwrite=true"])
@@ -134,11 +165,11 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Pa
     _step("5/7 train the organ segmenter (3D EfficientNet U-Net, fold 0)")
     ckpt_seg = _train("segmenter", cfg.segmenter, out / "index" / "ct_train.json", out / "runs" / "segmenter", seed)
 
-    _step("6/7 predict: held-out nodules (per nodule) and the DICOM series (mask in the series' geometry)")
+    _step(f"6/7 predict: held-out nodules (per nodule) and {len(data['ct_test'])} held-out DICOM series "
+          "(masks in the series' geometry)")
     pred_cls = predict({"ckpt": str(ckpt_cls), "input": str(data["nodules_test"] / "nodule_slices_64x64.npz"),
                         "output_dir": str(out / "predictions" / "nodules"), "overwrite": True, "device": "cpu"})
-    pred_seg = predict({"ckpt": str(ckpt_seg), "input": str(data["ct_test_dicom"]),
-                        "output_dir": str(out / "predictions" / "ct"), "overwrite": True, "device": "cpu"})
+    seg_index = predict_segmentations(ckpt_seg, data["ct_test"], out / "predictions")
 
     _step("7/7 evaluate and report (95% CIs, per nodule / per organ)")
     refs = _nodule_references(data["nodules_test"], out / "predictions" / "nodule_references.csv")
@@ -149,17 +180,44 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Pa
         subgroups=[{"column": "diameter_mm", "bins": [0, 10, 15, 20, 100], "unit": "mm"}], seed=seed,
         title="Nodule triage (phantom demo)", config=_provenance(cfg, "classifier", ckpt_cls))
     cls_files = render_report(res_cls, out / "report" / "classification", formats=tuple(cfg.report.formats))
-    mask = Path(pred_seg["files"][0])
-    seg_index = out / "predictions" / "segmentation_pairs.csv"
-    seg_index.write_text(f"case_id,prediction,reference\nct_test,{mask},{data['ct_test_label']}\n")
-    labels = {v: k for k, v in ORGAN_LABELS.items() if v}
-    res_seg = evaluate_segmentation(seg_index, labels=labels, seed=seed, title="Organ segmentation (phantom demo)",
-                                    config=_provenance(cfg, "segmenter", ckpt_seg))
+    res_seg = evaluate_demo_segmentation(seg_index, seed=seed, config=_provenance(cfg, "segmenter", ckpt_seg))
     seg_files = render_report(res_seg, out / "report" / "segmentation", formats=tuple(cfg.report.formats))
     reports = {"classification_report": _html(cls_files), "segmentation_report": _html(seg_files),
                "converted_ct": Path(ct_test)}
     log.info("demo finished in %.0f s", time.perf_counter() - t0)
     return reports
+
+
+def predict_segmentations(ckpt: Path, tests: Sequence[dict[str, Any]], out: Path) -> Path:
+    """Predict every held-out DICOM series (one ``medeff predict`` call per series, i.e. per patient) and write the
+    evaluation index ``segmentation_pairs.csv`` (case id, predicted mask, reference mask) under ``out``."""
+    from medeff.engine.predict import predict
+
+    rows = []
+    for case in tests:
+        res = predict({"ckpt": str(ckpt), "input": str(case["dicom"]), "output_dir": str(out / "ct" / case["case"]),
+                       "overwrite": True, "device": "cpu"})
+        masks = [f for f in res["files"] if str(f).endswith(".nii.gz")]
+        if len(masks) != 1:
+            raise RuntimeError(f"predicting held-out case {case['case']} wrote {len(masks)} masks, expected one")
+        rows.append({"case_id": case["case"], "prediction": masks[0], "reference": str(case["reference"])})
+    index = out / "segmentation_pairs.csv"
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["case_id", "prediction", "reference"])
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(index, buf.getvalue(), overwrite=True)
+    return index
+
+
+def evaluate_demo_segmentation(index: Path, *, seed: int, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per-organ evaluation of the held-out CT cases: every organ of :data:`ORGAN_LABELS`, one row per case."""
+    from medeff.demo.phantom import ORGAN_LABELS
+    from medeff.evaluation import evaluate_segmentation
+
+    labels = {v: k for k, v in ORGAN_LABELS.items() if v}
+    return evaluate_segmentation(index, labels=labels, seed=seed, title="Organ segmentation (phantom demo)",
+                                 config=config)
 
 
 def _html(files: Any) -> Path:

@@ -6,8 +6,11 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from medeff.cli.main import main
+from medeff.demo.phantom import ORGAN_LABELS
+from medeff.errors import ConfigError
 from medeff.io import read_image
 
 def _list(items: list[str]) -> str:
@@ -15,7 +18,7 @@ def _list(items: list[str]) -> str:
 
 
 TINY = [
-    "data.nodule_train_exams=16", "data.nodule_test_exams=6", "data.ct_train_cases=3",
+    "data.nodule_train_exams=16", "data.nodule_test_exams=6", "data.ct_train_cases=3", "data.ct_test_cases=2",
     "data.ct_shape=[40,36,20]", "classifier.epochs=1", "segmenter.epochs=1",
     "classifier.overrides=" + _list(["+model.width=0.25", "+model.depth=0.34", "++trainer.limit_train_batches=2",
                                      "++trainer.limit_val_batches=2", "trainer.enable_progress_bar=false"]),
@@ -26,7 +29,7 @@ TINY = [
     "report.formats=[html,json,csv]",
 ]
 # identifying values the demo's synthetic DICOM series carries (medeff.demo.dicom_writer defaults)
-IDENTITY = ["PHANTOM^DEMO", "PHANTOM-0001", "19000101", "ACC0000", "medeff phantom lab"]
+IDENTITY = ["PHANTOM^DEMO", "PHANTOM-0001", "PHANTOM-0002", "19000101", "ACC0000", "medeff phantom lab"]
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
@@ -45,11 +48,22 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert sorted(r["case_id"] for r in rows) == sorted(set(z["nodule_key"].tolist()))
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
 
-    # the mask predicted from the DICOM series lies on the series' grid
-    series = read_image(out / "data" / "ct_test_dicom")
-    mask = read_image(next((out / "predictions" / "ct").glob("*.nii.gz")))
-    assert mask.shape == series.shape
-    assert np.allclose(mask.affine_ras, series.affine_ras, atol=1e-4)
+    # the mask predicted from each held-out DICOM series lies on that series' grid
+    for case in ("test00", "test01"):
+        series = read_image(out / "data" / "ct_test_dicom" / case)
+        mask = read_image(next((out / "predictions" / "ct" / case).glob("*.nii.gz")))
+        assert mask.shape == series.shape
+        assert np.allclose(mask.affine_ras, series.affine_ras, atol=1e-4)
+
+    # the segmentation report covers every organ of the phantom, each scored on every held-out case (n > 1: a CI)
+    seg = json.loads((out / "report" / "segmentation" / "summary.json").read_text())
+    assert seg["counts"]["cases"] == 2
+    organs = {a["name"]: a for a in seg["aggregates"]}
+    assert set(organs) == {name for name, value in ORGAN_LABELS.items() if value}
+    for name, agg in organs.items():
+        dice = next(m for m in agg["metrics"] if m["key"] == "dice")
+        assert dice["n"] == 2, name
+        assert dice["ci_low"] is not None and dice["ci_high"] is not None, name
 
     # the reports record what produced them: the demo settings and the resolved training config
     results = json.loads((out / "report" / "classification" / "summary.json").read_text())
@@ -63,3 +77,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
             blob = path.read_bytes()
             for value in IDENTITY:
                 assert value.encode() not in blob, f"{value!r} leaked into {path}"
+
+
+def test_demo_refuses_a_single_held_out_ct_case(tmp_path):
+    with pytest.raises(ConfigError, match="ct_test_cases"):
+        from medeff.demo.run import run_demo
+
+        run_demo(tmp_path / "demo", [*TINY, "data.ct_test_cases=1"])
+    assert not (tmp_path / "demo" / "data").exists()

@@ -48,3 +48,18 @@ def test_dicom_series_round_trip_matches_simpleitk(tmp_path):
     img = reader.Execute()
     assert np.array_equal(sitk.GetArrayFromImage(img).transpose(2, 1, 0), ct.array)
     assert np.allclose(img.GetSpacing(), ct.spacing) and np.allclose(img.GetOrigin(), ct.origin, atol=1e-4)
+
+
+def test_phantom_organs_have_adult_sizes_and_sides_at_the_demo_grid():
+    """At the demo's grid (64 x 56 x 32 voxels of 5 x 5 x 6 mm) every organ is large enough to learn and lies on its
+    anatomical side (index axis i runs right -> left), so left and right labels are decidable."""
+    for seed in (0, 3, 10_000):
+        _, lab = make_phantom_ct((64, 56, 32), (5.0, 5.0, 6.0), seed=seed)
+        a = lab.array
+        ml = {name: float((a == v).sum()) * 5.0 * 5.0 * 6.0 / 1000.0 for name, v in ORGAN_LABELS.items() if v}
+        assert 600 < ml["liver"] < 2000, ml
+        assert 120 < ml["spleen"] < 400, ml
+        assert 80 < ml["kidney_left"] < 250 and 80 < ml["kidney_right"] < 250, ml
+        centre_i = {name: np.argwhere(a == v)[:, 0].mean() for name, v in ORGAN_LABELS.items() if v}
+        assert centre_i["liver"] < 32 < centre_i["spleen"]
+        assert centre_i["kidney_right"] < 32 < centre_i["kidney_left"]
