@@ -75,7 +75,8 @@ def _op_text(op: dict) -> str:
     if name == "youden":
         return f"the threshold maximising Youden's J ({t}, chosen on these data)"
     if op.get("target_sensitivity") is not None:
-        return f"the highest threshold reaching {op['target_sensitivity'] * 100:g}% sensitivity ({t}, chosen on these data)"
+        return (f"the highest threshold reaching {op['target_sensitivity'] * 100:g}% sensitivity ({t}, chosen on "
+                "these data)")
     return f"{str(op.get('label', name)).lower()} ({t})"
 
 

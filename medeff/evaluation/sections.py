@@ -416,7 +416,8 @@ def flat_metrics(res: dict) -> list[dict]:
         for r in va["metrics"]:
             add("volume_agreement", va["name"], r)
     for p in res.get("decision_curve") or []:
-        for key, label in (("net_benefit", "Net benefit (model)"), ("net_benefit_treat_all", "Net benefit (treat all)")):
+        for key, label in (("net_benefit", "Net benefit (model)"),
+                           ("net_benefit_treat_all", "Net benefit (treat all)")):
             add("decision_curve", f"threshold {p['threshold']:g}",
                 {"key": key, "label": label, "value": p.get(key), "ci_low": p.get(f"{key}_ci_low"),
                  "ci_high": p.get(f"{key}_ci_high"), "ci_method": (res.get("decision_curve_settings") or {}).get(
