@@ -68,8 +68,9 @@ done_step
 
 # 2. classify every crop: probabilities and the triage decision at the operating point
 step predict
+# the crops are named by medeff crops (running numbers, no input names): keep them as case ids to join crops.csv
 "$MEDEFF" predict "ckpt=$CKPT" "input=$OUT/crops/crops" "output_dir=$OUT/predict" "threshold=$THRESHOLD" \
-  "${PREDICT_OVERRIDES[@]}"
+  case_ids.naming=input "${PREDICT_OVERRIDES[@]}"
 done_step
 
 # 3. triage report: ROC analysis when both classes are present; otherwise a listing with what is estimable

@@ -19,7 +19,7 @@
 #
 # Environment: MEDEFF (the medeff command), CKPT (skip training, use this checkpoint), MEDEFF_PREDICT_OVERRIDES,
 # MEDEFF_EVALUATE_OVERRIDES, and every variable of pipelines/organ_segmentation.conf.
-# Outputs: OUT_DIR/index.json, train/checkpoints/last.ckpt, predict/<series>_seg.nii.gz (on the DICOM grid),
+# Outputs: OUT_DIR/index.json, train/checkpoints/last.ckpt, predict/case_<id>_seg.nii.gz (on the DICOM grid),
 # report/{results.json,summary.json,metrics.csv,per_case.csv,report.html,report.pdf}, timings.txt.
 set -euo pipefail
 

@@ -4,6 +4,10 @@ A case fails when its file cannot be read, has the wrong number of dimensions, h
 network gives non-finite outputs for it. With ``skip`` (the default in ``conf/predict.yaml``) the failure is logged
 as a warning naming the case, the file and the reason, recorded for ``predictions.json`` / ``failed_cases.csv``,
 and the batch goes on. Output problems (disk full, an existing output) are never skipped: they concern every case.
+
+A case can also be *partial*: predicted, but a requested output could not be written (e.g. a DICOM SEG for a series
+that was resampled when read). It is listed like a failed case, with ``outcome`` ``partial``, and its other outputs
+stay.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +31,24 @@ __all__ = ["ON_ERROR", "CaseFailures", "check_finite"]
 log = get_logger(__name__)
 ON_ERROR = ("skip", "stop")
 FAILED_CSV = "failed_cases.csv"
+FIELDS = ["case_id", "image", "reason", "outcome"]
 
 
-def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
-    """Return ``x``; raise when it holds NaN or infinite values (a silent NaN prediction is never written).
+def check_finite(x, what: str):
+    """Return ``x`` (a tensor or array); raise when it holds NaN or infinite values (a silent NaN prediction is
+    never written, and raw voxels are checked before a window could clip them).
 
     Raises:
         InputError: naming ``what``.
     """
-    if not bool(torch.isfinite(x).all()):
+    if isinstance(x, torch.Tensor):
+        finite = bool(torch.isfinite(x).all())
+    else:
+        import numpy as np
+
+        arr = np.asarray(x)
+        finite = arr.dtype.kind not in "fc" or bool(np.isfinite(arr).all())
+    if not finite:
         raise InputError(f"{what} holds NaN or infinite values.",
                          hint="fix the image (replace NaN/inf voxels) or leave the case out.")
     return x
@@ -64,14 +77,17 @@ class CaseFailures:
 
     Args:
         on_error: ``skip`` (report and go on) or ``stop`` (raise at the first failing case).
+        redact: applied to the file name and reason of every failure (input names withheld).
 
     Raises:
         ConfigError: ``on_error`` is neither.
     """
 
-    def __init__(self, on_error: str = "skip") -> None:
+    def __init__(self, on_error: str = "skip", redact: Callable[[str], str] | None = None) -> None:
         self.on_error = look_up(str(on_error), ON_ERROR, what="on_error value", key="on_error")
+        self.redact = redact or (lambda text: text)
         self.failed: list[dict[str, str]] = []
+        self.last: dict[str, str] | None = None  # the failure recorded by the latest ``case`` block, if any
 
     def __len__(self) -> int:
         return len(self.failed)
@@ -84,13 +100,14 @@ class CaseFailures:
             InputError: with ``stop``, the case failed (the original error is chained).
             OutputWriteError, OutputExistsError: always re-raised (they are not about the case).
         """
+        self.last = None
         try:
             yield
         except (OutputWriteError, OutputExistsError):
             raise
         except Exception as exc:  # every per-case failure is reported, never swallowed silently
-            cid, image = str(rec.get("case_id", "?")), str(rec.get("image", "?"))
-            reason = _reason(exc)
+            cid, image = str(rec.get("case_id", "?")), self.redact(str(rec.get("image", "?")))
+            reason = self.redact(_reason(exc))
             if self.on_error == "stop":
                 root = _root_cause(exc)
                 if isinstance(root, MedeffError):
@@ -99,7 +116,44 @@ class CaseFailures:
                                  hint="fix or remove that input, or pass on_error=skip to report failing cases and "
                                       "go on.", path=image) from exc
             log.warning("Case %s ('%s') failed and is skipped: %s", cid, image, reason)
-            self.failed.append({"case_id": cid, "image": image, "reason": reason})
+            self.last = {"case_id": cid, "image": image, "reason": reason, "outcome": "failed"}
+            self.failed.append(self.last)
+
+    def fail(self, rec: Mapping[str, Any], reason: str, outcome: str = "failed") -> dict[str, str]:
+        """Record a failure found outside a ``case`` block (``outcome``: ``failed`` or ``partial``).
+
+        Raises:
+            InputError: with ``stop``.
+        """
+        cid, image = str(rec.get("case_id", "?")), self.redact(str(rec.get("image", "?")))
+        reason = self.redact(" ".join(str(reason).split())[:400])
+        if self.on_error == "stop":
+            raise InputError(f"Case '{cid}' ('{image}') {'is incomplete' if outcome == 'partial' else 'failed'}: "
+                             f"{reason}", hint="fix or remove that input, or pass on_error=skip to report failing "
+                                               "cases and go on.", path=image)
+        log.warning("Case %s ('%s') %s: %s", cid, image,
+                    "is partial (a requested output is missing)" if outcome == "partial" else "failed", reason)
+        entry = {"case_id": cid, "image": image, "reason": reason, "outcome": outcome}
+        self.failed.append(entry)
+        return entry
+
+    def add(self, entry: Mapping[str, str]) -> None:
+        """Carry over a failure recorded earlier (a resumed run)."""
+        self.failed.append({k: str(entry.get(k, "")) for k in FIELDS})
+
+    @property
+    def n_failed(self) -> int:
+        """Cases that failed outright (partial cases have outputs)."""
+        return sum(1 for f in self.failed if f.get("outcome", "failed") == "failed")
+
+    def all_failed_error(self, n_cases: int, out_dir: Path) -> InputError | None:
+        """The error to raise when every one of ``n_cases`` failed outright, else None."""
+        if n_cases and self.n_failed >= n_cases:
+            first = "; ".join(f"{f['case_id']}: {f['reason']}" for f in self.failed[:3])
+            return InputError(f"All {n_cases} case(s) failed ({first}).",
+                              hint=f"see {out_dir / FAILED_CSV} and the log for every case and its reason.",
+                              path=str(out_dir / FAILED_CSV))
+        return None
 
     def raise_if_all_failed(self, n_cases: int, out_dir: Path, overwrite: bool) -> None:
         """Write the failure list and raise when no case is left to predict.
@@ -107,19 +161,21 @@ class CaseFailures:
         Raises:
             InputError: every one of ``n_cases`` failed.
         """
-        if n_cases and len(self.failed) >= n_cases:
+        error = self.all_failed_error(n_cases, out_dir)
+        if error is not None:
             self.write(out_dir, overwrite)
-            first = "; ".join(f"{f['case_id']}: {f['reason']}" for f in self.failed[:3])
-            raise InputError(f"All {n_cases} case(s) failed ({first}).",
-                             hint=f"see {out_dir / FAILED_CSV} and the log for every case and its reason.",
-                             path=str(out_dir / FAILED_CSV))
+            raise error
+
+    def csv_text(self) -> str:
+        """``failed_cases.csv`` (case_id, image, reason, outcome)."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows({k: f.get(k, "failed" if k == "outcome" else "") for k in FIELDS} for f in self.failed)
+        return buf.getvalue()
 
     def write(self, out_dir: Path, overwrite: bool) -> Path | None:
-        """Write ``failed_cases.csv`` (case_id, image, reason) when any case failed; return its path."""
+        """Write ``failed_cases.csv`` when any case failed; return its path."""
         if not self.failed:
             return None
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["case_id", "image", "reason"])
-        writer.writeheader()
-        writer.writerows(self.failed)
-        return write_text_atomic(Path(out_dir) / FAILED_CSV, buf.getvalue(), overwrite=overwrite)
+        return write_text_atomic(Path(out_dir) / FAILED_CSV, self.csv_text(), overwrite=overwrite)

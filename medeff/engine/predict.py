@@ -8,14 +8,15 @@
   preprocessing, one ``<case>_seg.nii.gz`` per input whose affine equals the input's; joint models also write
   the classification table.
 
-Every file is written atomically.
+Cases and their ids: :mod:`medeff.engine.predict_inputs` (inputs named after a patient give pseudonyms). The output
+folder, resumed reruns and stale outputs: :mod:`medeff.engine.predict_outputs`. Every file is written atomically;
+a case whose raw voxels or network output are not finite fails (``failed_cases.csv``), it never gets an output.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +25,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medeff.config import check_values
-from medeff.data.transforms import eval_transforms
+from medeff.data.transforms import LoadImageDatad, eval_transforms
 from medeff.engine.case_errors import CaseFailures, check_finite
 from medeff.engine.checkpoint import load_checkpoint
 from medeff.engine.dicom_seg import check_output_formats, write_seg_outputs
 from medeff.engine.inference import first_output, sliding_window
-from medeff.engine.metrics import aggregate_by_case, class_probabilities
-from medeff.errors import CheckpointError, ConfigError, InputError
-from medeff.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
+from medeff.engine.metrics import class_probabilities
+from medeff.engine.predict_inputs import (CaseNaming, check_duplicates, check_output_dir, discover, fingerprint,
+                                          json_bytes, list_inputs)
+from medeff.engine.predict_outputs import RunManifest, finish_run
+from medeff.errors import CheckpointError, ConfigError, InputError, OutputExistsError, OutputWriteError
+from medeff.utils.atomic import atomic_path
 from medeff.utils.logging import get_logger
 
 __all__ = ["predict", "load_model", "load_models", "resolve_checkpoints", "classification_table", "list_inputs"]
 
 log = get_logger(__name__)
-NIFTI = (".nii.gz", ".nii")
-
-
-def _is_nifti(p: Path) -> bool:
-    return p.name.lower().endswith(NIFTI)
-
-
-def _case_name(p: Path) -> str:
-    name = p.name
-    for suf in NIFTI:
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
 
 
 def load_model(ckpt_path: str | Path, *, device: str = "cpu", expect: dict[str, Any] | None = None,
@@ -130,49 +121,6 @@ def load_models(ckpt: Any, *, device: str = "cpu", expect: dict[str, Any] | None
     return net.eval(), meta, paths
 
 
-def list_inputs(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
-    """Turn ``input`` into records: ``("archive", items)`` or ``("volume", [{"image", "case_id"}, ...])``.
-
-    Raises:
-        InputError: the path is missing or holds nothing readable.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"Input '{path}' does not exist.", hint="pass input=FILE_OR_FOLDER.", path=str(path))
-    if path.suffix == ".json":
-        from medeff.data.datamodule import load_dataset_index
-
-        index = load_dataset_index(path)
-        recs = index.records(fold=None)
-        if any("archive_key" in r for r in recs):
-            return "archive", recs
-        return "volume", [{"image": r["image"], "case_id": r["case_id"]} for r in recs]
-    if path.suffix == ".npz":
-        return "archive", _archive_records(path)
-    if path.is_file():
-        return "volume", [{"image": str(path), "case_id": _case_name(path)}]
-    niftis = sorted(p for p in path.iterdir() if p.is_file() and _is_nifti(p))
-    if niftis:
-        return "volume", [{"image": str(p), "case_id": _case_name(p)} for p in niftis]
-    return "volume", [{"image": str(path), "case_id": path.name}]  # a DICOM series folder
-
-
-def _archive_records(path: Path) -> list[dict[str, Any]]:
-    with np.load(path, allow_pickle=False) as z:
-        if "images" not in z.files:
-            raise InputError(f"Archive '{path}' has no 'images' array (it holds {sorted(z.files)}).",
-                             hint="store slices as images[row, H, W].", path=str(path))
-        n = len(z["images"])
-        keys = z["nodule_key"].astype(str) if "nodule_key" in z.files else np.asarray([f"row{i}" for i in range(n)])
-        order = z["slice_index"] if "slice_index" in z.files else np.zeros(n, dtype=int)
-    cases: dict[str, list[int]] = {}
-    for row in range(n):
-        cases.setdefault(str(keys[row]), []).append(int(row))
-    for rows in cases.values():
-        rows.sort(key=lambda r: (order[r], r))
-    return [{"image": str(path), "archive_key": "images", "rows": rows, "case_id": cid} for cid, rows in cases.items()]
-
-
 def classification_table(case_ids: Sequence[str], probs: np.ndarray, counts: Sequence[int], *,
                          class_names: Sequence[str], positive_classes: Sequence[int],
                          threshold: float) -> list[dict[str, Any]]:
@@ -191,27 +139,42 @@ def classification_table(case_ids: Sequence[str], probs: np.ndarray, counts: Seq
     return rows
 
 
-def _write_table(out_dir: Path, rows: list[dict[str, Any]], header: dict[str, Any], overwrite: bool) -> None:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    write_text_atomic(out_dir / "predictions.csv", buf.getvalue(), overwrite=overwrite)
-    write_json_atomic(out_dir / "predictions.json", {**header, "cases": rows}, overwrite=overwrite)
-
-
 def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
 
 
+def _settings_digest(c: dict[str, Any], ckpts: Sequence[str], threshold: float, formats: Sequence[str],
+                     naming: CaseNaming) -> str:
+    """Digest of what besides the input changes a case's outputs (checkpoint bytes, TTA, windows, formats, ...)."""
+    h = hashlib.sha256()
+    for path in ckpts:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    keys = ("tta", "sliding_window", "expect", "dicom_seg")
+    h.update(json_bytes({**{k: c.get(k) for k in keys}, "threshold": threshold, "formats": sorted(formats),
+                         "naming": naming.settings()}))
+    return h.hexdigest()
+
+
+def _raw_load(path: Any, what: str):
+    """Load an image as the preprocessing would, and refuse NaN/inf voxels before any window could clip them."""
+    d = LoadImageDatad(["image"])({"image": path})
+    check_finite(d["image"], what)
+    return d["image"]
+
+
 @torch.no_grad()
-def _classify(net, meta, kind: str, records, device: str, batch_size: int, failures: CaseFailures | None = None):
+def _classify(net, meta, kind: str, todo, device: str, batch_size: int, failures: CaseFailures,
+              done: Callable[[dict[str, Any], str, np.ndarray, int], None],
+              failed: Callable[[dict[str, Any], str], None]) -> None:
+    """Classify every ``(record, fingerprint)`` of ``todo``; ``done(rec, fp, mean probabilities, n_items)`` per
+    predicted case, ``failed(rec, fp)`` per failed one. Archive cases are batched (whole cases, up to
+    ``batch_size`` slices per forward pass); one case's failure never touches the others."""
     data = meta["data"]
     common = dict(spatial_dims=int(data["spatial_dims"]), has_label=False, patch_size=data.get("patch_size"))
-    probs, ids = [], []
     if kind == "archive":
         from medeff.data.datamodule import archive_items
 
@@ -219,77 +182,115 @@ def _classify(net, meta, kind: str, records, device: str, batch_size: int, failu
             raise InputError("This checkpoint classifies volumes (3D crops); the input is a 2D slice archive.",
                              hint="pass a NIfTI crop, a folder of crops or an index of volume cases.")
         tf = eval_transforms(data["preprocessing"], load=False, **common)
-        items = archive_items(records, context_slices=int(data.get("context_slices", 0)))
-        for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
-            x = torch.stack([torch.as_tensor(tf({"image": it["image"]})["image"]) for it in chunk]).float()
-            probs.append(class_probabilities(first_output(net(x.to(device)))).cpu().numpy())
-            ids += [it["case_id"] for it in chunk]
-    else:
-        if data.get("kind") == "archive":
-            raise InputError("This checkpoint classifies 2D archive slices; the input is a volume.",
-                             hint="pass a .npz slice archive or an index of archive cases.")
-        tf = eval_transforms(data["preprocessing"], load=True, **common)
-        failures = failures if failures is not None else CaseFailures("stop")
-        for rec in records:
+        pending: list[tuple[dict[str, Any], str, list[torch.Tensor]]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            batch = list(pending)
+            pending.clear()
+            try:
+                x = torch.stack([t for _, _, xs in batch for t in xs]).float()
+                probs = class_probabilities(first_output(net(x.to(device)))).cpu()
+            except Exception as exc:  # the batch's cases fail together; other batches go on
+                for rec, fp, _ in batch:
+                    with failures.case(rec):
+                        raise exc
+                    failed(rec, fp)
+                return
+            start = 0
+            for rec, fp, xs in batch:
+                p = probs[start:start + len(xs)]
+                start += len(xs)
+                with failures.case(rec):
+                    check_finite(p, f"The network output for case '{rec['case_id']}'")
+                    done(rec, fp, p.numpy().mean(axis=0), len(xs))
+                if failures.last is not None:
+                    failed(rec, fp)
+
+        for rec, fp in todo:
+            xs = None
             with failures.case(rec):
-                x = check_finite(torch.as_tensor(tf({"image": rec["image"]})["image"])[None].float(),
-                                 f"The preprocessed image of case '{rec['case_id']}'")
-                p = class_probabilities(first_output(net(x.to(device))))
-                probs.append(check_finite(p, f"The network output for case '{rec['case_id']}'").cpu().numpy())
-                ids.append(rec["case_id"])
-        if not probs:  # every case failed: the caller reports them
-            return [], None, None, []
-    return aggregate_by_case(np.concatenate(probs), ids)
-
-
-@torch.no_grad()
-def _segment(net, meta, records, out_dir: Path, device: str, sw_cfg: dict[str, Any], overwrite: bool,
-             failures: CaseFailures | None = None):
-    import nibabel as nib
-    from monai.data import MetaTensor
-    from monai.transforms import Invertd
-
-    data, tcfg = meta["data"], meta["config"]["task"]
-    joint = meta["task"] == "joint"
-    pre = eval_transforms(data["preprocessing"], spatial_dims=3, has_label=False, patch_size=data.get("patch_size"),
-                          load=True, track_meta=True)
-    inverter = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True, to_tensor=True)
-    sw = {"sw_batch_size": int(sw_cfg.get("sw_batch_size") or tcfg.get("sw_batch_size", 2)),
-          "overlap": float(sw_cfg.get("overlap") if sw_cfg.get("overlap") is not None else tcfg.get("overlap", 0.5)),
-          "mode": str(sw_cfg.get("mode") or tcfg.get("sw_mode", "gaussian"))}
-    failures = failures if failures is not None else CaseFailures("stop")
-    masks, class_probs, ids = [], [], []
-    for rec in records:
+                items = archive_items([rec], context_slices=int(data.get("context_slices", 0)))
+                for it in items:  # the stored pixels, before the window could clip them
+                    check_finite(it["image"], f"Archive '{rec['image']}' row {it['row']} (case '{rec['case_id']}')")
+                xs = [torch.as_tensor(tf({"image": it["image"]})["image"]) for it in items]
+            if xs is None:
+                failed(rec, fp)
+                continue
+            if pending and sum(len(p[2]) for p in pending) + len(xs) > batch_size:
+                flush()
+            pending.append((rec, fp, xs))
+        flush()
+        return
+    if data.get("kind") == "archive":
+        raise InputError("This checkpoint classifies 2D archive slices; the input is a volume.",
+                         hint="pass a .npz slice archive or an index of archive cases.")
+    tf = eval_transforms(data["preprocessing"], load=True, **common)
+    for rec, fp in todo:
         with failures.case(rec):
-            d = pre({"image": rec["image"]})
-            affine = np.asarray(d["image"].meta["original_affine"], dtype=np.float64)  # the input's own geometry
-            in_shape = tuple(int(n) for n in d["image"].meta["spatial_shape"])
-            x = check_finite(d["image"][None], f"The preprocessed image of case '{rec['case_id']}'").to(device)
-            out = sliding_window(net, x.as_tensor() if isinstance(x, MetaTensor) else x, roi_size=tcfg["roi_size"],
-                                 joint=joint, **sw)
-            seg, cls = out if joint else (out, None)
-            check_finite(seg, f"The network output for case '{rec['case_id']}'")
-            label = seg.argmax(dim=1).to(torch.int16).cpu()
-            img_meta = {k: v for k, v in d["image"].meta.items() if k != "affine"}
-            d["pred"] = MetaTensor(label, affine=d["image"].affine, meta=img_meta,
-                                   applied_operations=list(d["image"].applied_operations))
-            mask = np.asarray(inverter(d)["pred"])[0]
-            if mask.shape != in_shape:
-                raise RuntimeError(f"inverted mask shape {mask.shape} differs from the input {in_shape}")
-            img = nib.Nifti1Image(mask.astype(np.uint8 if mask.max() < 256 else np.int16), affine)
-            img.set_qform(affine, code=1)
-            img.set_sform(affine, code=1)
-            out_path = out_dir / f"{rec['case_id']}_seg.nii.gz"
-            with atomic_path(out_path, overwrite=overwrite) as tmp:
-                nib.save(img, str(tmp))
-            log.info("Wrote %s", out_path)
-            masks.append({"case_id": rec["case_id"], "mask": str(out_path),
-                          "voxels_per_label": {n: int((mask == i).sum()) for i, n in enumerate(meta["label_names"])}})
-            ids.append(rec["case_id"])
-            if cls is not None:
-                class_probs.append(class_probabilities(cls).cpu().numpy())
-    return masks, ids, (np.concatenate(class_probs) if class_probs else None)
+            raw = _raw_load(rec["image"], f"The image of case '{rec['case_id']}'")
+            x = check_finite(torch.as_tensor(tf({"image": raw})["image"])[None].float(),
+                             f"The preprocessed image of case '{rec['case_id']}'")
+            p = class_probabilities(first_output(net(x.to(device))))
+            done(rec, fp, check_finite(p, f"The network output for case '{rec['case_id']}'").cpu().numpy()[0], 1)
+        if failures.last is not None:
+            failed(rec, fp)
+
+
+class _Segmenter:
+    """Sliding-window segmentation of one case at a time, mask written back on the input's grid."""
+
+    def __init__(self, net, meta, device: str, sw_cfg: dict[str, Any]) -> None:
+        from monai.transforms import Invertd
+
+        self.net, self.meta, self.device = net, meta, device
+        data, tcfg = meta["data"], meta["config"]["task"]
+        self.joint = meta["task"] == "joint"
+        self.roi = tcfg["roi_size"]
+        self.pre = eval_transforms(data["preprocessing"], spatial_dims=3, has_label=False,
+                                   patch_size=data.get("patch_size"), load=True, track_meta=True)
+        self.inverter = Invertd(keys="pred", transform=self.pre, orig_keys="image", nearest_interp=True,
+                                to_tensor=True)
+        self.sw = {"sw_batch_size": int(sw_cfg.get("sw_batch_size") or tcfg.get("sw_batch_size", 2)),
+                   "overlap": float(sw_cfg.get("overlap") if sw_cfg.get("overlap") is not None
+                                    else tcfg.get("overlap", 0.5)),
+                   "mode": str(sw_cfg.get("mode") or tcfg.get("sw_mode", "gaussian"))}
+
+    @torch.no_grad()
+    def __call__(self, rec: dict[str, Any], out_path: Path) -> tuple[dict[str, Any], np.ndarray | None]:
+        """Segment ``rec`` and write its mask to ``out_path``: ``(mask entry, class probabilities or None)``."""
+        import nibabel as nib
+        from monai.data import MetaTensor
+
+        cid = rec["case_id"]
+        d = self.pre({"image": _raw_load(rec["image"], f"The image of case '{cid}'")})
+        affine = np.asarray(d["image"].meta["original_affine"], dtype=np.float64)  # the input's own geometry
+        in_shape = tuple(int(n) for n in d["image"].meta["spatial_shape"])
+        x = check_finite(d["image"][None], f"The preprocessed image of case '{cid}'").to(self.device)
+        out = sliding_window(self.net, x.as_tensor() if isinstance(x, MetaTensor) else x, roi_size=self.roi,
+                             joint=self.joint, **self.sw)
+        seg, cls = out if self.joint else (out, None)
+        check_finite(seg, f"The network output for case '{cid}'")
+        probs = None
+        if cls is not None:
+            probs = check_finite(class_probabilities(cls), f"The class output for case '{cid}'").cpu().numpy()[0]
+        label = seg.argmax(dim=1).to(torch.int16).cpu()
+        img_meta = {k: v for k, v in d["image"].meta.items() if k != "affine"}
+        d["pred"] = MetaTensor(label, affine=d["image"].affine, meta=img_meta,
+                               applied_operations=list(d["image"].applied_operations))
+        mask = np.asarray(self.inverter(d)["pred"])[0]
+        if mask.shape != in_shape:
+            raise RuntimeError(f"inverted mask shape {mask.shape} differs from the input {in_shape}")
+        img = nib.Nifti1Image(mask.astype(np.uint8 if mask.max() < 256 else np.int16), affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+        with atomic_path(out_path, overwrite=True) as tmp:  # the run manifest allowed this name (see plan)
+            nib.save(img, str(tmp))
+        log.info("Wrote %s", out_path)
+        entry = {"case_id": cid, "mask": str(out_path),
+                 "voxels_per_label": {n: int((mask == i).sum()) for i, n in enumerate(self.meta["label_names"])}}
+        return entry, probs
 
 
 def predict(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
@@ -297,79 +298,130 @@ def predict(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 
     Args:
         cfg: a composed ``predict`` config (``ckpt``, ``input``, ``output_dir``, ``threshold``, ``device``,
-            ``batch_size``, ``sliding_window``, ``expect``, ``overwrite``, ``on_error``).
+            ``batch_size``, ``sliding_window``, ``expect``, ``overwrite``, ``on_error``, ``case_ids``,
+            ``output_format``, ``dicom_seg``, ``trusted_targets``).
 
     Returns:
-        ``{"task", "output_dir", "cases": [...rows or mask entries...], "files": [...], "failed": [...]}``;
-        ``failed`` lists ``{"case_id", "image", "reason"}`` of the cases skipped with ``on_error=skip`` (also in
-        ``predictions.json`` and ``failed_cases.csv``).
+        ``{"task", "output_dir", "cases": [...rows or mask entries...], "files": [...], "failed": [...],
+        "skipped": n}``; ``failed`` lists ``{"case_id", "image", "reason", "outcome"}`` of the cases that failed
+        (``outcome`` ``failed``) or miss a requested output (``partial``) with ``on_error=skip`` (also in
+        ``predictions.json`` and ``failed_cases.csv``); ``skipped`` counts cases complete from an earlier run.
 
     Raises:
-        ConfigError: ``ckpt`` or ``input`` not set.
+        ConfigError: ``ckpt`` or ``input`` not set, or a bad ``case_ids``.
         CheckpointError: the checkpoint is unusable or not the expected one.
-        InputError: the input cannot be read, a case failed with ``on_error=stop``, or every case failed.
+        InputError: the input cannot be read, two inputs share a case id, a case failed with ``on_error=stop``,
+            or every case failed.
+        OutputWriteError: ``output_dir`` is a file.
+        OutputExistsError: ``output_dir`` holds outputs this run would replace, and ``overwrite`` is false.
     """
     check_values("predict", cfg)  # threshold in [0, 1], batch_size >= 1: before loading anything
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     for key in ("ckpt", "input"):
         if c.get(key) in (None, "", "???"):
             raise ConfigError(f"predict needs '{key}'.", hint=f"pass {key}=PATH.")
+    out_dir = check_output_dir(c.get("output_dir") or "predictions")  # before anything is loaded
+    naming = CaseNaming.from_config(c.get("case_ids"), out_dir)
+    found = discover(c["input"])
+    cache: dict[str, str] = {}
+    fps = [fingerprint(r, cache) for r in found.records]
+    naming.assign(found.records, fps)
+    redactor = naming.redactor(found)
+    with redactor.active():
+        if found.errors:
+            raise found.errors[0]
+        check_duplicates(found.records)  # before any inference
+        if naming.write_mapping(found.records) is not None:
+            log.info("Wrote the mapping input -> case id to case_ids.mapping_out (keep it private).")
+        return _run(c, found.kind, found.records, fps, out_dir, naming, redactor)
+
+
+def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[str], out_dir: Path,
+         naming: CaseNaming, redact: Callable[[str], str]) -> dict[str, Any]:
     device = _device(str(c.get("device", "auto")))
-    failures = CaseFailures(str(c.get("on_error") or "skip"))
+    overwrite = bool(c.get("overwrite", False))
+    failures = CaseFailures(str(c.get("on_error") or "skip"), redact=redact)
     net, meta, ckpts = load_models(c["ckpt"], device=device, expect=c.get("expect"), tta=c.get("tta"),
                                    trusted_targets=c.get("trusted_targets"))
-    formats = check_output_formats(c.get("output_format"), meta["task"])  # before any inference
-    out_dir = Path(c.get("output_dir") or "predictions")
-    overwrite = bool(c.get("overwrite", False))
+    task = meta["task"]
+    formats = check_output_formats(c.get("output_format"), task)  # before any inference
+    if task != "classification" and kind != "volume":
+        raise InputError(f"A {task} checkpoint needs volumes; '{c['input']}' is a slice archive.",
+                         hint="pass a NIfTI file, a DICOM folder or a folder of NIfTI files.")
     threshold = float(c["threshold"] if c.get("threshold") is not None else (meta.get("threshold") or 0.5))
     header = {"checkpoint": ckpts[0] if len(ckpts) == 1 else ckpts, "tta": c.get("tta") or "none",
-              "task": meta["task"], "class_names": meta["class_names"],
+              "task": task, "class_names": meta["class_names"],
               "positive_classes": meta["positive_classes"], "threshold": threshold,
               "versions": meta.get("versions", {})}
-    kind, records = list_inputs(c["input"])
-    log.info("Predicting %d case(s) with a %s checkpoint on %s", len(records), meta["task"], device)
-    result: dict[str, Any] = {"task": meta["task"], "output_dir": str(out_dir), "files": []}
-    if meta["task"] == "classification":
-        ids, probs, _, counts = _classify(net, meta, kind, records, device, int(c.get("batch_size", 16)), failures)
-        failures.raise_if_all_failed(len(records), out_dir, overwrite)
-        header["failed"] = failures.failed
-        rows = classification_table(ids, probs, counts, class_names=meta["class_names"],
-                                    positive_classes=meta["positive_classes"] or [probs.shape[1] - 1],
-                                    threshold=threshold)
-        _write_table(out_dir, rows, header, overwrite)
-        result.update(cases=rows, files=[str(out_dir / "predictions.csv"), str(out_dir / "predictions.json")])
-        return _report_failures(result, failures, out_dir, overwrite, len(records))
-    if kind != "volume":
-        raise InputError(f"A {meta['task']} checkpoint needs volumes; '{c['input']}' is a slice archive.",
-                         hint="pass a NIfTI file, a DICOM folder or a folder of NIfTI files.")
-    masks, ids, cls_probs = _segment(net, meta, records, out_dir, device, c.get("sliding_window") or {}, overwrite,
-                                     failures)
-    failures.raise_if_all_failed(len(records), out_dir, overwrite)
-    header["failed"] = failures.failed
-    result.update(cases=masks, files=[m["mask"] for m in masks])
-    if "dicom_seg" in formats:
-        result["files"] += write_seg_outputs(masks, records, out_dir, meta["label_names"], c.get("dicom_seg"),
-                                             overwrite)
-    if cls_probs is not None:
-        rows = classification_table(ids, cls_probs, [1] * len(ids), class_names=meta["class_names"],
-                                    positive_classes=meta["positive_classes"] or [cls_probs.shape[1] - 1],
-                                    threshold=threshold)
-        for row, m in zip(rows, masks):
-            row["mask"] = m["mask"]
-        _write_table(out_dir, rows, header, overwrite)
-        result["classification"] = rows
-        result["files"] += [str(out_dir / "predictions.csv"), str(out_dir / "predictions.json")]
+
+    def outputs(rec: dict[str, Any]) -> list[str]:
+        if task == "classification":
+            return []
+        return [f"{rec['case_id']}_seg.nii.gz"] + ([f"{rec['case_id']}_seg.dcm"] if "dicom_seg" in formats else [])
+
+    manifest = RunManifest(out_dir, _settings_digest(c, ckpts, threshold, formats, naming), overwrite, redact)
+    skip = manifest.plan(records, fps, outputs)  # refusals come before any inference
+    manifest.begin([ev for ev in skip if ev is not None])
+    results: dict[str, dict[str, Any]] = {str(ev["case_id"]): manifest.result(ev) for ev in skip if ev is not None}
+    todo = [(rec, fp) for rec, fp, ev in zip(records, fps, skip) if ev is None]
+    n_skip = len(records) - len(todo)
+    log.info("Predicting %d case(s) with a %s checkpoint on %s%s", len(todo), task, device,
+             f" ({n_skip} complete from an earlier run, skipped)" if n_skip else "")
+
+    def failed(rec: dict[str, Any], fp: str) -> None:
+        manifest.finish_case("failed", rec["case_id"], fp, [], failure=failures.last)
+
+    def row_of(cid: str, p: np.ndarray, n: int) -> dict[str, Any]:
+        return classification_table([cid], p[None], [n], class_names=meta["class_names"],
+                                    positive_classes=meta["positive_classes"] or [len(p) - 1],
+                                    threshold=threshold)[0]
+
+    if task == "classification":
+        def done(rec: dict[str, Any], fp: str, p: np.ndarray, n: int) -> None:
+            results[rec["case_id"]] = row = row_of(rec["case_id"], p, n)
+            manifest.finish_case("done", rec["case_id"], fp, [], result=row)
+
+        _classify(net, meta, kind, todo, device, int(c.get("batch_size", 16)), failures, done, failed)
     else:
-        write_json_atomic(out_dir / "predictions.json", {**header, "cases": masks}, overwrite=overwrite)
-        result["files"].append(str(out_dir / "predictions.json"))
-    return _report_failures(result, failures, out_dir, overwrite, len(records))
+        segment = _Segmenter(net, meta, device, c.get("sliding_window") or {})
+        for rec, fp in todo:
+            cid = rec["case_id"]
+            manifest.start(cid, outputs(rec))
+            entry = probs = None
+            with failures.case(rec):
+                entry, probs = segment(rec, out_dir / f"{cid}_seg.nii.gz")
+            if entry is None:
+                failed(rec, fp)
+                continue
+            written, missing = [f"{cid}_seg.nii.gz"], None
+            if "dicom_seg" in formats:
+                missing = _write_seg(entry, rec, out_dir, meta["label_names"], c.get("dicom_seg"))
+                if missing is None:
+                    written.append(Path(entry["dicom_seg"]).name)
+            if probs is not None:
+                entry["classification"] = row_of(cid, probs, 1)
+            results[cid] = entry
+            if missing is None:
+                manifest.finish_case("done", cid, fp, written, result=entry)
+            else:
+                failure = failures.fail(rec, f"the requested output dicom_seg ({cid}_seg.dcm) was not written: "
+                                             f"{missing}", outcome="partial")
+                manifest.finish_case("partial", cid, fp, written, result=entry, failure=failure)
+    return finish_run(manifest, results, records, failures, header, task, out_dir, n_skip)
 
 
-def _report_failures(result: dict[str, Any], failures: CaseFailures, out_dir: Path, overwrite: bool,
-                     n_cases: int) -> dict[str, Any]:
-    result["failed"] = failures.failed
-    written = failures.write(out_dir, overwrite)
-    if written is not None:
-        result["files"].append(str(written))
-        log.warning("%d of %d case(s) failed and were skipped; see %s", len(failures), n_cases, written)
-    return result
+def _write_seg(entry: dict[str, Any], rec: dict[str, Any], out_dir: Path, label_names, options) -> str | None:
+    """Write the DICOM SEG of one case; the reason it is missing, or None when written."""
+    from medeff.engine.dicom_seg import is_dicom_input
+
+    if isinstance(rec["image"], (list, tuple)) or not is_dicom_input(rec["image"]):
+        return "the input is not a DICOM series"
+    try:
+        write_seg_outputs([entry], [rec], out_dir, label_names, options, True)
+    except (OutputWriteError, OutputExistsError):
+        raise
+    except Exception as exc:  # this case only: its NIfTI mask stands, the case is partial
+        entry["dicom_seg_error"] = f"{type(exc).__name__}: {exc}"
+    if "dicom_seg" in entry:
+        return None
+    return str(entry.get("dicom_seg_error") or "no DICOM SEG could be written")

@@ -93,7 +93,8 @@ def test_seg_rebuilds_the_nifti_mask_and_holds_no_identifier(seg_ckpt, dicom_ser
     monkeypatch.setattr(P, "load_model", fake_load)
     out = tmp_path / "out"
     cfg = {"ckpt": seg_ckpt, "input": str(dicom_series), "output_dir": str(out), "device": "cpu",
-           "output_format": ["nifti", "dicom_seg"], "dicom_seg": {"pseudonym_salt": "s3cret"}}
+           "output_format": ["nifti", "dicom_seg"], "dicom_seg": {"pseudonym_salt": "s3cret"},
+           "case_ids": {"naming": "input"}}
     if not HAVE_HIGHDICOM:  # without the extra, the option must say how to get it, before any inference
         with pytest.raises(ConfigError, match=r"medeff\[dicom-seg\]"):
             predict(cfg)
@@ -142,7 +143,7 @@ def test_seg_on_a_real_dicom_series(seg_ckpt, shared_data, tmp_path):
     folder = shared_data / "ct_organs_totalsegmentator" / "example_ct_dicom"
     out = tmp_path / "out"
     cfg = compose("predict", [f"ckpt={seg_ckpt}", f"input={folder}", f"output_dir={out}", "device=cpu",
-                              "output_format=[nifti,dicom_seg]"])
+                              "output_format=[nifti,dicom_seg]", "case_ids.naming=input"])
     if not HAVE_HIGHDICOM:
         with pytest.raises(ConfigError, match=r"medeff\[dicom-seg\]"):
             predict(cfg)

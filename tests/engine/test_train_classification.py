@@ -153,7 +153,7 @@ def test_3d_crop_classification_trains_and_predicts(crop_index, tmp_path):
     meta = torch.load(run["last_checkpoint"], map_location="cpu", weights_only=True)["medeff"]
     assert meta["data"]["kind"] == "volume" and meta["data"]["patch_size"] == [32, 32, 32]
     res = predict({"ckpt": run["last_checkpoint"], "input": str(crop_index.parent), "output_dir": str(tmp_path / "o"),
-                   "device": "cpu"})
+                   "device": "cpu", "case_ids": {"naming": "input"}})
     assert [r["case_id"] for r in res["cases"]] == ["n0", "n1", "n2", "n3"]
     assert all(r["n_items"] == 1 for r in res["cases"])
     from medeff.demo.phantom import make_nodule_archive

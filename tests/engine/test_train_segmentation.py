@@ -43,7 +43,7 @@ def test_predict_writes_masks_on_the_input_grid(seg_run, organ_index, tmp_path):
     src = organ_index.parent / "ct2.nii.gz"
     out = tmp_path / "masks"
     res = predict(compose("predict", [f"ckpt={seg_run['last_checkpoint']}", f"input={src}", f"output_dir={out}",
-                                      "device=cpu", "sliding_window.overlap=0.25"]))
+                                      "device=cpu", "sliding_window.overlap=0.25", "case_ids.naming=input"]))
     mask_path = out / "ct2_seg.nii.gz"
     assert res["files"][0] == str(mask_path)
     src_img, mask = nib.load(src), nib.load(mask_path)
@@ -72,7 +72,8 @@ def test_predict_inverts_orientation_and_spacing_exactly(seg_run, organ_index, t
     real_load = P.load_model
     monkeypatch.setattr(P, "load_model", fake_load)
     src = organ_index.parent / "ct1.nii.gz"
-    predict({"ckpt": seg_run["last_checkpoint"], "input": str(src), "output_dir": str(tmp_path), "device": "cpu"})
+    predict({"ckpt": seg_run["last_checkpoint"], "input": str(src), "output_dir": str(tmp_path), "device": "cpu",
+             "case_ids": {"naming": "input"}})
     mask = np.asarray(nib.load(tmp_path / "ct1_seg.nii.gz").dataobj)
     ct = np.asarray(nib.load(src).dataobj).astype(float)
     bright = (ct + 160) / 400 > 0.65  # the organ experiment's window [-160, 240] -> [0, 1]
@@ -100,7 +101,7 @@ def test_joint_training_and_prediction(organ_index, tmp_path):
     src = organ_index.parent / "ct0.nii.gz"
     out = tmp_path / "out"
     assert main(["predict", f"ckpt={result['last_checkpoint']}", f"input={src}", f"output_dir={out}",
-                 "device=cpu"]) == 0
+                 "device=cpu", "case_ids.naming=input"]) == 0
     np.testing.assert_allclose(nib.load(out / "ct0_seg.nii.gz").affine, nib.load(src).affine, atol=1e-5)
     with open(out / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -112,7 +113,8 @@ def test_predict_on_a_real_dicom_series_keeps_its_geometry(seg_run, shared_data,
     from medeff.io import read_image
 
     folder = shared_data / "ct_organs_totalsegmentator" / "example_ct_dicom"
-    predict({"ckpt": seg_run["last_checkpoint"], "input": str(folder), "output_dir": str(tmp_path), "device": "cpu"})
+    predict({"ckpt": seg_run["last_checkpoint"], "input": str(folder), "output_dir": str(tmp_path), "device": "cpu",
+             "case_ids": {"naming": "input"}})
     mask = nib.load(tmp_path / "example_ct_dicom_seg.nii.gz")
     image = read_image(folder)
     assert mask.shape == image.shape[:3]

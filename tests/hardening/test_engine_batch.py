@@ -60,7 +60,7 @@ def test_bad_cases_are_reported_and_skipped(seg_run, tmp_path, capsys):
     bad = _bad_inputs(inputs)
     out = tmp_path / "out"
     rc = main(["predict", f"ckpt={seg_run[0]['last_checkpoint']}", f"input={inputs}", f"output_dir={out}",
-               "device=cpu"])
+               "device=cpu", "case_ids.naming=input"])  # synthetic names, kept to check them
     text = capsys.readouterr()
     assert rc == 1, text.err[-2000:]
     assert "3 case(s) failed" in text.out and "2 case(s) ->" in text.out
@@ -87,7 +87,8 @@ def test_on_error_stop_and_all_failed(seg_run, tmp_path, capsys):
     phantom_niftis(inputs, 1, seed=40, labels=False)
     _bad_inputs(inputs)
     ckpt = f"ckpt={seg_run[0]['last_checkpoint']}"
-    assert main(["predict", ckpt, f"input={inputs}", f"output_dir={tmp_path / 'o1'}", "on_error=stop"]) == 2
+    keep = "case_ids.naming=input"  # synthetic names, kept to check them
+    assert main(["predict", ckpt, f"input={inputs}", f"output_dir={tmp_path / 'o1'}", "on_error=stop", keep]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "bad_corrupt" in err and "Traceback" not in err  # the first bad file (sorted) stops the run
     assert main(["predict", ckpt, f"input={inputs / 'bad_nan.nii.gz'}", f"output_dir={tmp_path / 'o2'}"]) == 2
@@ -122,7 +123,7 @@ def test_classification_batch_skips_a_bad_case(seg_run, tmp_path, monkeypatch):
     phantom_niftis(inputs, 2, seed=50, labels=False)
     _bad_inputs(inputs)
     res = P.predict({"ckpt": seg_run[0]["last_checkpoint"], "input": str(inputs), "output_dir": str(tmp_path / "o"),
-                     "device": "cpu"})
+                     "device": "cpu", "case_ids": {"naming": "input"}})
     assert [r["case_id"] for r in res["cases"]] == ["ct000", "ct001"]
     assert {f["case_id"] for f in res["failed"]} == {"bad_corrupt", "bad_flat2d", "bad_nan"}
     doc = json.loads((tmp_path / "o" / "predictions.json").read_text())

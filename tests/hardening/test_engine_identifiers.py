@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -99,7 +100,12 @@ def test_no_identifier_reaches_any_engine_output(zygote, tmp_path):
     produced = sorted(p for p in out.rglob("*") if p.is_file())
     names = {p.name for p in produced}
     assert {"index.json", "last.ckpt", "metrics.csv", "hparams.yaml", "config.yaml", "predictions.json",
-            "series_a_seg.nii.gz", "results.json", "report.html", "report.pdf"} <= names, names
+            "results.json", "report.html", "report.pdf"} <= names, names
+    # the DICOM folder's mask is named by a pseudonym, not by the folder
+    assert [n for n in os.listdir(out / "pred_dicom") if n.endswith("_seg.nii.gz")] == [
+        f"{json.loads((out / 'pred_dicom' / 'predictions.json').read_text())['cases'][0]['case_id']}_seg.nii.gz"]
+    assert re.fullmatch(r"case_[0-9a-f]{12}_seg\.nii\.gz", next(n for n in os.listdir(out / "pred_dicom")
+                                                               if n.endswith("_seg.nii.gz")))
     assert any(n.startswith("events.out.tfevents") for n in names)
     streams = [(str(p), t) for p in produced for t in decoded_texts(p)]
     streams += [(where, text.encode()) for where, text in logs]

@@ -160,14 +160,17 @@ def _predict_case(zygote, seg_run, tmp_path, n_inputs, n, seed, suite):
             elif f.name == "predictions.json":
                 doc = json.loads(f.read_text())
                 assert len(doc["cases"]) == n_inputs and doc["failed"] == []
+            elif f.name == "run_manifest.jsonl":  # appended line by line: at most the last line is cut
+                lines = f.read_bytes().split(b"\n")
+                assert all(json.loads(line) for line in lines[:-1])
             else:
                 raise AssertionError(f"unexpected file {f.name} after a kill")
 
     out_dir = tmp_path / "out"
 
-    def make_args(i):  # every run writes into the same folder, over what the killed ones left
+    def make_args(i):  # every run writes into the same folder and resumes what the killed ones left
         return (["predict", f"ckpt={ckpt}", f"input={tmp_path / 'inputs'}", f"output_dir={out_dir}", "device=cpu",
-                 "overwrite=true"], out_dir)
+                 "case_ids.naming=input"], out_dir)
 
     kill_series(zygote, make_args, check, n, seed, suite)
     rc, text = zygote.run(make_args(0)[0])  # a rerun over what the killed runs left completes

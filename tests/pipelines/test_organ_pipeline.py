@@ -60,7 +60,8 @@ def test_mask_lies_on_the_dicom_series_grid(run):
     from medeff.io import read_image
 
     out, dicom, _ = run
-    mask = nib.load(str(out / "predict" / "series_a_seg.nii.gz"))
+    (mask_path,) = (out / "predict").glob("*_seg.nii.gz")  # named by a pseudonymous case id
+    mask = nib.load(str(mask_path))
     series = read_image(dicom)
     assert mask.shape == series.array.shape == (512, 512, 20)
     np.testing.assert_allclose(mask.affine, series.affine_ras, atol=1e-4)
