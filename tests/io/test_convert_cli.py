@@ -70,3 +70,29 @@ def test_convert_refuses_notavolume(shared_data, tmp_path, capsys):
     folder = shared_data / "dicom_edge_cases/dicom2nifti_failing/notavolume/001"
     assert main(["convert", str(folder), str(tmp_path / "x.nii.gz")]) == 2
     assert "same slice position" in " ".join(capsys.readouterr().err.split())
+
+
+def test_convert_withholds_patient_named_folders_from_logs_and_errors(tmp_path):
+    """A study whose series folders are named after the patients: no log line or error shows the names, unless
+    ``--keep-names`` (de-identified data)."""
+    name = "DOE_JANE_MRN884213"
+    study = tmp_path / "study"
+    make_series(study / name, n=5, series_uid="1.2.3.1")
+    make_series(study / "SMITH_JOHN_MRN551100", n=3, series_uid="1.2.3.2")
+    broken = tmp_path / name
+    make_series(broken, n=5, skip=(2,))  # a gap: refused
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-m", "medeff.cli.main", "--log-level", "DEBUG", "convert", *args],
+                              capture_output=True, text=True, timeout=120)
+        return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
+
+    rc, text = run(str(study), str(tmp_path / "a.nii.gz"))
+    assert rc == 0 and "2 DICOM series" in text, text[-2000:]  # the reader's choice is still reported
+    rc2, text2 = run(str(broken), str(tmp_path / "b.nii.gz"))
+    assert rc2 == 2 and "missing slice" in text2, text2[-2000:]
+    for t in (text, text2):
+        squeezed = t.replace(" ", "")
+        assert "MRN884213" not in squeezed and "DOE_JANE" not in squeezed and "MRN551100" not in squeezed
+    rc, text = run(str(study), str(tmp_path / "c.nii.gz"), "--keep-names")
+    assert rc == 0 and name in text.replace(" ", "")
