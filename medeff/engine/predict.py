@@ -37,6 +37,7 @@ from medeff.engine.predict_outputs import RunManifest, finish_run
 from medeff.errors import CheckpointError, ConfigError, InputError, OutputExistsError, OutputWriteError
 from medeff.utils.atomic import atomic_path
 from medeff.utils.logging import get_logger
+from medeff.utils.progress import track
 
 __all__ = ["predict", "load_model", "load_models", "resolve_checkpoints", "classification_table", "list_inputs"]
 
@@ -376,6 +377,7 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
                                     positive_classes=meta["positive_classes"] or [len(p) - 1],
                                     threshold=threshold)[0]
 
+    todo = track(todo, "Predicting cases")  # a bar on a terminal (case count only)
     if task == "classification":
         def done(rec: dict[str, Any], fp: str, p: np.ndarray, n: int) -> None:
             results[rec["case_id"]] = row = row_of(rec["case_id"], p, n)

@@ -10,8 +10,8 @@ identity, with an exact allow-list:
 * :func:`model_targets`: network constructors, the only targets rebuilt from a checkpoint's stored config
   (medeff's model factory and network classes, and the layer classes of ``torch.nn``);
 * :func:`train_targets`: everything ``medeff train`` builds from ``conf/`` (the model targets plus medeff's data
-  module, tasks, schedulers, progressive-learning callback and MLflow logger, ``torch.optim`` optimizers and
-  learning-rate schedulers, Lightning's ``Trainer`` and its common callbacks and loggers).
+  module, tasks, schedulers, progressive-learning and fine-tuning callbacks and MLflow logger, ``torch.optim``
+  optimizers and learning-rate schedulers, Lightning's ``Trainer`` and its common callbacks and loggers).
 
 A class or function of the user's own (a callback, a network builder) is built only when the user names it in
 ``trusted_targets=[pkg.module.Name]`` on the command line (``medeff train`` / ``medeff predict``); a checkpoint's
@@ -44,7 +44,8 @@ _TRAIN_NAMES = (
     "medeff.data.datamodule.MedeffDataModule",
     "medeff.engine.tasks.ClassificationTask", "medeff.engine.tasks.SegmentationTask", "medeff.engine.tasks.JointTask",
     "medeff.engine.schedulers.warmup_cosine", "medeff.engine.schedulers.warmup_constant",
-    "medeff.engine.progressive.ProgressiveLearning", "medeff.engine.mlflow_logger.mlflow_logger",
+    "medeff.engine.progressive.ProgressiveLearning", "medeff.engine.finetune.Finetuning",
+    "medeff.engine.mlflow_logger.mlflow_logger",
     "medeff.engine.loggers.AtomicCSVLogger", "medeff.engine.loggers.AtomicTensorBoardLogger",
     "lightning.Trainer", "lightning.pytorch.Trainer",
     *(f"lightning.pytorch.callbacks.{n}" for n in (

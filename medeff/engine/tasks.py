@@ -66,12 +66,16 @@ class BaseTask(L.LightningModule):
         scheduler_interval: ``step`` or ``epoch``.
         monitor: metric the checkpoint callback and plateau schedulers watch (e.g. ``val/auc``).
         monitor_mode: ``max`` or ``min``.
+        param_groups: ``param_groups(net) -> [{"params": [...], "lr_scale": f, ...}, ...]``: the optimizer's
+            parameter groups (e.g. :meth:`medeff.engine.finetune.Finetuning.param_groups`); each group's learning
+            rate is the optimizer's times its ``lr_scale``. None: one group of the parameters that train.
     """
 
     kind = "base"
 
     def __init__(self, net: nn.Module, *, optimizer: Callable | None = None, scheduler: Callable | None = None,
-                 scheduler_interval: str = "step", monitor: str | None = None, monitor_mode: str = "max") -> None:
+                 scheduler_interval: str = "step", monitor: str | None = None, monitor_mode: str = "max",
+                 param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None) -> None:
         super().__init__()
         if not isinstance(net, nn.Module):
             raise ConfigError(f"The task's net must be a torch nn.Module, got {type(net).__name__}.",
@@ -83,15 +87,26 @@ class BaseTask(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.monitor, self.monitor_mode = monitor, monitor_mode
+        self.param_groups = param_groups
         self.medeff_meta: dict[str, Any] | None = None
 
     def forward(self, x: torch.Tensor):
         return self.net(x)
 
+    def _optimizer_params(self) -> list:
+        if self.param_groups is None:
+            return [p for p in self.parameters() if p.requires_grad]
+        groups = self.param_groups(self.net)
+        listed = {id(p) for g in groups for p in g["params"]}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in listed]
+        return groups + ([{"params": rest, "lr_scale": 1.0, "name": "other"}] if rest else [])
+
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = self._optimizer_params()
         opt = _configured("optimizer", self.optimizer_factory, params) if self.optimizer_factory \
             else torch.optim.AdamW(params, lr=1e-3)
+        for group in opt.param_groups:  # before the scheduler, which takes each group's lr as its base
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return opt
         kwargs = {}

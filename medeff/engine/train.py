@@ -173,6 +173,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     sched_cfg = cfg.get("scheduler") or {}
     scheduler = build(sched_cfg.factory, "scheduler", trusted=trusted) if sched_cfg.get("factory") else None
     extra = _uses_names(resolved, kind, dm)
+    finetune = _instantiate_group({"finetune": cfg.get("finetune")}, "finetune", trusted)  # conf/finetune
+    if finetune:
+        extra["param_groups"] = finetune[0].param_groups  # per-stage learning rates (medeff.engine.finetune)
     log.info("Instantiating task <%s>", cfg.task._target_)
     task = build(cfg.task, "task", trusted=trusted, net=net, optimizer=optimizer, scheduler=scheduler,
                  scheduler_interval=str(sched_cfg.get("interval", "step")), **extra)
@@ -188,7 +191,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                         label_names=dm.label_names if kind != "classification" else None)
         log.info("Resuming from %s", ckpt_path)
 
-    callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks", trusted)
+    callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks", trusted) + finetune
     loggers = _instantiate_group(cfg.get("logger"), "logger", trusted)  # metrics.csv, hparams.yaml atomic
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
     trainer = build(cfg.trainer, "trainer", trusted=trusted, callbacks=callbacks, logger=loggers or False,

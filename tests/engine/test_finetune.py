@@ -1,0 +1,194 @@
+"""Fine-tuning schedules (medeff.engine.finetune): parameter groups and their learning rates, the frozen encoder
+(weights and BatchNorm statistics unchanged), unfreezing at the configured epoch, and exact resume mid-schedule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from medeff.config import compose
+from medeff.engine.finetune import Finetuning, encoder_stages, stage_lr_scales
+from medeff.engine.train import _instantiate_group, train
+from medeff.errors import ConfigError
+from medeff.models import create_model
+
+from .helpers import SMALL_NET
+
+HERE = Path(__file__).resolve().parent
+
+
+def _tiny(task: str = "classification") -> nn.Module:
+    return create_model("efficientnet_b0", spatial_dims=2, in_channels=1, num_classes=2, task=task, width=0.25,
+                        depth=0.34)
+
+
+def test_param_groups_cover_every_parameter_once_with_layer_decay_and_encoder_scale():
+    from medeff.engine.tasks import ClassificationTask
+
+    net = _tiny()
+    cb = Finetuning(layer_decay=0.5, encoder_lr_scale=0.1)
+    groups = cb.param_groups(net)
+    stages = encoder_stages(net)
+    n = len(stages)
+    assert n == 1 + len(net.blocks) + 1  # stem, every stage, the 1x1 head convolution
+    assert [g["name"] for g in groups] == [f"encoder.stage{s}" for s in range(n)] + ["head"]
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(net.parameters()))
+    assert {id(p) for p in groups[-1]["params"]} == {id(p) for p in net.classifier.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in [*net.conv_stem.parameters(),
+                                                                       *net.bn1.parameters()]}
+
+    task = ClassificationTask(net, num_classes=2, optimizer=lambda params: torch.optim.AdamW(params, lr=0.01),
+                              param_groups=cb.param_groups)
+    opt = task.configure_optimizers()
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["head"] == pytest.approx(0.01)
+    for s in range(n):  # lr * encoder_lr_scale * decay^(n - s)
+        assert lrs[f"encoder.stage{s}"] == pytest.approx(0.01 * 0.1 * 0.5 ** (n - s))
+    assert lrs["encoder.stage0"] < lrs[f"encoder.stage{n - 1}"] < lrs["head"]
+    assert stage_lr_scales(3, layer_decay=0.5) == [0.125, 0.25, 0.5]
+
+
+def test_segmentation_encoder_stages_and_head():
+    net = _tiny("segmentation")
+    groups = Finetuning(layer_decay=0.8).param_groups(net)
+    head = {id(p) for p in groups[-1]["params"]}
+    assert head == {id(p) for n, p in net.named_parameters() if not n.startswith("encoder.")}
+    assert len(groups) == 1 + len(net.encoder.blocks) + 1  # no 1x1 head convolution in a features-only encoder
+
+
+def test_without_param_groups_the_optimizer_is_unchanged():
+    from medeff.engine.tasks import ClassificationTask
+
+    task = ClassificationTask(_tiny(), num_classes=2, optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
+    opt = task.configure_optimizers()
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr"] == 0.1
+
+
+@pytest.mark.parametrize("kwargs", [{"freeze_epochs": -1}, {"freeze_epochs": 1.5}, {"layer_decay": 1.5},
+                                    {"layer_decay": 0}, {"encoder_lr_scale": 0}, {"encoder_lr_scale": "x"}])
+def test_bad_settings_are_config_errors_naming_the_key(kwargs):
+    with pytest.raises(ConfigError, match=f"finetune.{next(iter(kwargs))}"):
+        Finetuning(**kwargs)
+
+
+def test_configs_compose_and_are_allowed_targets():
+    from medeff.engine.targets import resolve_target, train_targets
+
+    assert dict(compose("train", ["data.index=x"]).finetune) == {}
+    for name, freeze, decay in [("freeze_then_unfreeze", 5, 1.0), ("llrd", 0, 0.7)]:
+        node = compose("train", ["data.index=x", f"finetune={name}"]).finetune
+        assert resolve_target(node._target_) in train_targets()
+        assert (node.freeze_epochs, node.layer_decay) == (freeze, decay)
+
+
+# ---- training runs --------------------------------------------------------------------------------------------
+
+def _overrides(index: Path, run_dir: Path, epochs: int, freeze: int) -> list[str]:
+    return ["experiment=nodule_2d", f"data.index={index}", f"run_dir={run_dir}", "seed=7", "data.batch_size=8",
+            "data.num_workers=0", "trainer.accelerator=cpu", "trainer.deterministic=true",
+            f"trainer.max_epochs={epochs}", "++trainer.limit_train_batches=3", "++trainer.limit_val_batches=1",
+            "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
+            "logger=none", "callbacks.lr_monitor=null",
+            "callbacks.model_checkpoint.save_top_k=-1", "finetune=freeze_then_unfreeze",
+            f"finetune.freeze_epochs={freeze}", "finetune.layer_decay=0.8", "finetune.encoder_lr_scale=0.5",
+            "model.drop_path_rate=0.0"] + SMALL_NET
+
+
+class _Probe(L.Callback):
+    """Per training epoch: whether the encoder trains, and the BatchNorm modes seen in the first batch."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            net = pl_module.net
+            self.epochs.append({"epoch": trainer.current_epoch,
+                                "encoder_grad": net.conv_stem.weight.requires_grad,
+                                "bn_training": net.bn1.training, "head_grad": net.classifier.weight.requires_grad})
+
+
+def _run(monkeypatch, overrides: list[str], extra: list[L.Callback]) -> dict:
+    import medeff.engine.train as T
+
+    def with_test_callbacks(group, what, *args, **kwargs):
+        built = _instantiate_group(group, what, *args, **kwargs)
+        return built + list(extra) if what == "callbacks" else built
+
+    monkeypatch.setattr(T, "_instantiate_group", with_test_callbacks)
+    return train(compose("train", overrides))
+
+
+def _encoder_state(sd: dict) -> dict:
+    """Encoder parameters and BatchNorm buffers (running stats, batch counts) of a task state dict."""
+    return {k: v for k, v in sd.items()
+            if k.startswith("net.") and not k.startswith(("net.classifier.", "net._extra"))}
+
+
+def test_frozen_epochs_leave_encoder_and_batchnorm_stats_unchanged_then_unfreeze(nodule_index, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))
+    from crash_callback import SaveWeightsAtEnd
+
+    run_dir = tmp_path / "run"
+    probe = _Probe()
+    _run(monkeypatch, _overrides(nodule_index, run_dir, epochs=3, freeze=2),
+         [probe, SaveWeightsAtEnd(str(run_dir / "final.pt"))])
+
+    assert [e["epoch"] for e in probe.epochs] == [0, 1, 2]
+    assert [e["encoder_grad"] for e in probe.epochs] == [False, False, True]  # unfrozen at epoch 2
+    assert [e["bn_training"] for e in probe.epochs] == [False, False, True]
+    assert all(e["head_grad"] for e in probe.epochs)
+
+    start = torch.load(run_dir / "final.pt.start", weights_only=True)
+    epoch1 = torch.load(run_dir / "checkpoints" / "epoch_001.ckpt", weights_only=True, map_location="cpu")
+    final = torch.load(run_dir / "final.pt", weights_only=True)
+    frozen = _encoder_state(epoch1["state_dict"])
+    assert any("running_mean" in k for k in frozen) and any("num_batches_tracked" in k for k in frozen)
+    for k, v in frozen.items():  # two frozen epochs: weights and BatchNorm statistics as loaded
+        assert torch.equal(v, start[k]), k
+    assert not torch.equal(epoch1["state_dict"]["net.classifier.weight"], start["net.classifier.weight"])
+    assert not torch.equal(final["net.conv_stem.weight"], start["net.conv_stem.weight"])  # trained after epoch 2
+    assert not torch.equal(final["net.bn1.running_mean"], start["net.bn1.running_mean"])
+
+    # the schedule is recorded in the checkpoint: the run's resolved config and the callback's state
+    ft = epoch1["medeff"]["config"]["finetune"]
+    assert (ft["freeze_epochs"], ft["layer_decay"], ft["encoder_lr_scale"]) == (2, 0.8, 0.5)
+    states = [v for k, v in epoch1["callbacks"].items() if k.startswith("Finetuning")]
+    assert states and states[0]["settings"] == {"freeze_epochs": 2, "layer_decay": 0.8, "encoder_lr_scale": 0.5}
+    groups = epoch1["optimizer_states"][0]["param_groups"]
+    assert groups[-1]["name"] == "head"
+    assert groups[0]["lr_scale"] == pytest.approx(0.5 * 0.8 ** 9)  # 9 stages: stem, 7 of blocks, head conv
+
+
+@pytest.mark.parametrize("crash_epoch", [1, 2], ids=["while_frozen", "after_unfreezing"])
+def test_resume_mid_schedule_matches_uninterrupted_run(nodule_index, tmp_path, monkeypatch, crash_epoch):
+    """Killed in epoch 1 (encoder frozen; resumes from the epoch-0 checkpoint) or in epoch 2 (resumes from the
+    epoch-1 checkpoint, written after unfreezing at epoch 1): the resumed run ends with the uninterrupted weights."""
+    monkeypatch.syspath_prepend(str(HERE))
+    from crash_callback import SaveWeightsAtEnd
+
+    class Crash(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == crash_epoch and batch_idx == 1:
+                raise RuntimeError("simulated crash")
+
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "crashed"
+    _run(monkeypatch, _overrides(nodule_index, ref_dir, epochs=3, freeze=1), [SaveWeightsAtEnd(str(ref_dir / "w"))])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(monkeypatch, _overrides(nodule_index, run_dir, epochs=3, freeze=1), [Crash()])
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["epoch"] == crash_epoch - 1
+    _run(monkeypatch, _overrides(nodule_index, run_dir, epochs=3, freeze=1) + ["ckpt_path=last"],
+         [SaveWeightsAtEnd(str(run_dir / "w"))])
+    a = torch.load(ref_dir / "w", weights_only=True)
+    b = torch.load(run_dir / "w", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not torch.equal(a["net.conv_stem.weight"], last["state_dict"]["net.conv_stem.weight"])
