@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || \
 		$(PIP) install --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
-	$(PIP) install --disable-pip-version-check -e ".[test]"
+	$(PIP) install --disable-pip-version-check -e ".[test,weights]"
 	# timm is a test-only numerical reference; --no-deps because its torchvision pin cannot import beside CPU torch
 	$(PIP) install --disable-pip-version-check --no-deps "timm==1.0.31"
 	@$(PY) -c "import torch; print('medeff setup: torch', torch.__version__, '| CUDA build:', torch.version.cuda or 'no')"

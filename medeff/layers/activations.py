@@ -1,4 +1,5 @@
-"""Activations: SiLU/Swish (with a memory-efficient variant whose autograd saves only the input), ReLU6 (EfficientNet-Lite)."""
+"""Activations: SiLU/Swish (with a memory-efficient variant whose autograd saves only the input), ReLU6
+(EfficientNet-Lite)."""
 
 from __future__ import annotations
 

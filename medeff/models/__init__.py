@@ -1,6 +1,7 @@
 """EfficientNet V1/V2 models for 1D/2D/2.5D/3D: encoders, U-Net decoder, heads, and the model registry.
 
-Models know tensors only: nothing here reads files. Entry points: :func:`create_model`, :func:`list_models`.
+Models know tensors only; only the weight loaders (``load_weights``, ``pretrained=``) read files. Entry points:
+:func:`create_model`, :func:`list_models`.
 """
 
 from medeff.models.anisotropy import plan_levels
@@ -55,6 +56,7 @@ from medeff.models.export import EXPORT_FORMATS, export_model, native_layers  # 
 from medeff.models.fold import fold_batch_norms  # noqa: E402
 from medeff.models.inflate import adapt_input_channels, inflate_weight  # noqa: E402
 from medeff.models.weights import LoadReport, load_weights, read_state_dict  # noqa: E402
+from medeff.models.pretrained import load_pretrained  # noqa: E402
 
 __all__ += [
     "fold_batch_norms",
@@ -64,6 +66,7 @@ __all__ += [
     "export_model",
     "inflate_weight",
     "is_torchvision_state_dict",
+    "load_pretrained",
     "load_weights",
     "native_layers",
     "read_state_dict",

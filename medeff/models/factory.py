@@ -26,6 +26,7 @@ from medeff.utils.options import look_up
 __all__ = [
     "ENCODER_OPTIONS",
     "MODELS",
+    "PRETRAINED_OPTIONS",
     "TASKS",
     "UNET_OPTIONS",
     "ModelVariant",
@@ -43,6 +44,8 @@ ENCODER_OPTIONS = (
     "kernels", "spacing", "checkpointing", "channels_last", "head_channels", "features_only", "out_indices", "phi",
     "fast_depthwise", "recompute",
 )
+#: Pretrained-weight options of every task (see :func:`medeff.models.pretrained.load_pretrained`).
+PRETRAINED_OPTIONS = ("pretrained", "weights", "in_channels_mode")
 #: Extra options of the segmentation and joint tasks (passed to :class:`EfficientNetUNet`).
 UNET_OPTIONS = ("decoder_channels", "deep_supervision", "deep_supervision_levels", "aux_classes", "aux_dropout",
                 "pad_mode", "decoder_channels_last")
@@ -169,21 +172,44 @@ def create_model(
             head (``aux_classes`` outputs, default ``num_classes``) sits on the deepest encoder feature.
         **options: :data:`ENCODER_OPTIONS` (see :class:`EfficientNet`) and, for segmentation/joint,
             :data:`UNET_OPTIONS` (see :class:`EfficientNetUNet`). ``dropout`` defaults to the variant's.
+            :data:`PRETRAINED_OPTIONS`: ``pretrained`` (False; True for the model's default weights, or a source:
+            a file, ``package:NAME``, ``hf-hub:ORG/NAME``; see :mod:`medeff.models.pretrained`), ``weights`` (a
+            file; the same as ``pretrained=PATH``) and ``in_channels_mode`` (``"sum"`` or ``"average"``: how RGB
+            stem filters become the model's input channels). A pretrained model carries ``pretrained_cfg`` (input
+            mean/std, size, interpolation, convention); otherwise ``pretrained_cfg`` is None.
 
     Returns:
         The network (parameters on the current default device).
 
     Raises:
-        ConfigError: unknown name, task or option (with "did you mean").
+        ConfigError: unknown name, task or option (with "did you mean"), or a bad pretrained source.
+        CheckpointError: pretrained weights that cannot be found or loaded (see :func:`medeff.models.load_weights`).
         ValueError: invalid option values (bad strides, kernels, channels).
 
     Example:
         >>> net = create_model("efficientnet_b0", spatial_dims=3, in_channels=1, num_classes=2)
     """
     look_up(task, TASKS, what="task", key="task")
-    valid = ENCODER_OPTIONS + (UNET_OPTIONS if task != "classification" else ())
+    valid = ENCODER_OPTIONS + PRETRAINED_OPTIONS + (UNET_OPTIONS if task != "classification" else ())
     for key in options:
         look_up(key, valid, what=f"option for task {task!r}", key=key)
+    pretrained, weights = options.pop("pretrained", False), options.pop("weights", None)
+    in_channels_mode = options.pop("in_channels_mode", "sum")
+    if weights not in (None, "") and pretrained not in (None, False, "", True):
+        raise ConfigError(f"model.weights={weights!r} and model.pretrained={pretrained!r} name two sources.",
+                          hint="give one: model.weights=PATH (a file) or model.pretrained=SOURCE.")
+    source = weights if weights not in (None, "") else (pretrained if pretrained not in (None, "") else False)
+    model = _build(name, spatial_dims, in_channels, num_classes, task, options)
+    model.pretrained_cfg = None
+    if source is not False:
+        from medeff.models.pretrained import load_pretrained  # imports weights -> efficientnet; kept off import time
+
+        load_pretrained(model, name, source, in_channels_mode=in_channels_mode)
+    return model
+
+
+def _build(name: str, spatial_dims: int, in_channels: int, num_classes: int, task: str, options: dict[str, Any]
+           ) -> nn.Module:
     variant = get_variant(name, options.pop("phi", None))
     unet_kwargs = {k: options.pop(k) for k in UNET_OPTIONS if k in options}
     enc_kwargs: dict[str, Any] = {

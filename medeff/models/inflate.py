@@ -6,7 +6,8 @@ Input channels (the stem): a filter bank for ``c`` input channels becomes one fo
   output as the summed filter on one channel: exact);
 * otherwise: the source channels repeated cyclically (``new[:, i] = old[:, i % c]``) and scaled by ``c / k``, so
   ``k`` identical channels give the same response as ``c`` identical channels when ``k`` is a multiple of ``c``
-  (exact), and approximately otherwise (the activation scale is kept).
+  (exact), and approximately otherwise (the activation scale is kept);
+* or, with ``mode="average"``, every channel gets the mean of the source filters.
 
 Inflation (Carreira & Zisserman's "I3D" rule): a 2D kernel ``(O, I, kh, kw)`` becomes ``(O, I, kd, kh, kw)`` by
 repeating it ``kd`` times along the new leading (depth) axis and dividing by ``kd``. For an input that is
@@ -21,25 +22,37 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["adapt_input_channels", "inflate_weight"]
+__all__ = ["IN_CHANNELS_MODES", "adapt_input_channels", "inflate_weight"]
+
+#: Stem adaptation rules: ``sum`` (above; timm's rule too) and ``average`` (every channel gets the mean filter).
+IN_CHANNELS_MODES = ("sum", "average")
 
 
-def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+def adapt_input_channels(weight: torch.Tensor, in_channels: int, mode: str = "sum") -> torch.Tensor:
     """Adapt a convolution weight ``(O, c, *k)`` to ``in_channels`` input channels.
 
     Args:
         weight: the source weight.
         in_channels: wanted input channels ``k``.
+        mode: ``"sum"``: the sum over channels for ``k == 1``, else the channels repeated cyclically times
+            ``c / k``. ``"average"``: every one of the ``k`` channels gets the mean of the ``c`` filters (a
+            ``k``-channel input of identical channels then gives ``k / c`` times the response of the same grey
+            image in ``c`` channels: exact for ``k == c``, a third of it for one CT channel from RGB; use it when
+            the CT input is normalised to the spread of all three RGB channels together).
 
     Returns:
-        ``(O, k, *k)``: the sum over channels for ``k == 1``, else the channels repeated cyclically times ``c / k``.
+        ``(O, k, *k)``.
 
     Raises:
-        ValueError: ``in_channels < 1`` or a weight with fewer than 3 dimensions.
+        ValueError: ``in_channels < 1``, a weight with fewer than 3 dimensions, or an unknown ``mode``.
     """
     if in_channels < 1 or weight.ndim < 3:
         raise ValueError(f"cannot adapt a weight of shape {tuple(weight.shape)} to {in_channels} input channels.")
+    if mode not in IN_CHANNELS_MODES:
+        raise ValueError(f"in_channels_mode must be one of {IN_CHANNELS_MODES}, got {mode!r}.")
     c = weight.shape[1]
+    if mode == "average":
+        return weight.mean(dim=1, keepdim=True).expand(-1, in_channels, *weight.shape[2:]).clone()
     if in_channels == c:
         return weight.clone()
     if in_channels == 1:

@@ -197,7 +197,7 @@ def _is_stem(key: str) -> bool:
     return key == "conv_stem.weight" or key.endswith(".conv_stem.weight")
 
 
-def _match(key: str, src: torch.Tensor, dst: torch.Tensor, adapt_stem: bool, inflate: bool
+def _match(key: str, src: torch.Tensor, dst: torch.Tensor, adapt_stem: bool, inflate: bool, mode: str = "sum"
            ) -> tuple[torch.Tensor | None, str]:
     """Return ``(tensor for the model or None, note)``; the note is empty for a plain load."""
     if src.shape == dst.shape:
@@ -211,9 +211,10 @@ def _match(key: str, src: torch.Tensor, dst: torch.Tensor, adapt_stem: bool, inf
     if src.shape[1] != dst.shape[1]:
         if not (adapt_stem and _is_stem(key)):
             return None, f"input channels {src.shape[1]} do not fit the model's {dst.shape[1]}"
-        w = adapt_input_channels(w, dst.shape[1])
+        w = adapt_input_channels(w, dst.shape[1], mode)
         c, k = src.shape[1], dst.shape[1]
-        rule = "sum over channels" if k == 1 else f"channels repeated, scaled by {c}/{k}"
+        rule = ("mean filter in every channel" if mode == "average" else "sum over channels" if k == 1
+                else f"channels repeated, scaled by {c}/{k}")
         notes.append(f"input channels {src.shape[1]} -> {dst.shape[1]} ({rule})")
     if dst.ndim == w.ndim + 1 and inflate:
         try:
@@ -288,6 +289,9 @@ def _detect(layout: str, generation: int, record: WeightsConvention | None, sour
         how = f"torchvision {'EfficientNet' if generation == 1 else 'EfficientNetV2'} layout"
     elif layout in ("monai", "efficientnet_pytorch"):
         layout_conv, how = CONVENTIONS[layout], f"{layout} layout"
+    elif layout == "efficientnet_lite":
+        layout_conv = CONVENTIONS[layout]
+        how = "efficientnet_pytorch layout without squeeze-excitation (EfficientNet-Lite)"
     if isinstance(source, nn.Module):
         inspected = convention_from_module(source)
         if inspected is not None:
@@ -327,6 +331,7 @@ def load_weights(
     adapt_stem: bool = True,
     inflate: bool = True,
     convention: str | Mapping[str, Any] | WeightsConvention | None = None,
+    in_channels_mode: str = "sum",
 ) -> LoadReport:
     """Load weights into ``model`` (in place), apply their convention, and report what was done.
 
@@ -339,6 +344,9 @@ def load_weights(
         strict: raise when any model tensor at all would stay missing (for resuming a medeff model).
         adapt_stem: adapt the stem's input channels (RGB -> ``in_channels``); see
             :func:`medeff.models.inflate.adapt_input_channels`.
+        in_channels_mode: how the stem is adapted: ``"sum"`` (a one-channel stem is the sum of the RGB filters;
+            more channels repeat them cyclically, scaled) or ``"average"`` (every input channel gets the mean
+            filter); see :data:`medeff.models.inflate.IN_CHANNELS_MODES`.
         inflate: inflate N-d kernels to the model's N+1-d kernels; see :func:`medeff.models.inflate.inflate_weight`.
         convention: the numerical convention of the weights (BatchNorm eps, padding, activation; see
             :mod:`medeff.models.conventions`). None (default) finds it: a record in the weights (medeff), the
@@ -394,6 +402,8 @@ def load_weights(
                                   f"EfficientNet: {exc}", path=None if path is None else str(path)) from exc
         skipped.update(unknown)
         fmt = layout = "monai" if monai else "efficientnet_pytorch"
+        if not monai and not any(".se." in k for k in state):
+            layout = "efficientnet_lite"  # no squeeze-excitation anywhere: the Lite family's TF weights
     state = _align_encoder(state, model_keys)
 
     keep = isinstance(convention, str) and convention.lower() == "model"
@@ -422,7 +432,7 @@ def load_weights(
         if key not in target:
             report.skipped[key] = "not in the model"
             continue
-        tensor, note = _match(key, value, target[key], adapt_stem, inflate)
+        tensor, note = _match(key, value, target[key], adapt_stem, inflate, in_channels_mode)
         if tensor is None:
             report.skipped[key] = note
             continue
