@@ -168,12 +168,12 @@ def _predict_case(zygote, seg_run, tmp_path, n_inputs, n, seed, suite):
 
     out_dir = tmp_path / "out"
 
-    def make_args(i):  # every run writes into the same folder and resumes what the killed ones left
+    def make_args(i):  # every run writes into the same folder, over what the killed ones left
         return (["predict", f"ckpt={ckpt}", f"input={tmp_path / 'inputs'}", f"output_dir={out_dir}", "device=cpu",
-                 "case_ids.naming=input"], out_dir)
+                 "case_ids.naming=input", "overwrite=true"], out_dir)
 
     kill_series(zygote, make_args, check, n, seed, suite)
-    rc, text = zygote.run(make_args(0)[0])  # a rerun over what the killed runs left completes
+    rc, text = zygote.run(make_args(0)[0][:-1])  # a rerun without overwrite resumes what the killed runs left
     assert rc == 0, text[-3000:]
     check(out_dir)
     assert set(finals) | {"predictions.json"} <= {p.name for p in out_dir.iterdir()}
