@@ -17,6 +17,7 @@ from torch import nn
 from medeff.errors import ConfigError
 from medeff.models.arch import ARCH_DEFS, ArchDef
 from medeff.models.efficientnet import EfficientNet
+from medeff.models.inflate import IN_CHANNELS_MODES
 from medeff.models.init import init_weights
 from medeff.models.scaling import B_VARIANTS, Scaling, scaling_from_phi
 from medeff.models.unet import EfficientNetUNet
@@ -194,7 +195,8 @@ def create_model(
     for key in options:
         look_up(key, valid, what=f"option for task {task!r}", key=key)
     pretrained, weights = options.pop("pretrained", False), options.pop("weights", None)
-    in_channels_mode = options.pop("in_channels_mode", "sum")
+    in_channels_mode = look_up(options.pop("in_channels_mode", "sum"), IN_CHANNELS_MODES, what="in_channels_mode",
+                               key="model.in_channels_mode")
     if weights not in (None, "") and pretrained not in (None, False, "", True):
         raise ConfigError(f"model.weights={weights!r} and model.pretrained={pretrained!r} name two sources.",
                           hint="give one: model.weights=PATH (a file) or model.pretrained=SOURCE.")
