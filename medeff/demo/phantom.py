@@ -7,7 +7,7 @@ Two kinds of data are generated:
   small, round and smooth (some calcified); malignant ones larger, lobulated and spiculated. The task is
   learnable but not trivial: sizes overlap and noise is added.
 * :func:`make_phantom_ct` builds an abdomen/chest-like CT volume in Hounsfield units with an organ label map
-  (body, lungs, liver, spleen, kidneys, spine), returned as :class:`medeff.io.ImageData` with real geometry
+  (lungs, liver, spleen, kidneys, spine at adult sizes, in intra-abdominal fat inside a muscle wall), returned as :class:`medeff.io.ImageData` with real geometry
   (anisotropic spacing, non-zero origin) so that geometry round trips are exercised.
 """
 
@@ -136,8 +136,13 @@ def make_phantom_ct(
     jit = lambda s: 1.0 + rng.uniform(-s, s)  # noqa: E731
     hu = np.full(shape, -1000.0, dtype=np.float32)
     lab = np.zeros(shape, dtype=np.uint8)
-    body = _ellipsoid(grid[:2], (ni / 2, nj / 2), (ni * 0.45 * jit(0.05), nj * 0.4 * jit(0.05)))
-    hu[body] = np.where(rng.random(int(body.sum())) < 0.3, -90.0, 40.0)  # fat and muscle
+    radii = (ni * 0.45 * jit(0.05), nj * 0.4 * jit(0.05))
+    r_body = np.sqrt(((grid[0][..., 0] - ni / 2) / radii[0]) ** 2 + ((grid[1][..., 0] - nj / 2) / radii[1]) ** 2)
+    r_body = np.broadcast_to(r_body[..., None], shape)
+    body = r_body <= 1.0
+    # subcutaneous fat, a muscle wall, and fat around the organs inside it (organs stand out as soft tissue in fat)
+    hu[body] = -100.0
+    hu[body & (r_body > 0.78) & (r_body <= 0.9)] = 40.0
 
     def put(mask: np.ndarray, value_hu: float, label: int) -> None:
         mask &= body

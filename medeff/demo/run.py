@@ -190,7 +190,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Pa
 
 def predict_segmentations(ckpt: Path, tests: Sequence[dict[str, Any]], out: Path) -> Path:
     """Predict every held-out DICOM series (one ``medeff predict`` call per series, i.e. per patient) and write the
-    evaluation index ``segmentation_pairs.csv`` (case id, predicted mask, reference mask) under ``out``."""
+    evaluation index ``segmentation_pairs.csv`` (case id, predicted mask, reference mask, image) under ``out``."""
     from medeff.engine.predict import predict
 
     rows = []
@@ -200,10 +200,11 @@ def predict_segmentations(ckpt: Path, tests: Sequence[dict[str, Any]], out: Path
         masks = [f for f in res["files"] if str(f).endswith(".nii.gz")]
         if len(masks) != 1:
             raise RuntimeError(f"predicting held-out case {case['case']} wrote {len(masks)} masks, expected one")
-        rows.append({"case_id": case["case"], "prediction": masks[0], "reference": str(case["reference"])})
+        rows.append({"case_id": case["case"], "prediction": masks[0], "reference": str(case["reference"]),
+                     "image": str(case["dicom"])})
     index = out / "segmentation_pairs.csv"
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["case_id", "prediction", "reference"])
+    w = csv.DictWriter(buf, fieldnames=["case_id", "prediction", "reference", "image"])
     w.writeheader()
     w.writerows(rows)
     write_text_atomic(index, buf.getvalue(), overwrite=True)
@@ -211,13 +212,14 @@ def predict_segmentations(ckpt: Path, tests: Sequence[dict[str, Any]], out: Path
 
 
 def evaluate_demo_segmentation(index: Path, *, seed: int, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Per-organ evaluation of the held-out CT cases: every organ of :data:`ORGAN_LABELS`, one row per case."""
+    """Per-organ evaluation of the held-out CT cases: every organ of :data:`ORGAN_LABELS`, one row per case; the
+    report shows overlays of the worst and the median case on their CT."""
     from medeff.demo.phantom import ORGAN_LABELS
     from medeff.evaluation import evaluate_segmentation
 
     labels = {v: k for k, v in ORGAN_LABELS.items() if v}
-    return evaluate_segmentation(index, labels=labels, seed=seed, title="Organ segmentation (phantom demo)",
-                                 config=config)
+    return evaluate_segmentation(index, columns={"image": "image"}, labels=labels, seed=seed,
+                                 title="Organ segmentation (phantom demo)", config=config)
 
 
 def _html(files: Any) -> Path:

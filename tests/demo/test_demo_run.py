@@ -85,3 +85,27 @@ def test_demo_refuses_a_single_held_out_ct_case(tmp_path):
 
         run_demo(tmp_path / "demo", [*TINY, "data.ct_test_cases=1"])
     assert not (tmp_path / "demo" / "data").exists()
+
+
+def test_demo_segmentation_evaluation_scores_every_organ_on_every_held_out_case(tmp_path):
+    """Fast check of the evaluation step alone: phantom test cases as the demo writes them, the reference masks as
+    predictions; every organ is reported with one value per case (n = 3) and a CI, and the report has overlays."""
+    from omegaconf import OmegaConf
+
+    from medeff.demo.run import _make_ct_data, evaluate_demo_segmentation
+
+    cfg = OmegaConf.create({"seed": 0, "data": {"ct_train_cases": 1, "ct_test_cases": 3, "ct_shape": [40, 36, 20],
+                                                "ct_spacing": [5.0, 5.0, 6.0]}})
+    data = _make_ct_data(tmp_path, cfg)
+    index = tmp_path / "pairs.csv"
+    lines = ["case_id,prediction,reference,image"]
+    lines += [f"{c['case']},{c['reference']},{c['reference']},{c['dicom']}" for c in data["ct_test"]]
+    index.write_text("\n".join(lines) + "\n")
+    res = evaluate_demo_segmentation(index, seed=0)
+    assert res["counts"]["cases"] == 3
+    organs = {a["name"]: next(m for m in a["metrics"] if m["key"] == "dice") for a in res["aggregates"]}
+    assert set(organs) == {name for name, value in ORGAN_LABELS.items() if value}
+    for name, dice in organs.items():
+        assert dice["n"] == 3 and dice["value"] == pytest.approx(1.0), name
+        assert dice["ci_low"] is not None, name
+    assert res["overlays"]
