@@ -136,6 +136,9 @@ class EfficientNet(nn.Module):
             activation, input mean/std) the weights follow: the model's own settings when built, the source's after
             :func:`medeff.models.load_weights`. It is saved in the state dict (``_extra_state``) and restored by
             ``load_state_dict``, which re-applies its eps and padding.
+        pretrained_cfg: what pretrained weights expect of the input (mean, std, input size, interpolation, their
+            source and convention) when the model was created with ``pretrained=`` (see
+            :func:`medeff.models.pretrained.load_pretrained`); None otherwise.
 
     Example:
         >>> from medeff.models.arch import ARCH_DEFS
@@ -143,6 +146,8 @@ class EfficientNet(nn.Module):
         >>> net.eval()(torch.zeros(1, 1, 32, 32, 32)).shape
         torch.Size([1, 2])
     """
+
+    pretrained_cfg: dict[str, Any] | None = None
 
     def __init__(
         self,

@@ -41,6 +41,9 @@ class EfficientNetUNet(nn.Module):
         ValueError: an encoder that is not ``features_only``, or ``deep_supervision_levels`` out of range.
     """
 
+    #: the input expectations of pretrained encoder weights (see :class:`EfficientNet`), None without them
+    pretrained_cfg: dict[str, Any] | None = None
+
     def __init__(
         self,
         encoder: EfficientNet,

@@ -106,9 +106,26 @@ def test_segmentation_encoder_gets_the_weights(lite0):
     assert seg.weights_convention.padding == "same_tf"
 
 
+def test_joint_3d_one_channel_from_the_2d_package(lite0):
+    joint = create_model("efficientnet_lite0", task="joint", spatial_dims=3, in_channels=1, num_classes=2,
+                         pretrained=True, strides=[(1, 2, 2)] * 5)
+    stem = joint.encoder.conv_stem.weight
+    assert stem.shape == (32, 1, 3, 3, 3)
+    torch.testing.assert_close(stem, lite0.conv_stem.weight.sum(1, keepdim=True)[:, :, None].expand_as(stem) / 3)
+    assert joint.pretrained_cfg["input_size"] == (1, 224, 224) and len(joint.pretrained_cfg["mean"]) == 1
+    with torch.no_grad():
+        seg, cls = joint.eval()(torch.zeros(1, 1, 4, 32, 32))
+    assert seg.shape == (1, 2, 4, 32, 32) and cls.shape == (1, 2)
+
+
 def test_not_pretrained_has_no_pretrained_cfg():
+    from medeff.models import EfficientNet
+    from medeff.models.arch import ARCH_DEFS
+
     with torch.device("meta"):
         assert create_model("efficientnet_lite0").pretrained_cfg is None
+        assert create_model("efficientnet_lite0", task="segmentation").pretrained_cfg is None
+        assert EfficientNet(ARCH_DEFS["efficientnet_lite"]).pretrained_cfg is None
 
 
 # --- local files and bad sources ---------------------------------------------------------------------------------
