@@ -32,12 +32,14 @@ import torch
 from monai.data import CacheDataset, DataLoader
 from torch.utils.data import Sampler
 
-from medeff.data.transforms import eval_transforms, train_transforms
+from medeff.data.transforms import eval_transforms, hu_windows_spec, normalization_spec, train_transforms
 from medeff.errors import ConfigError, IndexValidationError
 from medeff.io.base import require_finite
+from medeff.utils.logging import get_logger
 
 __all__ = ["MedeffDataModule", "load_dataset_index", "archive_items", "KINDS", "EpochSeededSampler", "epoch_seed"]
 
+log = get_logger(__name__)
 KINDS = ("volume", "archive")
 TASKS = ("classification", "segmentation", "joint")
 
@@ -195,6 +197,11 @@ class MedeffDataModule(L.LightningDataModule):
         self.fold, self.context_slices = int(fold), int(context_slices)
         self.patch_size = list(patch_size) if patch_size else None
         self.preprocessing = dict(preprocessing or {})
+        if self.preprocessing.get("channels") == "hu_windows":
+            n = len(hu_windows_spec(self.preprocessing.get("hu_windows")))
+            if self.in_channels != n:
+                raise ConfigError(f"data.preprocessing.channels=hu_windows makes {n} channels (one per window) but "
+                                  f"data.in_channels={self.in_channels}.", hint=f"set data.in_channels={n}.")
         self.augmentation = dict(augmentation or {})
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.num_workers, self.cache_rate, self.class_key = int(num_workers), float(cache_rate), class_key
@@ -214,6 +221,26 @@ class MedeffDataModule(L.LightningDataModule):
                 "patch_size": list(self.patch_size) if self.patch_size else None,
                 "preprocessing": dict(self.preprocessing), "class_names": list(self.class_names or []),
                 "label_names": list(self.label_names or [])}
+
+    def use_model_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None,
+                                source: str = "the pretrained model") -> None:
+        """Normalise images with the model's ``mean``/``std`` (plain numbers, one per input channel) when
+        ``data.preprocessing.normalize`` is ``auto`` (the default); explicit values in the config win, null keeps
+        the images unnormalised. Call before :meth:`setup`; :meth:`describe` then records the values in use.
+
+        Raises:
+            ConfigError: values that are not one positive std per mean.
+        """
+        current = self.preprocessing.get("normalize", "auto")
+        if mean is None or std is None:
+            return
+        if current != "auto":
+            log.info("data.preprocessing.normalize=%s is used instead of %s's mean/std.", current, source)
+            return
+        values = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+        normalization_spec(values)
+        self.preprocessing["normalize"] = values
+        log.info("Images are normalised with %s's mean %s and std %s.", source, values["mean"], values["std"])
 
     def prepare_index(self) -> None:
         """Load the index and take class/label names from it; check they agree with the config."""

@@ -21,6 +21,15 @@ Preprocessing spec (``data.preprocessing``)::
     resize: null              # [size per axis]: rescale the whole image to this grid (area averaging), e.g.
                               # [224, 224] for 2D slices of differing sizes; null keeps the grid
     resize_to_patch: false    # centre crop / pad to data.patch_size (classification crops)
+    channels: single          # single: the intensity step above | hu_windows: one channel per HU window
+    hu_windows: [[1500, -600], [350, 50], [2000, 300]]   # [width, level] per channel (lung, mediastinum, bone)
+    normalize: auto           # auto | null | {mean: [...], std: [...]}: (x - mean) / std per channel, last step
+
+``channels: hu_windows`` (:class:`HUWindowsd`) turns a one-channel HU image into one channel per window, each
+window scaled to [0, 1] and clipped; it replaces ``intensity``. ``normalize`` (:class:`ChannelNormalized`) runs
+after augmentation, on training and evaluation images alike. ``auto`` stands for the mean/std of the pretrained
+model the data module is paired with (the training entry point passes them in as plain numbers, see
+:meth:`medeff.data.datamodule.MedeffDataModule.use_model_normalization`); with no such model nothing is applied.
 
 Augmentation spec (``augmentation``): see ``conf/augmentation/*.yaml``; every key is documented there.
 """
@@ -64,7 +73,13 @@ __all__ = [
     "LoadImageDatad",
     "RequireFinited",
     "RemapLabelsd",
+    "HUWindowsd",
+    "ChannelNormalized",
+    "DEFAULT_HU_WINDOWS",
+    "CHANNEL_MODES",
     "DEFAULT_PREPROCESSING",
+    "hu_windows_spec",
+    "normalization_spec",
     "preprocessing_transforms",
     "augmentation_transforms",
     "train_transforms",
@@ -81,7 +96,13 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "resize": None,
     "resize_to_patch": False,
     "label_remap": None,
+    "channels": "single",
+    "hu_windows": None,
+    "normalize": "auto",
 }
+#: ``[width, level]`` in HU of the default three windows: lung, mediastinum (soft tissue), bone
+DEFAULT_HU_WINDOWS: tuple[tuple[float, float], ...] = ((1500.0, -600.0), (350.0, 50.0), (2000.0, 300.0))
+CHANNEL_MODES = ("single", "hu_windows")
 
 
 def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -219,6 +240,127 @@ class RemapLabelsd(MapTransform):
         return d
 
 
+def hu_windows_spec(windows: Any) -> list[tuple[float, float]]:
+    """``[[width, level], ...]`` (None: :data:`DEFAULT_HU_WINDOWS`) as checked pairs.
+
+    Raises:
+        ConfigError: not a list of ``[width > 0, level]`` pairs.
+    """
+    if windows is None:
+        return [tuple(w) for w in DEFAULT_HU_WINDOWS]
+    ok = isinstance(windows, Sequence) and not isinstance(windows, str) and len(windows) > 0
+    pairs = []
+    for w in windows if ok else []:
+        if (not isinstance(w, Sequence) or isinstance(w, str) or len(w) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in w) or w[0] <= 0):
+            ok = False
+            break
+        pairs.append((float(w[0]), float(w[1])))
+    if not ok:
+        raise ConfigError(f"data.preprocessing.hu_windows must be a list of [width, level] pairs in HU with "
+                          f"width > 0, got {windows!r}.",
+                          hint="e.g. [[1500, -600], [350, 50], [2000, 300]] (lung, mediastinum, bone), or null for "
+                               "these defaults.")
+    return pairs
+
+
+class HUWindowsd(MapTransform):
+    """One channel per HU window: ``clip((x - (level - width/2)) / width, 0, 1)``.
+
+    A one-channel CT image (HU) becomes ``len(windows)`` channels, e.g. lung, mediastinum and bone windows as the
+    three channels a network pretrained on RGB images expects.
+
+    Args:
+        keys: image keys.
+        windows: ``[width, level]`` per output channel (None: :data:`DEFAULT_HU_WINDOWS`).
+        allow_missing_keys: skip absent keys.
+
+    Raises:
+        ConfigError: bad windows; an image with more than one channel.
+    """
+
+    def __init__(self, keys: KeysCollection, windows: Sequence[Sequence[float]] | None = None,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.windows = hu_windows_spec(windows)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key] if isinstance(d[key], torch.Tensor) else torch.as_tensor(np.asarray(d[key]))
+            if x.shape[0] != 1:
+                raise ConfigError(f"{_item_name(d)} has {x.shape[0]} channels; data.preprocessing.channels="
+                                  "hu_windows needs one-channel (HU) images.",
+                                  hint="use channels: single for multi-channel or 2.5D data.")
+            x = x.float()
+            d[key] = torch.cat([((x - (level - width / 2)) / width).clamp(0.0, 1.0) for width, level in self.windows])
+        return d
+
+
+def normalization_spec(normalize: Any) -> tuple[list[float], list[float]] | None:
+    """``(mean, std)`` of a ``data.preprocessing.normalize`` value; None for ``auto`` (unresolved), null or none.
+
+    Raises:
+        ConfigError: not ``auto``/null or ``{mean: [...], std: [...]}`` with equal lengths and std > 0.
+    """
+    if normalize in (None, "auto", "none", False):
+        return None
+    ok = isinstance(normalize, Mapping) and set(normalize) == {"mean", "std"}
+    if ok:
+        mean, std = normalize["mean"], normalize["std"]
+        mean = [mean] if isinstance(mean, (int, float)) else mean
+        std = [std] if isinstance(std, (int, float)) else std
+        ok = (isinstance(mean, Sequence) and isinstance(std, Sequence) and len(mean) == len(std) > 0
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*mean, *std])
+              and all(v > 0 for v in std))
+    if not ok:
+        raise ConfigError(f"data.preprocessing.normalize must be auto, null or {{mean: [...], std: [...]}} (one "
+                          f"value per channel, or one for all; std > 0), got {normalize!r}.",
+                          hint="e.g. normalize: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}, or "
+                               "auto for the pretrained model's values.")
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+class ChannelNormalized(MapTransform):
+    """``(x - mean[c]) / std[c]`` per channel ``c`` (one mean/std value applies to every channel).
+
+    Args:
+        keys: image keys.
+        mean: per-channel means (or one).
+        std: per-channel standard deviations (or one), > 0.
+        allow_missing_keys: skip absent keys.
+
+    Raises:
+        ConfigError: the image's channel count differs from the number of values.
+    """
+
+    def __init__(self, keys: KeysCollection, mean: Sequence[float], std: Sequence[float],
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mean, self.std = normalization_spec({"mean": list(mean), "std": list(std)})
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key] if isinstance(d[key], torch.Tensor) else torch.as_tensor(np.asarray(d[key]))
+            n = len(self.mean)
+            if n not in (1, x.shape[0]):
+                raise ConfigError(f"data.preprocessing.normalize has {n} values per statistic but the images have "
+                                  f"{x.shape[0]} channels.",
+                                  hint="give one mean/std per image channel (or one for all), or check "
+                                       "data.in_channels and data.preprocessing.channels.")
+            shape = (n,) + (1,) * (x.ndim - 1)
+            mean = torch.tensor(self.mean, dtype=torch.float32).reshape(shape)
+            std = torch.tensor(self.std, dtype=torch.float32).reshape(shape)
+            d[key] = (x.float() - mean) / std
+        return d
+
+
+def _normalization(spec: Mapping[str, Any] | None) -> list:
+    values = normalization_spec(dict(spec or {}).get("normalize", DEFAULT_PREPROCESSING["normalize"]))
+    return [] if values is None else [ChannelNormalized(["image"], *values)]
+
+
 def _intensity(keys: list[str], spec: Mapping[str, Any]) -> list:
     mode = str(spec.get("mode", "window"))
     if mode == "window":
@@ -272,7 +414,14 @@ def preprocessing_transforms(spec: Mapping[str, Any] | None, *, spatial_dims: in
             raise ConfigError(f"data.preprocessing.spacing has {len(pixdim)} values; the data is {spatial_dims}D.",
                               hint="give one spacing (mm) per spatial axis, or null to keep the file's spacing.")
         out.append(Spacingd(keys, pixdim=pixdim, mode=modes))
-    out += _intensity(img_keys, dict(spec.get("intensity") or {}))
+    channels = str(spec.get("channels") or "single")
+    if channels not in CHANNEL_MODES:
+        raise ConfigError(f"Unknown data.preprocessing.channels {channels!r}.", hint=f"use one of {CHANNEL_MODES}.")
+    if channels == "hu_windows":  # the windows are the intensity step
+        out.append(HUWindowsd(img_keys, spec.get("hu_windows")))
+    else:
+        out += _intensity(img_keys, dict(spec.get("intensity") or {}))
+    normalization_spec(spec.get("normalize"))  # a bad value fails here, before any data is read
     if spec.get("crop_foreground"):
         thr = float(spec.get("foreground_threshold", 0.0))
         out.append(CropForegroundd(keys, source_key="image", select_fn=lambda x: x > thr, allow_smaller=True))
@@ -366,18 +515,20 @@ def augmentation_transforms(aug: Mapping[str, Any] | None, *, spatial_dims: int,
 def train_transforms(preprocessing: Mapping[str, Any] | None, augmentation: Mapping[str, Any] | None, *,
                      spatial_dims: int, has_label: bool, patch_size: Sequence[int] | None = None,
                      load: bool = True) -> Compose:
-    """Deterministic preprocessing followed by random augmentation, then tensors (``EnsureTyped``)."""
+    """Deterministic preprocessing followed by random augmentation, normalisation, then tensors (``EnsureTyped``)."""
     det = preprocessing_transforms(preprocessing, spatial_dims=spatial_dims, has_label=has_label,
                                    patch_size=patch_size, load=load)
     rnd = augmentation_transforms(augmentation, spatial_dims=spatial_dims, has_label=has_label,
                                   patch_size=patch_size)
-    return Compose(det + rnd + [EnsureTyped(["image"], dtype=torch.float32, track_meta=False)])
+    norm = _normalization(preprocessing)
+    return Compose(det + rnd + norm + [EnsureTyped(["image"], dtype=torch.float32, track_meta=False)])
 
 
 def eval_transforms(preprocessing: Mapping[str, Any] | None, *, spatial_dims: int, has_label: bool,
                     patch_size: Sequence[int] | None = None, load: bool = True, track_meta: bool = False) -> Compose:
-    """Deterministic preprocessing only (validation, inference). Keep ``track_meta`` to invert at inference."""
+    """Deterministic preprocessing and normalisation (validation, inference). Keep ``track_meta`` to invert at
+    inference."""
     det = preprocessing_transforms(preprocessing, spatial_dims=spatial_dims, has_label=has_label,
                                    patch_size=patch_size, load=load)
     tail = [] if track_meta else [EnsureTyped(["image"], dtype=torch.float32, track_meta=False)]
-    return Compose(det + tail)
+    return Compose(det + _normalization(preprocessing) + tail)

@@ -169,6 +169,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     log.info("Instantiating net <%s>", cfg.model._target_)
     net = build(cfg.model, "model", trusted=trusted)
+    pretrained = getattr(net, "pretrained_cfg", None)  # medeff.models.create_model(pretrained=...)
+    if isinstance(pretrained, dict) and hasattr(dm, "use_model_normalization"):
+        dm.use_model_normalization(pretrained.get("mean"), pretrained.get("std"),
+                                   source=f"the pretrained model ({pretrained.get('source', 'weights')})")
     optimizer = build(cfg.optimizer, "optimizer", trusted=trusted) if cfg.get("optimizer") else None
     sched_cfg = cfg.get("scheduler") or {}
     scheduler = build(sched_cfg.factory, "scheduler", trusted=trusted) if sched_cfg.get("factory") else None

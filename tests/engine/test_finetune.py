@@ -192,3 +192,40 @@ def test_resume_mid_schedule_matches_uninterrupted_run(nodule_index, tmp_path, m
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert not torch.equal(a["net.conv_stem.weight"], last["state_dict"]["net.conv_stem.weight"])
+
+
+def test_train_normalises_images_with_the_pretrained_models_mean_std(nodule_index, tmp_path, monkeypatch):
+    """A model carrying ``pretrained_cfg`` (mean/std) has its images normalised with them (``normalize: auto``),
+    and the checkpoint's data description records the values, so prediction applies them too."""
+    import medeff.engine.train as T
+
+    build = T.build
+
+    def pretrained_build(node, what, **kwargs):
+        obj = build(node, what, **kwargs)
+        if what == "model":
+            obj.pretrained_cfg = {"source": "test weights", "mean": [0.5], "std": [0.25]}
+        return obj
+
+    class Images(L.Callback):
+        def __init__(self) -> None:
+            self.lows: list[float] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.lows.append(float(batch["image"].min()))
+
+    monkeypatch.setattr(T, "build", pretrained_build)
+    run_dir = tmp_path / "run"
+    overrides = _overrides(nodule_index, run_dir, epochs=1, freeze=0) + ["++trainer.limit_train_batches=1",
+                                                                         "augmentation=none"]
+    images = Images()
+    _run(monkeypatch, overrides, [images])
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["medeff"]["data"]["preprocessing"]["normalize"] == {"mean": [0.5], "std": [0.25]}
+    assert images.lows and min(images.lows) == pytest.approx(-2.0)  # a 0 pixel: (0 - 0.5) / 0.25
+
+    override = _overrides(nodule_index, tmp_path / "own", epochs=1, freeze=0) + [
+        "++trainer.limit_train_batches=1", "data.preprocessing.normalize={mean: [0.0], std: [1.0]}"]
+    _run(monkeypatch, override, [])
+    ckpt = torch.load(tmp_path / "own" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["medeff"]["data"]["preprocessing"]["normalize"] == {"mean": [0.0], "std": [1.0]}  # config wins
