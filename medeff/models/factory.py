@@ -17,7 +17,7 @@ from torch import nn
 from medeff.errors import ConfigError
 from medeff.models.arch import ARCH_DEFS, ArchDef
 from medeff.models.efficientnet import EfficientNet
-from medeff.models.inflate import IN_CHANNELS_MODES
+from medeff.models.inflate import IN_CHANNELS_MODES, INFLATE_MODES
 from medeff.models.init import init_weights
 from medeff.models.scaling import B_VARIANTS, Scaling, scaling_from_phi
 from medeff.models.unet import EfficientNetUNet
@@ -46,7 +46,7 @@ ENCODER_OPTIONS = (
     "fast_depthwise", "recompute",
 )
 #: Pretrained-weight options of every task (see :func:`medeff.models.pretrained.load_pretrained`).
-PRETRAINED_OPTIONS = ("pretrained", "weights", "in_channels_mode")
+PRETRAINED_OPTIONS = ("pretrained", "weights", "in_channels_mode", "inflate_mode")
 #: Extra options of the segmentation and joint tasks (passed to :class:`EfficientNetUNet`).
 UNET_OPTIONS = ("decoder_channels", "deep_supervision", "deep_supervision_levels", "aux_classes", "aux_dropout",
                 "pad_mode", "decoder_channels_last")
@@ -175,9 +175,10 @@ def create_model(
             :data:`UNET_OPTIONS` (see :class:`EfficientNetUNet`). ``dropout`` defaults to the variant's.
             :data:`PRETRAINED_OPTIONS`: ``pretrained`` (False; True for the model's default weights, or a source:
             a file, ``package:NAME``, ``hf-hub:ORG/NAME``; see :mod:`medeff.models.pretrained`), ``weights`` (a
-            file; the same as ``pretrained=PATH``) and ``in_channels_mode`` (``"sum"`` or ``"average"``: how RGB
-            stem filters become the model's input channels). A pretrained model carries ``pretrained_cfg`` (input
-            mean/std, size, interpolation, convention); otherwise ``pretrained_cfg`` is None.
+            file; the same as ``pretrained=PATH``), ``in_channels_mode`` (``"sum"`` or ``"average"``: how RGB stem
+            filters become the model's input channels) and ``inflate_mode`` (``"mean"`` or ``"center"``: how 2D
+            kernels become 3D ones). A pretrained model carries ``pretrained_cfg`` (input mean/std, size,
+            interpolation, convention); otherwise ``pretrained_cfg`` is None.
 
     Returns:
         The network (parameters on the current default device).
@@ -197,6 +198,8 @@ def create_model(
     pretrained, weights = options.pop("pretrained", False), options.pop("weights", None)
     in_channels_mode = look_up(options.pop("in_channels_mode", "sum"), IN_CHANNELS_MODES, what="in_channels_mode",
                                key="model.in_channels_mode")
+    inflate_mode = look_up(options.pop("inflate_mode", "mean"), INFLATE_MODES, what="inflate_mode",
+                           key="model.inflate_mode")
     if weights not in (None, "") and pretrained not in (None, False, "", True):
         raise ConfigError(f"model.weights={weights!r} and model.pretrained={pretrained!r} name two sources.",
                           hint="give one: model.weights=PATH (a file) or model.pretrained=SOURCE.")
@@ -206,7 +209,7 @@ def create_model(
     if source is not False:
         from medeff.models.pretrained import load_pretrained  # imports weights -> efficientnet; kept off import time
 
-        load_pretrained(model, name, source, in_channels_mode=in_channels_mode)
+        load_pretrained(model, name, source, in_channels_mode=in_channels_mode, inflate_mode=inflate_mode)
     return model
 
 

@@ -13,7 +13,7 @@ Inflation (Carreira & Zisserman's "I3D" rule): a 2D kernel ``(O, I, kh, kw)`` be
 repeating it ``kd`` times along the new leading (depth) axis and dividing by ``kd``. For an input that is
 constant along depth, each 3D output then equals the 2D output wherever the depth window lies inside the
 volume (see :func:`inflate_weight` and ``docs/models.md`` for the exact guarantee); a depth kernel of 1 is a
-plain copy.
+plain copy. The alternative ``mode="center"`` puts the 2D kernel in the central depth slice (zeros elsewhere).
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["IN_CHANNELS_MODES", "adapt_input_channels", "inflate_weight"]
+__all__ = ["INFLATE_MODES", "IN_CHANNELS_MODES", "adapt_input_channels", "inflate_weight"]
 
 #: Stem adaptation rules: ``sum`` (above; timm's rule too) and ``average`` (every channel gets the mean filter).
 IN_CHANNELS_MODES = ("sum", "average")
+#: 2D -> 3D rules: ``mean`` (I3D: repeated along depth, divided by the depth) and ``center`` (the 2D kernel in the
+#: central depth slice, zeros elsewhere).
+INFLATE_MODES = ("mean", "center")
 
 
 def adapt_input_channels(weight: torch.Tensor, in_channels: int, mode: str = "sum") -> torch.Tensor:
@@ -61,7 +64,7 @@ def adapt_input_channels(weight: torch.Tensor, in_channels: int, mode: str = "su
     return weight.index_select(1, idx) * (c / in_channels)
 
 
-def inflate_weight(weight: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
+def inflate_weight(weight: torch.Tensor, kernel: Sequence[int], mode: str = "mean") -> torch.Tensor:
     """Inflate an N-d convolution weight to N+1 dims by repeating along a new leading axis, divided by its size.
 
     The guarantee: let ``w3 = inflate_weight(w2, (kd, kh, kw))``. For ``x3[:, :, d] = x2`` (constant along
@@ -71,19 +74,32 @@ def inflate_weight(weight: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
     so whole networks keep the property layer by layer (norms and activations act per voxel or, for global
     means such as squeeze-excitation, see the same values when every slice matches).
 
+    With ``mode="center"`` the 2D kernel sits in the central depth slice (index ``kd // 2``) and the others are
+    zero: every output slice is then the 2D network applied to its own input slice, for any input (not only
+    depth-constant ones), any depth padding and any depth stride (which then picks every other slice). Training
+    starts from a slice-wise 2D network and learns the depth context; mean inflation starts from depth-averaged
+    context instead.
+
     Args:
         weight: ``(O, I, *k)``.
         kernel: the target kernel, one more axis than ``k``; ``kernel[1:]`` must equal ``k``.
+        mode: ``"mean"`` (default) or ``"center"`` (see :data:`INFLATE_MODES`).
 
     Returns:
         ``(O, I, kernel[0], *k)``.
 
     Raises:
-        ValueError: the in-plane kernel sizes differ.
+        ValueError: the in-plane kernel sizes differ, or an unknown ``mode``.
     """
+    if mode not in INFLATE_MODES:
+        raise ValueError(f"inflate mode must be one of {INFLATE_MODES}, got {mode!r}.")
     kernel = tuple(int(v) for v in kernel)
     if len(kernel) != weight.ndim - 1 or kernel[1:] != tuple(weight.shape[2:]):
         raise ValueError(f"cannot inflate a kernel {tuple(weight.shape[2:])} to {kernel}: the trailing sizes must "
                          "match (only a leading depth axis is added).")
     depth = kernel[0]
+    if mode == "center":
+        out = weight.new_zeros((*weight.shape[:2], depth, *weight.shape[2:]))
+        out[:, :, depth // 2] = weight
+        return out
     return weight.unsqueeze(2).repeat(1, 1, depth, *([1] * (weight.ndim - 2))) / depth

@@ -27,7 +27,7 @@ from typing import Any
 from torch import nn
 
 from medeff.errors import CheckpointError, ConfigError
-from medeff.models.inflate import IN_CHANNELS_MODES
+from medeff.models.inflate import IN_CHANNELS_MODES, INFLATE_MODES
 from medeff.models.weights import LoadReport, load_weights
 from medeff.utils.logging import get_logger
 
@@ -262,7 +262,8 @@ def _in_channels(model: nn.Module) -> int:
 
 
 def load_pretrained(model: nn.Module, model_name: str, pretrained: bool | str | os.PathLike, *,
-                    in_channels_mode: str = "sum", convention: Any = None) -> LoadReport:
+                    in_channels_mode: str = "sum", inflate_mode: str = "mean", convention: Any = None
+                    ) -> LoadReport:
     """Load pretrained weights into ``model`` (in place) and set ``model.pretrained_cfg``.
 
     Args:
@@ -271,6 +272,8 @@ def load_pretrained(model: nn.Module, model_name: str, pretrained: bool | str | 
         pretrained: ``True`` or a source (see the module docstring).
         in_channels_mode: stem adaptation when the model's input channels differ from the weights'
             (``"sum"`` or ``"average"``, see :func:`medeff.models.inflate.adapt_input_channels`).
+        inflate_mode: 2D -> 3D kernel rule for a 3D model: ``"mean"`` or ``"center"`` (see
+            :func:`medeff.models.inflate.inflate_weight`).
         convention: as in :func:`medeff.models.load_weights` (None: detected).
 
     Returns:
@@ -279,7 +282,7 @@ def load_pretrained(model: nn.Module, model_name: str, pretrained: bool | str | 
     ``model.pretrained_cfg`` is a dict: ``source`` (text), ``file``, ``mean``/``std`` (per model input channel, on
     inputs scaled to 0..1; RGB statistics are averaged when the stem was adapted; None when the source does not
     say), ``input_size`` (channels and the 2D size the weights were trained at), ``interpolation``, ``crop_pct``
-    (when known), ``in_channels_mode`` and ``convention`` (the applied :class:`WeightsConvention` as a dict).
+    (when known), ``in_channels_mode``, ``inflate_mode`` (3D models) and ``convention`` (the applied :class:`WeightsConvention` as a dict).
 
     Raises:
         ConfigError / CheckpointError: see :func:`resolve_pretrained` and :func:`medeff.models.load_weights`.
@@ -287,9 +290,12 @@ def load_pretrained(model: nn.Module, model_name: str, pretrained: bool | str | 
     if in_channels_mode not in IN_CHANNELS_MODES:
         raise ConfigError(f"model.in_channels_mode={in_channels_mode!r} is not one of {list(IN_CHANNELS_MODES)}.",
                           hint="'sum' (the default: RGB filters summed for one CT channel) or 'average'.")
+    if inflate_mode not in INFLATE_MODES:
+        raise ConfigError(f"model.inflate_mode={inflate_mode!r} is not one of {list(INFLATE_MODES)}.",
+                          hint="'mean' (the default: 2D kernels repeated along depth, divided by it) or 'center'.")
     path, kind, source = resolve_pretrained(model_name, pretrained)
     log.info("pretrained weights for %s: %s (%s)", model_name, source, path)
-    report = load_weights(model, path, convention=convention, in_channels_mode=in_channels_mode)
+    report = load_weights(model, path, convention=convention, in_channels_mode=in_channels_mode, inflate=inflate_mode)
     conv = dict(report.convention or {})
     hub = _hub_config(path)
     channels = _in_channels(model)
@@ -306,6 +312,7 @@ def load_pretrained(model: nn.Module, model_name: str, pretrained: bool | str | 
         "interpolation": hub.get("interpolation") or ("bicubic" if kind == "package" else None),
         "crop_pct": hub.get("crop_pct"),
         "in_channels_mode": in_channels_mode,
+        "inflate_mode": inflate_mode if getattr(model, "spatial_dims", 2) == 3 else None,
         "convention": conv,
     }
     model.pretrained_cfg = cfg

@@ -53,7 +53,7 @@ from medeff.models.convert import (
     torchvision_to_timm,
 )
 from medeff.models.efficientnet import EfficientNet
-from medeff.models.inflate import adapt_input_channels, inflate_weight
+from medeff.models.inflate import INFLATE_MODES, adapt_input_channels, inflate_weight
 from medeff.utils.logging import get_logger
 
 __all__ = ["HEAD_PREFIXES", "LoadReport", "load_weights", "read_state_dict"]
@@ -197,8 +197,8 @@ def _is_stem(key: str) -> bool:
     return key == "conv_stem.weight" or key.endswith(".conv_stem.weight")
 
 
-def _match(key: str, src: torch.Tensor, dst: torch.Tensor, adapt_stem: bool, inflate: bool, mode: str = "sum"
-           ) -> tuple[torch.Tensor | None, str]:
+def _match(key: str, src: torch.Tensor, dst: torch.Tensor, adapt_stem: bool, inflate: bool | str,
+           mode: str = "sum") -> tuple[torch.Tensor | None, str]:
     """Return ``(tensor for the model or None, note)``; the note is empty for a plain load."""
     if src.shape == dst.shape:
         return src, ""
@@ -217,13 +217,15 @@ def _match(key: str, src: torch.Tensor, dst: torch.Tensor, adapt_stem: bool, inf
                 else f"channels repeated, scaled by {c}/{k}")
         notes.append(f"input channels {src.shape[1]} -> {dst.shape[1]} ({rule})")
     if dst.ndim == w.ndim + 1 and inflate:
+        rule = "mean" if inflate is True else str(inflate)
         try:
-            w = inflate_weight(w, dst.shape[2:])
+            w = inflate_weight(w, dst.shape[2:], rule)
         except ValueError as exc:
             return None, str(exc)
         kd = dst.shape[2]
+        how = f", divided by {kd}" if rule == "mean" else f", in depth slice {kd // 2} of {kd}"
         notes.append(f"inflated {w.ndim - 3}D -> {w.ndim - 2}D, kernel {tuple(src.shape[2:])} -> "
-                     f"{tuple(dst.shape[2:])}" + (f", divided by {kd}" if kd > 1 else " (depth 1: copied)"))
+                     f"{tuple(dst.shape[2:])}" + (how if kd > 1 else " (depth 1: copied)"))
     if w.shape != dst.shape:
         return None, f"shape {tuple(src.shape)} does not fit the model's {tuple(dst.shape)}"
     return w, "; ".join(notes)
@@ -329,7 +331,7 @@ def load_weights(
     strict_encoder: bool = True,
     strict: bool = False,
     adapt_stem: bool = True,
-    inflate: bool = True,
+    inflate: bool | str = True,
     convention: str | Mapping[str, Any] | WeightsConvention | None = None,
     in_channels_mode: str = "sum",
 ) -> LoadReport:
@@ -347,7 +349,9 @@ def load_weights(
         in_channels_mode: how the stem is adapted: ``"sum"`` (a one-channel stem is the sum of the RGB filters;
             more channels repeat them cyclically, scaled) or ``"average"`` (every input channel gets the mean
             filter); see :data:`medeff.models.inflate.IN_CHANNELS_MODES`.
-        inflate: inflate N-d kernels to the model's N+1-d kernels; see :func:`medeff.models.inflate.inflate_weight`.
+        inflate: inflate N-d kernels to the model's N+1-d kernels: True or ``"mean"`` (repeated, divided by the
+            depth), ``"center"`` (in the central depth slice), False (such kernels are skipped); see
+            :func:`medeff.models.inflate.inflate_weight`.
         convention: the numerical convention of the weights (BatchNorm eps, padding, activation; see
             :mod:`medeff.models.conventions`). None (default) finds it: a record in the weights (medeff), the
             layout (torchvision V1/V2, MONAI, efficientnet_pytorch), the source module's layers, or a timm model
@@ -365,6 +369,8 @@ def load_weights(
             (another activation, BatchNorm weights for a model with another norm); the model is left unchanged in
             all these cases.
     """
+    if isinstance(inflate, str) and inflate not in INFLATE_MODES:
+        raise ValueError(f"inflate must be True, False or one of {INFLATE_MODES}, got {inflate!r}.")
     path: Path | None = None
     medeff_ckpt = False
     if isinstance(source, nn.Module):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medeff.errors import CheckpointError, ConfigError
-from medeff.models import adapt_input_channels, create_model, load_weights
+from medeff.models import adapt_input_channels, create_model, inflate_weight, load_weights
 from medeff.models.pretrained import WEIGHT_PACKAGES, package_weights
 
 from .timm_helper import import_timm
@@ -247,3 +247,19 @@ def test_inflated_lite0_recognises_a_repeated_photo(lite0, photos):
     vol = {n: x[:, :, None].expand(-1, -1, 16, -1, -1).contiguous() for n, x in photos.items()}
     assert _top(m3, vol["flower.jpg"], 1) == [DAISY]
     assert set(_top(m3, vol["china.jpg"], 2)) <= TEMPLE
+
+
+def test_center_inflation_is_exact_for_any_depth_and_strides(lite0, photos):
+    """Centre inflation (2D kernel in the middle depth slice): isotropic strides and 8 slices, where mean
+    inflation loses the prediction entirely (docs/models.md), still give the 2D logits."""
+    m3 = create_model("efficientnet_lite0", spatial_dims=3, pretrained=True, inflate_mode="center").eval()
+    assert m3.pretrained_cfg["inflate_mode"] == "center"
+    w = m3.blocks[2][0].conv_dw.weight
+    assert w.shape[2] == 5 and w[:, :, [0, 1, 3, 4]].abs().sum() == 0
+    x = photos["flower.jpg"][:, :, :96, :96]
+    with torch.no_grad():
+        torch.testing.assert_close(m3(x[:, :, None].expand(-1, -1, 8, -1, -1)), lite0(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="inflate_mode"):
+        create_model("efficientnet_lite0", spatial_dims=3, pretrained=True, inflate_mode="middle")
+    with pytest.raises(ValueError, match="inflate"):
+        inflate_weight(lite0.conv_stem.weight, (3, 3, 3), "middle")
