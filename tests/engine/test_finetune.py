@@ -229,3 +229,36 @@ def test_train_normalises_images_with_the_pretrained_models_mean_std(nodule_inde
     _run(monkeypatch, override, [])
     ckpt = torch.load(tmp_path / "own" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["medeff"]["data"]["preprocessing"]["normalize"] == {"mean": [0.0], "std": [1.0]}  # config wins
+
+
+def test_segmentation_with_hu_window_channels_freezes_the_encoder_then_predicts(organ_index, tmp_path, monkeypatch):
+    """3D U-Net on three HU-window channels: epoch 0 leaves the encoder (and its BatchNorm statistics) as built and
+    trains the decoder; epoch 1 trains the encoder; prediction from the checkpoint makes the same three channels."""
+    from medeff.engine.predict import predict
+
+    from .helpers import fast_overrides
+
+    monkeypatch.syspath_prepend(str(HERE))
+    from crash_callback import SaveWeightsAtEnd
+
+    run_dir = tmp_path / "seg"
+    overrides = ["experiment=organ_seg_3d", f"data.index={organ_index}", "data.patch_size=[16,16,16]",
+                 "data.batch_size=1", "data.preprocessing.spacing=[10.0,12.0,12.0]", "augmentation.crop.num_samples=2",
+                 "trainer.check_val_every_n_epoch=1", "data.preprocessing.channels=hu_windows", "data.in_channels=3",
+                 "finetune=freeze_then_unfreeze", "finetune.freeze_epochs=1", "trainer.max_epochs=2",
+                 "callbacks.model_checkpoint.save_top_k=-1", "model.drop_path_rate=0.0"] + fast_overrides(run_dir)
+    result = _run(monkeypatch, overrides, [SaveWeightsAtEnd(str(run_dir / "final.pt"))])
+    start = torch.load(run_dir / "final.pt.start", weights_only=True)
+    epoch0 = torch.load(run_dir / "checkpoints" / "epoch_000.ckpt", weights_only=True, map_location="cpu")
+    final = torch.load(run_dir / "final.pt", weights_only=True)
+    encoder = [k for k in start if k.startswith("net.encoder.") and "_extra" not in k]
+    assert encoder and all(torch.equal(epoch0["state_dict"][k], start[k]) for k in encoder)
+    decoder = [k for k in start if k.startswith("net.decoder.") and k.endswith("weight")]
+    assert any(not torch.equal(epoch0["state_dict"][k], start[k]) for k in decoder)
+    assert any(not torch.equal(final[k], start[k]) for k in encoder)
+    assert epoch0["medeff"]["data"]["preprocessing"]["channels"] == "hu_windows"
+
+    out = tmp_path / "masks"
+    res = predict(compose("predict", [f"ckpt={result['last_checkpoint']}", f"input={organ_index.parent / 'ct2.nii.gz'}",
+                                      f"output_dir={out}", "device=cpu", "case_ids.naming=input"]))
+    assert Path(res["files"][0]).is_file()
