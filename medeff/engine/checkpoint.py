@@ -30,7 +30,7 @@ from medeff.errors import CheckpointError, unpickling_reason
 from medeff.utils.atomic import atomic_path
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "AtomicCheckpointIO", "last_every_time", "build_metadata",
-           "load_checkpoint", "check_compatible", "plain", "newest_checkpoint"]
+           "load_checkpoint", "check_compatible", "plain", "newest_checkpoint", "LastCheckpoint"]
 
 FORMAT = "medeff-checkpoint"
 FORMAT_VERSION = 1
@@ -220,5 +220,28 @@ def last_every_time(checkpoint_args: Mapping[str, Any]) -> ModelCheckpoint | Non
     if checkpoint_args.get("save_last") is not True or not checkpoint_args.get("monitor"):
         return None
     when = {k: checkpoint_args[k] for k in _WHEN if k in checkpoint_args}
-    return ModelCheckpoint(filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1,
-                           save_last=False, enable_version_counter=False, **when)
+    return LastCheckpoint(filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1,
+                          save_last=False, enable_version_counter=False, **when)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """The ``last.ckpt`` companion of :func:`last_every_time`; it also writes ``last.ckpt`` when training ends.
+
+    A run whose last epochs had no checkpointing point (``check_val_every_n_epoch`` larger than the epochs run, a
+    stop between validations) would otherwise end without ``last.ckpt`` for those epochs, as Lightning's own
+    ``save_last`` does at the end of training. Only public Lightning interfaces are used: the file's ``global_step``
+    is compared with the trainer's, and ``trainer.save_checkpoint`` writes it (through the atomic checkpoint I/O).
+    """
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_end(trainer, pl_module)
+        if trainer.fast_dev_run or trainer.sanity_checking or self.dirpath is None:
+            return
+        last = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        if last.is_file():
+            try:
+                if int(_torch_load(last).get("global_step", -1)) == int(trainer.global_step):
+                    return
+            except (CheckpointError, OSError, ValueError, TypeError):
+                pass  # unreadable: rewrite it
+        trainer.save_checkpoint(str(last), weights_only=bool(self.save_weights_only))

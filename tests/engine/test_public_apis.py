@@ -141,7 +141,7 @@ def _loader():
     return torch.utils.data.DataLoader(data, batch_size=2)
 
 
-def _fit(tmp_path: Path, scores, epochs: int, ckpt_path=None):
+def _fit(tmp_path: Path, scores, epochs: int, ckpt_path=None, check_val_every_n_epoch: int = 1):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -153,7 +153,8 @@ def _fit(tmp_path: Path, scores, epochs: int, ckpt_path=None):
     companion = last_every_time(args)
     main = ModelCheckpoint(**{**args, "save_last": False})
     trainer = L.Trainer(max_epochs=epochs, callbacks=[main, companion], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0)
+                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
+                        check_val_every_n_epoch=check_val_every_n_epoch)
     trainer.fit(_module(scores), _loader(), _loader(), ckpt_path=ckpt_path)
     return trainer, main
 
@@ -171,6 +172,14 @@ def test_last_ckpt_follows_every_epoch_when_the_monitored_metric_does_not_improv
     _fit(tmp_path, scores, 4, ckpt_path=str(ckpts / "last.ckpt"))
     assert sorted(p.name for p in ckpts.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 3
+
+
+def test_last_ckpt_is_written_at_the_end_of_a_run_without_checkpointing_points(tmp_path):
+    """Validation every 5 epochs, 3 epochs run: no checkpointing point, yet last.ckpt holds the final step."""
+    trainer, _ = _fit(tmp_path, [0.5] * 5, 3, check_val_every_n_epoch=5)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    assert torch.load(last, weights_only=True)["global_step"] == trainer.global_step == 6
 
 
 def test_last_every_time_only_where_lightning_lags():
