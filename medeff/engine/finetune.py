@@ -152,6 +152,16 @@ class Finetuning(BaseFinetuning):
         self.frozen = True  # the norms go to eval mode when each training epoch starts
         log.info("finetune: encoder frozen for epochs 0..%d (BatchNorm in eval mode).", self.freeze_epochs - 1)
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        in_optimizer = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
+        if any(id(p) not in in_optimizer for stage in encoder_stages(pl_module.net) for m in stage
+               for p in m.parameters()):
+            raise ConfigError("The fine-tuning callback's encoder parameters are not all in the optimizer, so the "
+                              "encoder would never train after unfreezing: the callback was not built from the "
+                              "'finetune' config group (which also gives the task its parameter groups).",
+                              hint="choose the schedule with finetune=<name> (conf/finetune), not under callbacks.")
+
     def _norms_eval(self) -> None:
         for m in self._frozen_norms:
             m.eval()

@@ -262,3 +262,13 @@ def test_segmentation_with_hu_window_channels_freezes_the_encoder_then_predicts(
     res = predict(compose("predict", [f"ckpt={result['last_checkpoint']}", f"input={organ_index.parent / 'ct2.nii.gz'}",
                                       f"output_dir={out}", "device=cpu", "case_ids.naming=input"]))
     assert Path(res["files"][0]).is_file()
+
+
+def test_callback_outside_the_finetune_group_is_refused(nodule_index, tmp_path, monkeypatch):
+    """Listed under callbacks, the task gets no parameter groups and the frozen encoder would stay out of the
+    optimizer for good: refused before the first step."""
+    overrides = _overrides(nodule_index, tmp_path / "run", epochs=1, freeze=0)
+    overrides = [o for o in overrides if not o.startswith("finetune")] + [
+        "+callbacks.ft._target_=medeff.engine.finetune.Finetuning", "+callbacks.ft.freeze_epochs=1"]
+    with pytest.raises(ConfigError, match="finetune=<name>"):
+        _run(monkeypatch, overrides, [])
