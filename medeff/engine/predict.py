@@ -63,6 +63,8 @@ def load_model(ckpt_path: str | Path, *, device: str = "cpu", expect: dict[str, 
     if not isinstance(model_cfg, dict) or "_target_" not in model_cfg:
         raise CheckpointError(f"Checkpoint '{ckpt_path}' stores no model config (config.model._target_).",
                               hint="use a checkpoint written by `medeff train`.", path=str(ckpt_path))
+    # the checkpoint holds the trained weights (and their convention): never fetch pretrained ones again
+    model_cfg = {**model_cfg, **{k: v for k, v in (("pretrained", False), ("weights", None)) if k in model_cfg}}
     net = build_checked(model_cfg, model_targets().with_trusted(trusted_targets),
                         source=f"The model config stored in checkpoint '{ckpt_path}'", error=CheckpointError,
                         path=str(ckpt_path), hint="use a checkpoint written by `medeff train`; if its network "

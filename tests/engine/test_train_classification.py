@@ -162,3 +162,26 @@ def test_3d_crop_classification_trains_and_predicts(crop_index, tmp_path):
     archive = make_nodule_archive(tmp_path / "arch", n_exams=1) / "nodule_slices_64x64.npz"
     with pytest.raises(InputError, match="classifies volumes"):
         predict({"ckpt": run["last_checkpoint"], "input": str(archive), "output_dir": str(tmp_path / "o2")})
+
+
+def test_predict_does_not_load_the_pretrained_weights_again(nodule_index, tmp_path, monkeypatch):
+    """A model fine-tuned from a weights file predicts from its checkpoint alone: the file may be gone, and the hub
+    is never asked (offline), because the checkpoint holds the trained weights and their convention."""
+    from medeff.demo.phantom import make_nodule_archive
+    from medeff.models import create_model
+
+    weights = tmp_path / "start.pt"
+    net = create_model("efficientnet_b0", spatial_dims=2, in_channels=3, num_classes=2, width=0.25, depth=0.34)
+    torch.save(net.state_dict(), weights)
+    run_dir = tmp_path / "run"
+    overrides = ["experiment=nodule_2p5d", f"data.index={nodule_index}", "data.batch_size=8",
+                 "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", f"model.weights={weights}"]
+    result = train(compose("train", overrides + fast_overrides(run_dir)))
+    meta = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=True)["medeff"]
+    assert meta["config"]["model"]["weights"] == str(weights)  # recorded as what the run started from
+    weights.unlink()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    archive = make_nodule_archive(tmp_path / "new", n_exams=2, seed=3) / "nodule_slices_64x64.npz"
+    res = predict(compose("predict", [f"ckpt={result['last_checkpoint']}", f"input={archive}",
+                                      f"output_dir={tmp_path / 'pred'}", "device=cpu"]))
+    assert res["cases"] and not res["failed"]
