@@ -7,8 +7,9 @@ Two kinds of data are generated:
   small, round and smooth (some calcified); malignant ones larger, lobulated and spiculated. The task is
   learnable but not trivial: sizes overlap and noise is added.
 * :func:`make_phantom_ct` builds an abdomen/chest-like CT volume in Hounsfield units with an organ label map
-  (lungs, liver, spleen, kidneys, spine at adult sizes, in intra-abdominal fat inside a muscle wall), returned as :class:`medeff.io.ImageData` with real geometry
-  (anisotropic spacing, non-zero origin) so that geometry round trips are exercised.
+  (lungs, liver, spleen, kidneys, spine at adult sizes, in intra-abdominal fat inside a muscle wall), returned as
+  :class:`medeff.io.ImageData` with real geometry (anisotropic spacing, non-zero origin) so that geometry round
+  trips are exercised.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def make_phantom_ct(
     body = r_body <= 1.0
     # subcutaneous fat, a muscle wall, and fat around the organs inside it (organs stand out as soft tissue in fat)
     hu[body] = -100.0
-    hu[body & (r_body > 0.78) & (r_body <= 0.9)] = 40.0
+    hu[body & (r_body > 0.78) & (r_body <= 0.9)] = 50.0
 
     def put(mask: np.ndarray, value_hu: float, label: int) -> None:
         mask &= body
@@ -154,16 +155,18 @@ def make_phantom_ct(
         put(_ellipsoid(grid, (ni / 2 + side * ni * 0.2, nj * 0.5, nk * 0.8),
                        (ni * 0.15 * jit(0.1), nj * 0.25 * jit(0.1), nk * 0.35)) & (grid[2] > top), -850.0, 5)
     # Abdominal organs, sized like an adult's in a ~32 x 28 x 19 cm field of view (the demo's 64 x 56 x 32 voxels
-    # at 5 x 5 x 6 mm): liver ~16 x 14 x 13 cm on the right (low i), spleen ~7 x 8 x 8 cm on the left, kidneys
-    # ~5.5 x 5 x 9 cm either side of the spine. The side tells liver from spleen and the two kidneys apart.
+    # at 5 x 5 x 6 mm): liver ~16 x 14 x 13 cm on the right (low i), spleen ~6 x 8 x 8 cm on the left, kidneys
+    # ~5.5 x 5 x 9 cm either side of the spine. The side tells liver from spleen and the two kidneys apart. HU as in
+    # a portal-venous contrast phase (muscle 50, liver 100, spleen 120, kidneys 170); a fat plane separates the
+    # spleen from the muscle wall.
     put(_ellipsoid(grid, (ni * 0.33 * jit(0.05), nj * 0.45, nk * 0.45 * jit(0.05)),
-                   (ni * 0.25 * jit(0.08), nj * 0.25 * jit(0.08), nk * 0.22 * jit(0.08))), 60.0, 1)
-    put(_ellipsoid(grid, (ni * 0.72 * jit(0.03), nj * 0.5 * jit(0.05), nk * 0.5 * jit(0.05)),
-                   (ni * 0.11 * jit(0.12), nj * 0.14 * jit(0.12), nk * 0.2 * jit(0.12))), 45.0, 2)
+                   (ni * 0.25 * jit(0.08), nj * 0.25 * jit(0.08), nk * 0.22 * jit(0.08))), 100.0, 1)
+    put(_ellipsoid(grid, (ni * 0.69 * jit(0.02), nj * 0.5 * jit(0.05), nk * 0.5 * jit(0.05)),
+                   (ni * 0.095 * jit(0.1), nj * 0.15 * jit(0.1), nk * 0.21 * jit(0.1))), 120.0, 2)
     put(_ellipsoid(grid, (ni * 0.34 * jit(0.03), nj * 0.72, nk * 0.27 * jit(0.1)),
-                   (ni * 0.085 * jit(0.1), nj * 0.09 * jit(0.1), nk * 0.23 * jit(0.1))), 150.0, 4)
+                   (ni * 0.085 * jit(0.1), nj * 0.09 * jit(0.1), nk * 0.23 * jit(0.1))), 170.0, 4)
     put(_ellipsoid(grid, (ni * 0.66 * jit(0.03), nj * 0.72, nk * 0.29 * jit(0.1)),
-                   (ni * 0.085 * jit(0.1), nj * 0.09 * jit(0.1), nk * 0.23 * jit(0.1))), 150.0, 3)
+                   (ni * 0.085 * jit(0.1), nj * 0.09 * jit(0.1), nk * 0.23 * jit(0.1))), 170.0, 3)
     put(_ellipsoid(grid[:2], (ni * 0.5, nj * 0.8), (ni * 0.05, nj * 0.06)), 500.0, 6)
     hu += rng.normal(0.0, noise_hu, size=shape).astype(np.float32)
     hu[~body] = -1000.0 + rng.normal(0.0, 5.0, size=int((~body).sum()))

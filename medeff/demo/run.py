@@ -136,6 +136,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Pa
 
     from medeff.config import compose
     from medeff.data import build_index
+    from medeff.demo.phantom import ORGAN_LABELS
     from medeff.engine.predict import predict
     from medeff.evaluation import evaluate_classification, render_report
     from medeff.io import read_image, write_image
@@ -156,7 +157,9 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Pa
 
     _step("3/7 dataset indexes (patient-level folds, fingerprints, leakage check)")
     idx_nod = build_index(data["nodules_train"], out / "index" / "nodules_train.json", overrides=["overwrite=true"])
-    idx_ct = build_index(data["ct_train"], out / "index" / "ct_train.json", overrides=["folds.k=3", "overwrite=true"])
+    organs = ",".join(f"{name}:{value}" for name, value in ORGAN_LABELS.items() if value)
+    idx_ct = build_index(data["ct_train"], out / "index" / "ct_train.json",
+                         overrides=["folds.k=3", "overwrite=true", f"++labels={{{organs}}}"])
     log.info("indexed %d nodules and %d CT cases", len(idx_nod.cases()), len(idx_ct.cases()))
 
     _step("4/7 train the nodule classifier (2D EfficientNet, fold 0)")

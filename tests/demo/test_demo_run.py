@@ -55,6 +55,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         assert mask.shape == series.shape
         assert np.allclose(mask.affine_ras, series.affine_ras, atol=1e-4)
 
+    # the CT index names the organs
+    index = json.loads((out / "index" / "ct_train.json").read_text())
+    assert index["labels"] == ORGAN_LABELS
+
     # the segmentation report covers every organ of the phantom, each scored on every held-out case (n > 1: a CI)
     seg = json.loads((out / "report" / "segmentation" / "summary.json").read_text())
     assert seg["counts"]["cases"] == 2

@@ -18,10 +18,10 @@ def test_phantom_ct_is_seeded_and_labelled():
     assert ct1.same_geometry(lab1)
     present = set(np.unique(lab1.array).tolist())
     assert present == set(ORGAN_LABELS.values())
-    # organs carry plausible HU: lungs are air-like, spine bone-like, liver soft tissue
+    # organs carry plausible (portal-venous phase) HU: lungs are air-like, spine bone-like, liver enhancing soft tissue
     assert ct1.array[lab1.array == ORGAN_LABELS["lung"]].mean() < -700
     assert ct1.array[lab1.array == ORGAN_LABELS["spine"]].mean() > 300
-    assert 20 < ct1.array[lab1.array == ORGAN_LABELS["liver"]].mean() < 100
+    assert 60 < ct1.array[lab1.array == ORGAN_LABELS["liver"]].mean() < 140
 
 
 def test_nodule_archive_layout(tmp_path):
@@ -63,3 +63,17 @@ def test_phantom_organs_have_adult_sizes_and_sides_at_the_demo_grid():
         centre_i = {name: np.argwhere(a == v)[:, 0].mean() for name, v in ORGAN_LABELS.items() if v}
         assert centre_i["liver"] < 32 < centre_i["spleen"]
         assert centre_i["kidney_right"] < 32 < centre_i["kidney_left"]
+
+
+def test_phantom_spleen_is_not_merged_with_the_muscle_wall():
+    """The spleen is a region of its own: brighter than the muscle wall (enhanced, as the liver and kidneys) and
+    bordered by fat or other organs, never by unlabelled soft tissue it could only be told from by shape."""
+    from scipy import ndimage
+
+    for seed in range(10_000, 10_006):
+        ct, lab = make_phantom_ct((64, 56, 32), (5.0, 5.0, 6.0), seed=seed)
+        spleen = lab.array == ORGAN_LABELS["spleen"]
+        border = ndimage.binary_dilation(spleen) & ~spleen
+        assert not np.any(border & (lab.array == 0) & (ct.array > 20)), seed
+        wall = (lab.array == 0) & (ct.array > 20)
+        assert ct.array[spleen].mean() - ct.array[wall].mean() > 40, seed
