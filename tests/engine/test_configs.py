@@ -178,3 +178,11 @@ def test_missing_index_is_a_config_error():
 def test_predict_config_composes():
     cfg = compose("predict", ["ckpt=a.ckpt", "input=b.nii.gz"])
     assert cfg.threshold is None and cfg.sliding_window.mode == "gaussian"
+
+
+def test_organ_segmentation_never_mirrors_left_and_right():
+    """Paired organs (kidney_left/right, liver/spleen) keep their labels only if no flip crosses the left-right axis,
+    which is axis 0 after the RAS reorientation of conf/data/ct_organs.yaml."""
+    cfg = compose("train", ["experiment=organ_seg_3d"])
+    assert cfg.data.preprocessing.orientation == "RAS"
+    assert 0 not in list(cfg.augmentation.flip_axes)

@@ -166,7 +166,8 @@ def test_frozen_epochs_leave_encoder_and_batchnorm_stats_unchanged_then_unfreeze
     assert groups[0]["lr_scale"] == pytest.approx(0.5 * 0.8 ** 9)  # 9 stages: stem, 7 of blocks, head conv
 
 
-@pytest.mark.parametrize("crash_epoch", [1, 2], ids=["while_frozen", "after_unfreezing"])
+@pytest.mark.parametrize("crash_epoch", [pytest.param(1, marks=pytest.mark.slow), 2],
+                         ids=["while_frozen", "after_unfreezing"])
 def test_resume_mid_schedule_matches_uninterrupted_run(nodule_index, tmp_path, monkeypatch, crash_epoch):
     """Killed in epoch 1 (encoder frozen; resumes from the epoch-0 checkpoint) or in epoch 2 (resumes from the
     epoch-1 checkpoint, written after unfreezing at epoch 1): the resumed run ends with the uninterrupted weights."""
