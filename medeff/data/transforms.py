@@ -66,6 +66,8 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from medeff.data.intensity import (DEFAULT_HU_WINDOWS, ChannelNormalized, HUWindowsd, hu_windows_spec, item_name,
+                                   normalization_spec)
 from medeff.errors import ConfigError, ImageReadError
 from medeff.io.base import require_finite
 
@@ -100,8 +102,6 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "hu_windows": None,
     "normalize": "auto",
 }
-#: ``[width, level]`` in HU of the default three windows: lung, mediastinum (soft tissue), bone
-DEFAULT_HU_WINDOWS: tuple[tuple[float, float], ...] = ((1500.0, -600.0), (350.0, 50.0), (2000.0, 300.0))
 CHANNEL_MODES = ("single", "hu_windows")
 
 
@@ -159,7 +159,7 @@ class LoadImageDatad(MapTransform):
         for key in self.key_iterator(d):
             value = d[key]
             if isinstance(value, (torch.Tensor, np.ndarray)):
-                require_finite(_as_numpy(value), d.get("case_id", "-"), name=_item_name(d))
+                require_finite(_as_numpy(value), d.get("case_id", "-"), name=item_name(d))
                 continue
             paths = value if isinstance(value, (list, tuple)) else [value]
             arrays, affine = [], None
@@ -188,18 +188,6 @@ def _as_numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
-def _item_name(d: Mapping[Hashable, Any]) -> str:
-    """How messages name an in-memory item: its case (and archive row) when known."""
-    meta = getattr(d.get("image"), "meta", None) or {}
-    source = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
-    if source:
-        return f"Image '{source}'"
-    if d.get("case_id") is not None:
-        row = f", archive row {d['row']}" if d.get("row") is not None else ""
-        return f"Image of case '{d['case_id']}'{row}"
-    return "An in-memory image"
-
-
 class RequireFinited(MapTransform):
     """Refuse images holding NaN or inf (:class:`medeff.errors.NonFiniteImageError`) instead of letting the
     intensity window clip them to its bounds. Integer images pass at no cost.
@@ -212,7 +200,7 @@ class RequireFinited(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            require_finite(_as_numpy(d[key]), d.get("case_id", "-"), name=_item_name(d))
+            require_finite(_as_numpy(d[key]), d.get("case_id", "-"), name=item_name(d))
         return d
 
 
@@ -237,122 +225,6 @@ class RemapLabelsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = remap_labels(d[key], self.mapping)
-        return d
-
-
-def hu_windows_spec(windows: Any) -> list[tuple[float, float]]:
-    """``[[width, level], ...]`` (None: :data:`DEFAULT_HU_WINDOWS`) as checked pairs.
-
-    Raises:
-        ConfigError: not a list of ``[width > 0, level]`` pairs.
-    """
-    if windows is None:
-        return [tuple(w) for w in DEFAULT_HU_WINDOWS]
-    ok = isinstance(windows, Sequence) and not isinstance(windows, str) and len(windows) > 0
-    pairs = []
-    for w in windows if ok else []:
-        if (not isinstance(w, Sequence) or isinstance(w, str) or len(w) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in w) or w[0] <= 0):
-            ok = False
-            break
-        pairs.append((float(w[0]), float(w[1])))
-    if not ok:
-        raise ConfigError(f"data.preprocessing.hu_windows must be a list of [width, level] pairs in HU with "
-                          f"width > 0, got {windows!r}.",
-                          hint="e.g. [[1500, -600], [350, 50], [2000, 300]] (lung, mediastinum, bone), or null for "
-                               "these defaults.")
-    return pairs
-
-
-class HUWindowsd(MapTransform):
-    """One channel per HU window: ``clip((x - (level - width/2)) / width, 0, 1)``.
-
-    A one-channel CT image (HU) becomes ``len(windows)`` channels, e.g. lung, mediastinum and bone windows as the
-    three channels a network pretrained on RGB images expects.
-
-    Args:
-        keys: image keys.
-        windows: ``[width, level]`` per output channel (None: :data:`DEFAULT_HU_WINDOWS`).
-        allow_missing_keys: skip absent keys.
-
-    Raises:
-        ConfigError: bad windows; an image with more than one channel.
-    """
-
-    def __init__(self, keys: KeysCollection, windows: Sequence[Sequence[float]] | None = None,
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.windows = hu_windows_spec(windows)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            x = d[key] if isinstance(d[key], torch.Tensor) else torch.as_tensor(np.asarray(d[key]))
-            if x.shape[0] != 1:
-                raise ConfigError(f"{_item_name(d)} has {x.shape[0]} channels; data.preprocessing.channels="
-                                  "hu_windows needs one-channel (HU) images.",
-                                  hint="use channels: single for multi-channel or 2.5D data.")
-            x = x.float()
-            d[key] = torch.cat([((x - (level - width / 2)) / width).clamp(0.0, 1.0) for width, level in self.windows])
-        return d
-
-
-def normalization_spec(normalize: Any) -> tuple[list[float], list[float]] | None:
-    """``(mean, std)`` of a ``data.preprocessing.normalize`` value; None for ``auto`` (unresolved), null or none.
-
-    Raises:
-        ConfigError: not ``auto``/null or ``{mean: [...], std: [...]}`` with equal lengths and std > 0.
-    """
-    if normalize in (None, "auto", "none", False):
-        return None
-    ok = isinstance(normalize, Mapping) and set(normalize) == {"mean", "std"}
-    if ok:
-        mean, std = normalize["mean"], normalize["std"]
-        mean = [mean] if isinstance(mean, (int, float)) else mean
-        std = [std] if isinstance(std, (int, float)) else std
-        ok = (isinstance(mean, Sequence) and isinstance(std, Sequence) and len(mean) == len(std) > 0
-              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*mean, *std])
-              and all(v > 0 for v in std))
-    if not ok:
-        raise ConfigError(f"data.preprocessing.normalize must be auto, null or {{mean: [...], std: [...]}} (one "
-                          f"value per channel, or one for all; std > 0), got {normalize!r}.",
-                          hint="e.g. normalize: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}, or "
-                               "auto for the pretrained model's values.")
-    return [float(v) for v in mean], [float(v) for v in std]
-
-
-class ChannelNormalized(MapTransform):
-    """``(x - mean[c]) / std[c]`` per channel ``c`` (one mean/std value applies to every channel).
-
-    Args:
-        keys: image keys.
-        mean: per-channel means (or one).
-        std: per-channel standard deviations (or one), > 0.
-        allow_missing_keys: skip absent keys.
-
-    Raises:
-        ConfigError: the image's channel count differs from the number of values.
-    """
-
-    def __init__(self, keys: KeysCollection, mean: Sequence[float], std: Sequence[float],
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.mean, self.std = normalization_spec({"mean": list(mean), "std": list(std)})
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            x = d[key] if isinstance(d[key], torch.Tensor) else torch.as_tensor(np.asarray(d[key]))
-            n = len(self.mean)
-            if n not in (1, x.shape[0]):
-                raise ConfigError(f"data.preprocessing.normalize has {n} values per statistic but the images have "
-                                  f"{x.shape[0]} channels.",
-                                  hint="give one mean/std per image channel (or one for all), or check "
-                                       "data.in_channels and data.preprocessing.channels.")
-            shape = (n,) + (1,) * (x.ndim - 1)
-            mean = torch.tensor(self.mean, dtype=torch.float32).reshape(shape)
-            std = torch.tensor(self.std, dtype=torch.float32).reshape(shape)
-            d[key] = (x.float() - mean) / std
         return d
 
 

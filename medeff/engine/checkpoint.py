@@ -238,10 +238,15 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.fast_dev_run or trainer.sanity_checking or self.dirpath is None:
             return
         last = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-        if last.is_file():
-            try:
-                if int(_torch_load(last).get("global_step", -1)) == int(trainer.global_step):
-                    return
-            except (CheckpointError, OSError, ValueError, TypeError):
-                pass  # unreadable: rewrite it
-        trainer.save_checkpoint(str(last), weights_only=bool(self.save_weights_only))
+        if not _holds_step(last, int(trainer.global_step)):  # missing, older or unreadable: (re)write it
+            trainer.save_checkpoint(str(last), weights_only=bool(self.save_weights_only))
+
+
+def _holds_step(path: Path, step: int) -> bool:
+    """Whether the checkpoint at ``path`` loads and was written at global step ``step``."""
+    if not path.is_file():
+        return False
+    try:
+        return int(_torch_load(path).get("global_step", -1)) == step
+    except (CheckpointError, OSError, ValueError, TypeError):
+        return False
