@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from medeff.layers import DropPath, make_act, make_conv, make_norm, norm_act
+from medeff.layers.kinds import BATCH_NORMS
 from medeff.models.scaling import make_divisible
 
 __all__ = [
@@ -103,7 +104,7 @@ def frozen_norm_stats(modules: Sequence[nn.Module]):
     Batch statistics, outputs and gradients are unaffected.
     """
     norms = [m for mod in modules for m in mod.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training]
+             if isinstance(m, BATCH_NORMS) and m.track_running_stats and m.training]
     saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
     try:
         for m in norms:

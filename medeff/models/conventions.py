@@ -23,6 +23,7 @@ from torch import nn
 
 from medeff.errors import CheckpointError
 from medeff.layers import NORM_DEFAULTS, PADDING_MODES, with_padding
+from medeff.layers.kinds import BATCH_NORMS, CONSTANT_PADS
 
 __all__ = [
     "CONVENTIONS",
@@ -272,7 +273,7 @@ def apply_convention(encoder: nn.Module, convention: WeightsConvention, *, check
             f"The weights ({convention.describe()}) use activation {convention.act!r} but the model was built with "
             f"act={cfg.act!r}.", hint=f"build the model with act={convention.act!r}, or pass convention='model' to "
                                       "load_weights to keep the model's own activation (outputs will differ).")
-    norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in encoder.modules() if isinstance(m, BATCH_NORMS)]
     if convention.bn_eps is not None and not norms:
         raise CheckpointError(
             f"The weights ({convention.describe()}) were trained with BatchNorm but the model was built with "
@@ -317,7 +318,7 @@ def convention_from_module(module: nn.Module) -> WeightsConvention | None:
     Raises:
         CheckpointError: norm layers with different eps values.
     """
-    eps = sorted({float(m.eps) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)})
+    eps = sorted({float(m.eps) for m in module.modules() if isinstance(m, BATCH_NORMS)})
     if len(eps) > 1:
         raise CheckpointError(f"The source module's BatchNorm layers use several eps values {eps}.",
                               hint="pass convention= to load_weights to say which one the weights need.")
@@ -326,7 +327,7 @@ def convention_from_module(module: nn.Module) -> WeightsConvention | None:
     arch = cfg.get("architecture")
     names = {type(m).__name__ for m in module.modules()}
     tf_pad = (any(n.startswith(("Conv2dSame", "SameTF")) or n.endswith("SamePadding") for n in names)
-              or any(name.endswith("_padding") and isinstance(m, nn.modules.padding._ConstantPadNd)
+              or any(name.endswith("_padding") and isinstance(m, CONSTANT_PADS)
                      for name, m in module.named_modules())
               or str(arch or "").startswith("tf_"))
     source = ("timm-tf" if tf_pad else "timm") if cfg else type(module).__module__.split(".")[0]

@@ -12,6 +12,8 @@ import math
 
 from torch import nn
 
+from medeff.layers.kinds import NORMS_WITH_RUNNING_STATS
+
 __all__ = ["init_weights"]
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -34,7 +36,7 @@ def init_weights(module: nn.Module) -> nn.Module:
             nn.init.uniform_(m.weight, -bound, bound)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+        elif isinstance(m, (NORMS_WITH_RUNNING_STATS, nn.GroupNorm, nn.LayerNorm)):
             if getattr(m, "weight", None) is not None:
                 nn.init.ones_(m.weight)
             if getattr(m, "bias", None) is not None:

@@ -64,3 +64,27 @@ def test_make_norm_specs():
     assert group.num_groups == 4  # largest divisor of 12 not above 8 that also divides 8
     with pytest.raises(ValueError, match="name or a"):
         make_norm(("group", 8), 3, 8)
+
+
+def test_layer_kinds_cover_every_torch_class_under_the_private_bases():
+    """medeff names batch-norm, instance-norm and constant-pad layers by their public classes; if torch adds a
+    public class under one of its private bases, this test names it."""
+    from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+    from torch.nn.modules.padding import _ConstantPadNd
+
+    from medeff.layers.kinds import BATCH_NORMS, CONSTANT_PADS, NORMS_WITH_RUNNING_STATS
+
+    def public_subclasses(base):
+        found, todo = set(), [base]
+        while todo:
+            for sub in todo.pop().__subclasses__():
+                if sub not in found:
+                    found.add(sub)
+                    todo.append(sub)
+        return {c for c in found if c.__module__.startswith("torch.nn") and not c.__name__.startswith("_")}
+
+    for base, kinds in ((_BatchNorm, BATCH_NORMS), (_NormBase, NORMS_WITH_RUNNING_STATS),
+                        (_ConstantPadNd, CONSTANT_PADS)):
+        missing = sorted(c.__name__ for c in public_subclasses(base) if not issubclass(c, kinds))
+        assert not missing, (base.__name__, missing)
+        assert all(issubclass(k, base) for k in kinds)
