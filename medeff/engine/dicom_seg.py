@@ -16,6 +16,11 @@ its patient through them, or the user edits the patient module after import. Bef
 text element of the SEG is searched for every identifying value of the source headers, as whole values or runs of
 whole tokens (not substrings, so a short numeric ID cannot match inside a generated time or number), and the
 identifying attributes must be empty; a hit refuses the output, naming the element.
+
+Segment codes: a label whose name is a known organ (``dicom_seg.organ_codes`` in ``conf/predict.yaml``: liver,
+spleen, kidney_left, ...) gets that organ's SNOMED CT code as its ``SegmentedPropertyTypeCodeSequence`` (category
+Anatomical Structure), with a Left/Right ``SegmentedPropertyTypeModifierCodeSequence`` where the table gives a
+laterality; any other label gets the generic type Anatomical Structure (SNOMED CT 91723000).
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from medeff.utils.atomic import atomic_path
 from medeff.utils.logging import get_logger
 from medeff.utils.options import look_up
 
-__all__ = ["OUTPUT_FORMATS", "IDENTIFYING_TAGS", "check_output_formats", "require_highdicom", "is_dicom_input",
-           "source_frames", "write_dicom_seg", "write_seg_outputs"]
+__all__ = ["OUTPUT_FORMATS", "IDENTIFYING_TAGS", "check_output_formats", "organ_code_table", "require_highdicom",
+           "is_dicom_input", "source_frames", "write_dicom_seg", "write_seg_outputs"]
 
 log = get_logger(__name__)
 
@@ -71,6 +76,55 @@ def check_output_formats(value: Any, task: str | None = None) -> list[str]:
                               hint="drop dicom_seg from output_format.")
         require_highdicom()
     return [str(f) for f in formats]
+
+
+def _organ_key(name: str) -> str:
+    """Lookup key of a label name: lower case, runs of other characters as ``_``, a leading side moved to the end
+    (``'Left Kidney'`` -> ``kidney_left``)."""
+    key = "_".join(re.findall(r"[a-z0-9]+", str(name).casefold()))
+    for side in ("left", "right"):
+        if key.startswith(side + "_"):
+            key = f"{key[len(side) + 1:]}_{side}"
+    return key
+
+
+def organ_code_table(value: Any) -> dict[str, dict[str, str | None]]:
+    """Validate ``dicom_seg.organ_codes`` (label name -> ``{code, meaning, laterality}``) and return it keyed by
+    normalised label name.
+
+    Raises:
+        ConfigError: an entry is not a mapping, its code is not a SNOMED CT concept id (digits), its meaning is
+            empty or its laterality is not left/right.
+    """
+    table: dict[str, dict[str, str | None]] = {}
+    for name, entry in dict(value or {}).items():
+        key = f"dicom_seg.organ_codes.{name}"
+        hint = 'give {code: "<SNOMED CT concept id>", meaning: <its display name>, laterality: left|right|null}.'
+        if not isinstance(entry, Mapping) or set(entry) - {"code", "meaning", "laterality"}:
+            raise ConfigError(f"{key} must be a mapping with the keys code, meaning and (optional) laterality; got "
+                              f"{entry!r}.", hint=hint)
+        code, meaning = str(entry.get("code") or "").strip(), str(entry.get("meaning") or "").strip()
+        side = entry.get("laterality")
+        if not code.isdigit() or not meaning:
+            raise ConfigError(f"{key} needs a numeric SNOMED CT code and a meaning; got code={entry.get('code')!r}, "
+                              f"meaning={entry.get('meaning')!r}.", hint=hint)
+        if side is not None and str(side) not in ("left", "right"):
+            raise ConfigError(f"{key}.laterality must be left, right or null; got {side!r}.", hint=hint)
+        table[_organ_key(str(name))] = {"code": code, "meaning": meaning,
+                                        "laterality": None if side is None else str(side)}
+    return table
+
+
+def _segment_codes(name: str, table: Mapping[str, Mapping[str, str | None]], hd: Any):
+    """``(category, type, laterality modifier or None)`` of the segment of label ``name``."""
+    from pydicom.sr.codedict import codes
+
+    entry = table.get(_organ_key(name))
+    if entry is None:
+        return codes.SCT.AnatomicalStructure, codes.SCT.AnatomicalStructure, None
+    kind = hd.sr.CodedConcept(value=str(entry["code"]), scheme_designator="SCT", meaning=str(entry["meaning"]))
+    side = {"left": codes.SCT.Left, "right": codes.SCT.Right, None: None}[entry["laterality"]]
+    return codes.SCT.AnatomicalStructure, kind, side
 
 
 def require_highdicom():
@@ -237,7 +291,7 @@ def _leaks(ds: Any, values: set[tuple[str, ...]], pseudonym: str | None = None) 
 def write_dicom_seg(mask: np.ndarray, affine_ras: np.ndarray, source: str | Path, out_path: str | Path, *,
                     label_names: Sequence[str], pseudonym_salt: str | None = None,
                     series_description: str = "medeff segmentation", series_number: int = 990,
-                    overwrite: bool = False) -> Path:
+                    organ_codes: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Write ``mask`` as a binary DICOM SEG referencing the DICOM series it was predicted from.
 
     Args:
@@ -249,13 +303,15 @@ def write_dicom_seg(mask: np.ndarray, affine_ras: np.ndarray, source: str | Path
         pseudonym_salt: salt of the PatientID pseudonym (see the module docstring); None: random.
         series_description: SeriesDescription of the SEG.
         series_number: SeriesNumber of the SEG.
+        organ_codes: SNOMED CT codes of known organs (``dicom_seg.organ_codes``, see :func:`organ_code_table`);
+            labels not in it, or all labels when None, get the generic type Anatomical Structure.
         overwrite: replace an existing file.
 
     Returns:
         The written path.
 
     Raises:
-        ConfigError: highdicom is missing.
+        ConfigError: highdicom is missing, or ``organ_codes`` is malformed.
         InputError: the source is no single-frame DICOM series or its slices are not on the mask's grid.
         OutputWriteError: a source identifier would have been written (nothing is written then).
     """
@@ -275,13 +331,18 @@ def write_dicom_seg(mask: np.ndarray, affine_ras: np.ndarray, source: str | Path
     pseudonym = Pseudonymiser(pseudonym_salt)(str(datasets[0].get("PatientID", "") or ""))
     algorithm = hd.AlgorithmIdentificationSequence(name="medeff", version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)
-    descriptions = [
-        hd.seg.SegmentDescription(segment_number=v, segment_label=str(names[v])[:64],
-                                  segmented_property_category=codes.SCT.AnatomicalStructure,
-                                  segmented_property_type=codes.SCT.AnatomicalStructure,
-                                  algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                                  algorithm_identification=algorithm)
-        for v in range(1, len(names))]
+    table = organ_code_table(organ_codes)
+    descriptions = []
+    for v in range(1, len(names)):
+        category, kind, side = _segment_codes(str(names[v]), table, hd)
+        desc = hd.seg.SegmentDescription(segment_number=v, segment_label=str(names[v])[:64],
+                                         segmented_property_category=category, segmented_property_type=kind,
+                                         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                                         algorithm_identification=algorithm)
+        if side is not None:
+            desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept(value=side.value, scheme_designator=side.scheme_designator, meaning=side.meaning)]
+        descriptions.append(desc)
     if not descriptions:
         raise InputError("The checkpoint has no foreground label; a DICOM SEG needs at least one segment.",
                          hint="use output_format=[nifti].")
@@ -335,7 +396,8 @@ def write_seg_outputs(masks: list[dict[str, Any]], records: Sequence[Mapping[str
             path = write_dicom_seg(np.asarray(nii.dataobj), nii.affine, src, out_dir / f"{entry['case_id']}_seg.dcm",
                                    label_names=label_names, pseudonym_salt=opts.get("pseudonym_salt"),
                                    series_description=str(opts.get("series_description") or "medeff segmentation"),
-                                   series_number=int(opts.get("series_number") or 990), overwrite=overwrite)
+                                   series_number=int(opts.get("series_number") or 990),
+                                   organ_codes=opts.get("organ_codes"), overwrite=overwrite)
         except InputError as exc:  # this case only: its NIfTI mask stands, the reason goes to predictions.json
             log.warning("No DICOM SEG for case %s: %s", entry["case_id"], exc)
             entry["dicom_seg_error"] = str(exc)

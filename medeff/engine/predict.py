@@ -28,7 +28,7 @@ from medeff.config import check_values
 from medeff.data.transforms import LoadImageDatad, eval_transforms
 from medeff.engine.case_errors import CaseFailures, check_finite
 from medeff.engine.checkpoint import load_checkpoint
-from medeff.engine.dicom_seg import check_output_formats, write_seg_outputs
+from medeff.engine.dicom_seg import check_output_formats, organ_code_table, write_seg_outputs
 from medeff.engine.inference import first_output, sliding_window
 from medeff.engine.metrics import class_probabilities
 from medeff.engine.predict_inputs import (CaseNaming, check_duplicates, check_output_dir, discover, fingerprint,
@@ -348,6 +348,8 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
                                    trusted_targets=c.get("trusted_targets"))
     task = meta["task"]
     formats = check_output_formats(c.get("output_format"), task)  # before any inference
+    if "dicom_seg" in formats:
+        organ_code_table((c.get("dicom_seg") or {}).get("organ_codes"))
     if task != "classification" and kind != "volume":
         raise InputError(f"A {task} checkpoint needs volumes; '{c['input']}' is a slice archive.",
                          hint="pass a NIfTI file, a DICOM folder or a folder of NIfTI files.")

@@ -359,3 +359,63 @@ def test_seg_is_written_when_generated_values_contain_short_ids(short_id_series,
     assert "3600" in str(seg.ContentTime) + str(seg.SeriesInstanceUID)  # the collision did happen
     assert str(seg.get("RequestingPhysician", "")) == "" and seg.get("StudyID", "") == ""
     assert seg.AccessionNumber == "" and seg.PatientID != "4821"
+
+
+def _sct_concepts() -> dict[str, set[str]]:
+    """SNOMED CT concept id -> meanings in pydicom's bundled code dictionary."""
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
+    table: dict[str, set[str]] = {}
+    for name in dir(codes.SCT):
+        code = getattr(codes.SCT, name)
+        if not isinstance(code, Code):
+            continue
+        table.setdefault(str(code.value), set()).add(str(code.meaning))
+    return table
+
+
+def test_organ_codes_in_conf_are_pydicom_snomed_concepts():
+    """Every organ code shipped in conf/predict.yaml is a SNOMED CT concept pydicom knows, with its meaning."""
+    organ_codes = compose("predict", ["ckpt=x", "input=y"]).dicom_seg.organ_codes
+    known = _sct_concepts()
+    assert {"liver", "spleen", "kidney_left", "kidney_right", "lung", "spine"} <= set(organ_codes)
+    for name, entry in organ_codes.items():
+        assert entry.meaning in known.get(str(entry.code), set()), name
+
+
+@pytest.mark.parametrize("entry", [{"code": "liver", "meaning": "Liver"}, {"code": "10200004"},
+                                   {"code": "64033007", "meaning": "Kidney", "laterality": "up"},
+                                   {"code": "10200004", "meaning": "Liver", "colour": "red"}, "10200004"])
+def test_malformed_organ_codes_name_the_key(entry):
+    from medeff.engine.dicom_seg import organ_code_table
+
+    with pytest.raises(ConfigError, match=r"dicom_seg\.organ_codes\.liver"):
+        organ_code_table({"liver": entry})
+
+
+@pytest.mark.skipif(not HAVE_HIGHDICOM, reason="highdicom (the medeff[dicom-seg] extra) is not installed")
+def test_seg_carries_snomed_codes_of_known_organs(dicom_series, tmp_path):
+    from medeff.engine.dicom_seg import write_dicom_seg
+    from medeff.io import read_image
+
+    img = read_image(dicom_series)
+    mask = np.zeros(img.array.shape, dtype=np.uint8)
+    for v in range(1, 5):  # one slab of slices per label
+        mask[:, :, 3 * v - 2:3 * v] = v
+    organ_codes = compose("predict", ["ckpt=x", "input=y"]).dicom_seg.organ_codes
+    out = write_dicom_seg(mask, img.affine_ras, dicom_series, tmp_path / "x.dcm",
+                          label_names=["background", "liver", "Spleen", "kidney_left", "tumour_core"],
+                          organ_codes=organ_codes)
+    ds = pydicom.dcmread(out)
+    got = {}
+    for seg in ds.SegmentSequence:
+        kind = seg.SegmentedPropertyTypeCodeSequence[0]
+        modifier = kind.get("SegmentedPropertyTypeModifierCodeSequence")
+        got[seg.SegmentLabel] = (kind.CodeValue, kind.CodingSchemeDesignator, kind.CodeMeaning,
+                                 modifier[0].CodeValue if modifier else None,
+                                 seg.SegmentedPropertyCategoryCodeSequence[0].CodeValue)
+    assert got == {"liver": ("10200004", "SCT", "Liver", None, "91723000"),
+                   "Spleen": ("78961009", "SCT", "Spleen", None, "91723000"),
+                   "kidney_left": ("64033007", "SCT", "Kidney", "7771000", "91723000"),
+                   "tumour_core": ("91723000", "SCT", "Anatomical Structure", None, "91723000")}
