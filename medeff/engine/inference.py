@@ -7,23 +7,41 @@ the output, and the output is divided by the normaliser in place at the end. Wit
 network runs as an inference copy with its batch norms folded into the convolutions
 (:func:`medeff.models.fold_batch_norms`). Inputs smaller than the window, and ``MetaTensor`` inputs, go through
 MONAI's function unchanged.
+
+:func:`inference_context` is the mode ``medeff predict`` runs its forward passes in: ``torch.inference_mode``, plus
+autocast on CUDA devices (bfloat16 where the GPU supports it, else float16); CPU runs stay in float32.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 
 import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-__all__ = ["first_output", "sliding_window", "window_slices"]
+__all__ = ["first_output", "inference_context", "sliding_window", "window_slices"]
 
 
 def first_output(out):
     """The full-resolution logits of a net that may return a list of scales (deep supervision)."""
     return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def inference_context(device: str | torch.device) -> ExitStack:
+    """Context for forward passes at prediction time: ``torch.inference_mode`` (no autograd bookkeeping), and on a
+    CUDA ``device`` autocast to bfloat16 (float16 where the GPU has no bfloat16). CPU: no autocast (float32).
+
+    Outputs are inference tensors, possibly in half precision: cast them with ``.float()`` before use.
+    """
+    stack = ExitStack()
+    stack.enter_context(torch.inference_mode())
+    if torch.device(device).type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        stack.enter_context(torch.autocast(device_type="cuda", dtype=dtype))
+    return stack
 
 
 def window_slices(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:

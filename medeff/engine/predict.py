@@ -29,7 +29,7 @@ from medeff.data.transforms import LoadImageDatad, eval_transforms
 from medeff.engine.case_errors import CaseFailures, check_finite
 from medeff.engine.checkpoint import load_checkpoint
 from medeff.engine.dicom_seg import check_output_formats, organ_code_table, write_seg_outputs
-from medeff.engine.inference import first_output, sliding_window
+from medeff.engine.inference import first_output, inference_context, sliding_window
 from medeff.engine.metrics import class_probabilities
 from medeff.engine.predict_inputs import (CaseNaming, check_duplicates, check_output_dir, discover, fingerprint,
                                           json_bytes, list_inputs)
@@ -194,7 +194,9 @@ def _classify(net, meta, kind: str, todo, device: str, batch_size: int, failures
             pending.clear()
             try:
                 x = torch.stack([t for _, _, xs in batch for t in xs]).float()
-                probs = class_probabilities(first_output(net(x.to(device)))).cpu()
+                with inference_context(device):
+                    logits = first_output(net(x.to(device)))
+                probs = class_probabilities(logits.float()).cpu()
             except Exception as exc:  # the batch's cases fail together; other batches go on
                 for rec, fp, _ in batch:
                     with failures.case(rec):
@@ -235,7 +237,9 @@ def _classify(net, meta, kind: str, todo, device: str, batch_size: int, failures
             raw = _raw_load(rec["image"], f"The image of case '{rec['case_id']}'")
             x = check_finite(torch.as_tensor(tf({"image": raw})["image"])[None].float(),
                              f"The preprocessed image of case '{rec['case_id']}'")
-            p = class_probabilities(first_output(net(x.to(device))))
+            with inference_context(device):
+                logits = first_output(net(x.to(device)))
+            p = class_probabilities(logits.float())
             done(rec, fp, check_finite(p, f"The network output for case '{rec['case_id']}'").cpu().numpy()[0], 1)
         if failures.last is not None:
             failed(rec, fp)
@@ -271,9 +275,11 @@ class _Segmenter:
         affine = np.asarray(d["image"].meta["original_affine"], dtype=np.float64)  # the input's own geometry
         in_shape = tuple(int(n) for n in d["image"].meta["spatial_shape"])
         x = check_finite(d["image"][None], f"The preprocessed image of case '{cid}'").to(self.device)
-        out = sliding_window(self.net, x.as_tensor() if isinstance(x, MetaTensor) else x, roi_size=self.roi,
-                             joint=self.joint, **self.sw)
+        with inference_context(self.device):
+            out = sliding_window(self.net, x.as_tensor() if isinstance(x, MetaTensor) else x, roi_size=self.roi,
+                                 joint=self.joint, **self.sw)
         seg, cls = out if self.joint else (out, None)
+        seg, cls = seg.float(), None if cls is None else cls.float()
         check_finite(seg, f"The network output for case '{cid}'")
         probs = None
         if cls is not None:

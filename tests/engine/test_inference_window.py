@@ -39,3 +39,15 @@ def test_unet_with_folded_norms_and_joint_and_small_image():
     assert all(p.grad is None for p in net.parameters()) and not net.training
     small = sliding_window(net, image[..., :24], roi_size=(32, 32, 32), overlap=0.25)  # MONAI pads: same shape back
     assert small.shape == (1, 2, 40, 36, 24)
+
+
+def test_inference_context_on_cpu_is_inference_mode_in_float32():
+    from medeff.engine.inference import inference_context
+
+    net = torch.nn.Linear(4, 2)
+    with inference_context("cpu"):
+        assert torch.is_inference_mode_enabled()
+        assert not torch.is_autocast_enabled("cpu")
+        out = net(torch.ones(1, 4))
+    assert out.dtype == torch.float32 and out.is_inference()
+    assert not torch.is_inference_mode_enabled()

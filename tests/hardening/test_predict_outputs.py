@@ -460,3 +460,48 @@ def test_a_requested_output_that_is_missing_makes_the_case_partial(seg_run, tmp_
     assert Path(complete["dicom_seg"]).is_file() and not list(out.glob(f"{partial}*.dcm"))
     assert (out / f"{partial}_seg.nii.gz").is_file()  # the outputs it has stay
     assert partial in text.out
+
+
+# ----------------------------------------------------------------------------------------------- inference mode
+def _recording_loader(monkeypatch, seen: list[tuple[bool, bool]]):
+    """Wrap the loaded net so each forward records (inference mode on, CPU autocast on). ``seen`` lives outside
+    the module: the folded copy sliding_window makes records into the same list."""
+    import torch
+
+    real = P.load_models
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            seen.append((torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cpu")))
+            out = self.net(x)
+            assert all(t.dtype == torch.float32 for t in (out if isinstance(out, (list, tuple)) else [out])
+                       if isinstance(t, torch.Tensor))
+            return out
+
+    def load(*a, **k):
+        net, meta, paths = real(*a, **k)
+        return Recorder(net), meta, paths
+
+    monkeypatch.setattr(P, "load_models", load)
+
+
+def test_segmentation_forward_runs_in_inference_mode_without_cpu_autocast(seg_run, tmp_path, monkeypatch):
+    seen: list[tuple[bool, bool]] = []
+    _recording_loader(monkeypatch, seen)
+    res = _predict(seg_run[0]["last_checkpoint"], phantom_niftis(tmp_path / "in", 1, labels=False)[0],
+                   tmp_path / "out")
+    assert len(res["cases"]) == 1 and not res["failed"]
+    assert seen and set(seen) == {(True, False)}, seen
+
+
+def test_classification_forward_runs_in_inference_mode_without_cpu_autocast(cls_ckpt, tmp_path, monkeypatch):
+    archive, keys = _archive_with(tmp_path, {})
+    seen: list[tuple[bool, bool]] = []
+    _recording_loader(monkeypatch, seen)
+    res = _predict(cls_ckpt, archive, tmp_path / "out", case_ids={"naming": "input"})
+    assert len(res["cases"]) == len(keys) and not res["failed"]
+    assert seen and set(seen) == {(True, False)}, seen
