@@ -61,8 +61,8 @@ def test_predict_inverts_orientation_and_spacing_exactly(seg_run, organ_index, t
     import medeff.engine.predict as P
 
     class Echo(torch.nn.Module):
-        def forward(self, x):  # label 1 where the windowed intensity is above 0.65 (HU 100: kidneys, spine)
-            return torch.cat([0.65 - x, x - 0.65], dim=1)
+        def forward(self, x):  # label 1 where the windowed intensity is above 0.75 (HU 140: kidneys, spine)
+            return torch.cat([0.75 - x, x - 0.75], dim=1)
 
     def fake_load(path, *, device, expect=None, **kwargs):
         net, meta = real_load(path, device=device, expect=expect)
@@ -76,7 +76,7 @@ def test_predict_inverts_orientation_and_spacing_exactly(seg_run, organ_index, t
              "case_ids": {"naming": "input"}})
     mask = np.asarray(nib.load(tmp_path / "ct1_seg.nii.gz").dataobj)
     ct = np.asarray(nib.load(src).dataobj).astype(float)
-    bright = (ct + 160) / 400 > 0.65  # the organ experiment's window [-160, 240] -> [0, 1]
+    bright = (ct + 160) / 400 > 0.75  # the organ experiment's window [-160, 240] -> [0, 1]
     dice = 2 * (mask.astype(bool) & bright).sum() / (mask.astype(bool).sum() + bright.sum())
     flipped = bright[::-1, ::-1]
     dice_flipped = 2 * (mask.astype(bool) & flipped).sum() / (mask.astype(bool).sum() + flipped.sum())
