@@ -22,6 +22,8 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from medeff.layers.kinds import BATCH_NORMS
+
 __all__ = ["first_output", "inference_context", "sliding_window", "window_slices"]
 
 
@@ -63,7 +65,7 @@ def window_slices(image_size: Sequence[int], roi_size: Sequence[int], overlap: f
 
 
 def _has_batch_norm(net: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    return any(isinstance(m, BATCH_NORMS) for m in net.modules())
 
 
 def _blend(net, image, roi_size, sw_batch_size, overlap, mode, joint):
