@@ -18,6 +18,7 @@ import torch
 from .helpers import SMALL_NET
 
 from medeff.config import compose
+import medeff.engine.train as train_module
 from medeff.engine.train import train
 
 HERE = Path(__file__).resolve().parent
@@ -76,6 +77,21 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(nodule_index, t
     assert any(not torch.equal(a[k], epoch0[k]) for k in a)
 
 
+_BUILD_GROUP = train_module._instantiate_group  # the engine's own, before any test patches it
+
+
+def _train_in_process(monkeypatch, nodule_index, run_dir: Path, extra: list[str], callbacks: list) -> None:
+    """``medeff train`` in this process with the test's ``callbacks`` added to the configured ones."""
+    import medeff.engine.train as T
+
+    def with_test_callbacks(group, what, *args, **kwargs):
+        built = _BUILD_GROUP(group, what, *args, **kwargs)
+        return built + list(callbacks) if what == "callbacks" else built
+
+    monkeypatch.setattr(T, "_instantiate_group", with_test_callbacks)
+    train(compose("train", _overrides(nodule_index, run_dir) + extra))
+
+
 def test_crash_mid_epoch_then_resume_matches_uninterrupted_run_in_process(nodule_index, tmp_path, monkeypatch):
     """The same guarantee in one process (a raised error instead of SIGKILL): fast enough for every run."""
     import lightning as L
@@ -88,22 +104,9 @@ def test_crash_mid_epoch_then_resume_matches_uninterrupted_run_in_process(nodule
             if trainer.current_epoch == 1 and batch_idx == 1:
                 raise RuntimeError("simulated crash")
 
-    import medeff.engine.train as T
-
-    base = T._instantiate_group
-
     def run(run_dir: Path, extra: list[str], crash: bool = False) -> None:
-
-        def with_test_callbacks(group, what, *args, **kwargs):
-            built = base(group, what, *args, **kwargs)
-            if what == "callbacks":
-                built.append(SaveWeightsAtEnd(str(run_dir / "final.pt")))
-                if crash:
-                    built.append(Crash())
-            return built
-
-        monkeypatch.setattr(T, "_instantiate_group", with_test_callbacks)
-        train(compose("train", _overrides(nodule_index, run_dir) + extra))
+        _train_in_process(monkeypatch, nodule_index, run_dir, extra,
+                          [SaveWeightsAtEnd(str(run_dir / "final.pt"))] + ([Crash()] if crash else []))
 
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "crashed"
     run(ref_dir, [])
@@ -125,21 +128,9 @@ def test_killed_between_epoch_checkpoint_and_last_ckpt_resumes_from_the_epoch_ch
     monkeypatch.syspath_prepend(str(HERE))
     from crash_callback import FailBeforeFirstLast, SaveWeightsAtEnd
 
-    import medeff.engine.train as T
-
-    base = T._instantiate_group
-
     def run(run_dir: Path, extra: list[str], stop: bool = False) -> None:
-        def with_test_callbacks(group, what, *args, **kwargs):
-            built = base(group, what, *args, **kwargs)
-            if what == "callbacks":
-                built.append(SaveWeightsAtEnd(str(run_dir / "final.pt")))
-                if stop:
-                    built.append(FailBeforeFirstLast())
-            return built
-
-        monkeypatch.setattr(T, "_instantiate_group", with_test_callbacks)
-        train(compose("train", _overrides(nodule_index, run_dir) + extra))
+        _train_in_process(monkeypatch, nodule_index, run_dir, extra,
+                          [SaveWeightsAtEnd(str(run_dir / "final.pt"))] + ([FailBeforeFirstLast()] if stop else []))
 
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "stopped"
     run(ref_dir, [])
