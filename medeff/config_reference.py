@@ -234,7 +234,7 @@ GLOSSARY: dict[str, str] = {
     "save_dir": "folder of the logs",
     "description": "what the case measures",
     "input": "input of the case: batch, channels, size per axis, classes, task",
-    "sides": "the models compared (builder + keyword arguments, see medeff.bench.peers)",
+    "sides": "the models compared (builder + keyword arguments, see medeff.benchmarks.peers)",
     "loss": "loss function",
     "threshold": "triage: positive when the positive-class score >= threshold",
     "factory": "learning-rate schedule built per run",
@@ -242,7 +242,7 @@ GLOSSARY: dict[str, str] = {
 
 # Keys named freely under these parents (e.g. the compared models of a benchmark case).
 CHILDREN: dict[str, str] = {
-    "sides": "one of the compared models: its builder (see medeff.bench.peers) and keyword arguments",
+    "sides": "one of the compared models: its builder (see medeff.benchmarks.peers) and keyword arguments",
 }
 
 

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from medeff.bench import print_report, run_bench
+    from medeff.benchmarks import print_report, run_bench
     from medeff.config import compose
 
     cfg = OmegaConf.to_container(compose(args.config_name, args.overrides), resolve=True)

@@ -78,7 +78,7 @@ def _medeff_classes():
     import medeff
 
     for info in pkgutil.walk_packages(medeff.__path__, "medeff."):
-        if info.name.startswith(("medeff._conf", "medeff.demo.__main__", "medeff.bench.__main__")):
+        if info.name.startswith(("medeff._conf", "medeff.demo.__main__", "medeff.benchmarks.__main__")):
             continue
         try:
             mod = importlib.import_module(info.name)

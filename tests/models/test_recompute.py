@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from medeff.bench.worker import saved_bytes
+from medeff.benchmarks.worker import saved_bytes
 from medeff.models import create_model
 from medeff.models.blocks import MBConv
 

@@ -3,6 +3,6 @@ where it does not import beside the CPU torch build). A missing timm fails these
 
 from __future__ import annotations
 
-from medeff.bench.peers import import_timm
+from medeff.benchmarks.peers import import_timm
 
 __all__ = ["import_timm"]

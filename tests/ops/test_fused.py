@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from medeff.bench.worker import saved_bytes
+from medeff.benchmarks.worker import saved_bytes
 from medeff.layers import BatchNormSiLUFunction, MemoryEfficientSiLU, norm_act
 from medeff.layers.fused import can_fuse
 

@@ -1,6 +1,6 @@
 """Benchmark worker: runs one timing or memory job in a fresh process and prints its result as JSON.
 
-``python -m medeff.bench`` reads a job (JSON) on stdin and writes one JSON line on stdout. The runner
+``python -m medeff.benchmarks`` reads a job (JSON) on stdin and writes one JSON line on stdout. The runner
 starts every job in its own process so that each one has the allocator environment and thread count of the
 configuration and so that a memory measurement sees only its own model.
 
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medeff.bench.peers import build_side
+from medeff.benchmarks.peers import build_side
 
 __all__ = ["allocated_peak_bytes", "make_batch", "run_job", "saved_bytes", "train_step"]
 
@@ -158,7 +158,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
-    """Entry point of ``python -m medeff.bench``: job JSON on stdin, result JSON on the last stdout line."""
+    """Entry point of ``python -m medeff.benchmarks``: job JSON on stdin, result JSON on the last stdout line."""
     result = run_job(json.loads(sys.stdin.read()))
     sys.stdout.write("\n" + json.dumps(result) + "\n")
     return 0

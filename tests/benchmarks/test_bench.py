@@ -9,11 +9,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from medeff.bench import (
+from medeff.benchmarks import (
     allocated_peak_bytes, check_ratio, make_batch, markdown_report, resolve_config, saved_bytes, summarise_times,
     train_step,
 )
-from medeff.bench import runner as bench_runner
+from medeff.benchmarks import runner as bench_runner
 from medeff.cli.main import main
 from medeff.config import compose
 from medeff.errors import ConfigError, OutputExistsError

@@ -31,8 +31,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medeff.bench.environment import describe_environment, load_average
-from medeff.bench.peers import peer_available
+from medeff.benchmarks.environment import describe_environment, load_average
+from medeff.benchmarks.peers import peer_available
 from medeff.errors import ConfigError
 from medeff.utils.atomic import check_writable, write_json_atomic
 from medeff.utils.logging import get_logger
@@ -85,13 +85,13 @@ def _worker_env(cfg: Mapping[str, Any], allocator_key: str = "allocator_env") ->
 
 
 def run_worker(job: dict[str, Any], env: Mapping[str, str], timeout_s: float | None = None) -> dict[str, Any]:
-    """Run one job in a fresh ``python -m medeff.bench`` worker process and return its JSON result.
+    """Run one job in a fresh ``python -m medeff.benchmarks`` worker process and return its JSON result.
 
     Raises:
         RuntimeError: the worker failed (its stderr tail is in the message) or timed out.
     """
     try:
-        proc = subprocess.run([sys.executable, "-m", "medeff.bench"], input=json.dumps(job), env=dict(env),
+        proc = subprocess.run([sys.executable, "-m", "medeff.benchmarks"], input=json.dumps(job), env=dict(env),
                               capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"benchmark worker ({job['mode']}) ran past {timeout_s} s") from exc

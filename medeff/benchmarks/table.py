@@ -1,4 +1,4 @@
-"""Render a :func:`medeff.bench.run_bench` report as rich tables (checks, and per-side times and memory)."""
+"""Render a :func:`medeff.benchmarks.run_bench` report as rich tables (checks, and per-side times and memory)."""
 
 from __future__ import annotations
 

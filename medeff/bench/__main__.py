@@ -1,8 +1,0 @@
-"""``python -m medeff.bench``: the benchmark worker (job JSON on stdin, result JSON on stdout), see :mod:`.worker`."""
-
-import sys
-
-from medeff.bench.worker import main
-
-if __name__ == "__main__":
-    sys.exit(main())
