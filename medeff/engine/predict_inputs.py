@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import hmac
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import numpy as np
 from medeff.errors import ConfigError, InputError, MedeffError, OutputWriteError
 from medeff.utils.atomic import write_text_atomic
 from medeff.utils.options import look_up
+from medeff.utils.pseudonyms import Pseudonymiser
 from medeff.utils.redact import Redactor
 
 __all__ = ["Inputs", "CaseNaming", "NAMINGS", "discover", "list_inputs", "check_output_dir", "fingerprint",
@@ -277,8 +277,7 @@ class CaseNaming:
             if self.naming == "input":
                 rec["case_id"] = rec["name"]
             elif self.salt is not None:
-                digest = hmac.new(self.salt.encode(), rec["name"].encode(), hashlib.sha256).hexdigest()
-                rec["case_id"] = f"case_{digest[:12]}"
+                rec["case_id"] = Pseudonymiser(self.salt, prefix="case_")(rec["name"])
             else:
                 rec["case_id"] = f"case_{fp[:12]}"
 
