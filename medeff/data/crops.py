@@ -359,11 +359,11 @@ def extract_crops(positions: str | os.PathLike, out_dir: str | os.PathLike, cfg:
         OutputExistsError: outputs exist and ``overwrite`` is false.
     """
     from medeff.data.crop_limits import available_memory, check_crop_extent, check_crop_sizes
-    from medeff.data.pseudonyms import Pseudonymiser
     from medeff.errors import MedeffError
     from medeff.io import read_image, write_image
     from medeff.utils.atomic import check_writable, write_text_atomic
     from medeff.utils.options import look_up
+    from medeff.utils.pseudonyms import Pseudonymiser
 
     cfg = cfg if cfg is not None else crops_config(overrides)
     positions = Path(positions)

@@ -29,11 +29,12 @@ from medeff.data.index_validation import (
     unknown_labels_problem,
 )
 from medeff.data.leakage import array_hash, confirm_size, find_leaks, thumbnail
-from medeff.data.pseudonyms import Pseudonymiser, case_ids, check_mapping_path, write_mapping
+from medeff.data.pseudonyms import case_ids, check_mapping_path, write_mapping
 from medeff.errors import ConfigError
 from medeff.utils.atomic import check_writable, write_json_atomic
 from medeff.utils.logging import get_logger
 from medeff.utils.progress import track
+from medeff.utils.pseudonyms import Pseudonymiser
 
 __all__ = ["build_index", "index_config"]
 

@@ -1,7 +1,7 @@
-"""Pseudonyms for cases and patient groups, and the optional local mapping back to the originals.
+"""Case ids of the dataset index, and the optional local mapping from pseudonyms back to the originals.
 
 Case ids are running numbers (``case_0001``); group ids are keyed hashes (HMAC-SHA256 with a salt) of the
-original patient/group key. Without a configured salt a random one is drawn per run and never stored, so the
+original patient/group key, made by :class:`medeff.utils.pseudonyms.Pseudonymiser` (``grp_<12 hex>``). Without a configured salt a random one is drawn per run and never stored, so the
 pseudonyms cannot be reversed from the index. The mapping pseudonym -> original is written only when the user
 asks for it, to the path they give, and never beside the index.
 """
@@ -9,57 +9,15 @@ asks for it, to the path they give, and never beside the index.
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
 import io
 import os
-import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from medeff.errors import ConfigError
 from medeff.utils.atomic import write_text_atomic
 
-__all__ = ["Pseudonymiser", "case_ids", "check_mapping_path", "write_mapping"]
-
-
-class Pseudonymiser:
-    """Keyed-hash pseudonyms for group keys.
-
-    Args:
-        salt: secret salt; None draws a random one (pseudonyms then differ between runs).
-        prefix: prefix of every pseudonym.
-        length: number of hex digits kept.
-    """
-
-    def __init__(self, salt: str | None = None, *, prefix: str = "grp_", length: int = 12) -> None:
-        self._key = (salt if salt is not None else secrets.token_hex(16)).encode("utf-8")
-        self.prefix = prefix
-        self.length = int(length)
-
-    def __call__(self, original: str) -> str:
-        digest = hmac.new(self._key, str(original).encode("utf-8"), hashlib.sha256).hexdigest()
-        return f"{self.prefix}{digest[: self.length]}"
-
-    def map(self, originals: Iterable[str]) -> dict[str, str]:
-        """original -> pseudonym for every distinct original.
-
-        Raises:
-            ConfigError: two originals collide (raise ``pseudonym.length``).
-        """
-        out: dict[str, str] = {}
-        seen: dict[str, str] = {}
-        for o in originals:
-            if o in out:
-                continue
-            p = self(o)
-            if p in seen:
-                raise ConfigError(
-                    "Two patient groups received the same pseudonym.", hint="raise pseudonym.length (e.g. to 16)."
-                )
-            seen[p] = o
-            out[o] = p
-        return out
+__all__ = ["case_ids", "check_mapping_path", "write_mapping"]
 
 
 def case_ids(n: int, prefix: str = "case_") -> list[str]:

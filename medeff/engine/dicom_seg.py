@@ -319,7 +319,7 @@ def write_dicom_seg(mask: np.ndarray, affine_ras: np.ndarray, source: str | Path
     from pydicom.sr.codedict import codes
 
     from medeff import __version__
-    from medeff.data.pseudonyms import Pseudonymiser
+    from medeff.utils.pseudonyms import Pseudonymiser
 
     source = Path(source)
     datasets = _source_datasets(source)
@@ -328,7 +328,7 @@ def write_dicom_seg(mask: np.ndarray, affine_ras: np.ndarray, source: str | Path
     if int(frames.max(initial=0)) >= max(len(names), 1):
         raise InputError(f"The mask of '{source}' holds label {int(frames.max())}, but the checkpoint names only "
                          f"{len(names)} labels.", hint="check the checkpoint's label_names.", path=str(source))
-    pseudonym = Pseudonymiser(pseudonym_salt)(str(datasets[0].get("PatientID", "") or ""))
+    pseudonym = Pseudonymiser(pseudonym_salt, prefix="grp_")(str(datasets[0].get("PatientID", "") or ""))
     algorithm = hd.AlgorithmIdentificationSequence(name="medeff", version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)
     table = organ_code_table(organ_codes)

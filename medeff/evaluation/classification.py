@@ -15,7 +15,7 @@ from medeff.evaluation.bootstrap import UNIT, cluster_bootstrap, interval_method
 from medeff.evaluation.multiclass import evaluate_multiclass
 from medeff.evaluation.operating_points import (METRIC_LABELS, counts_at, metrics_from_counts,
                                                 threshold_for_sensitivity, youden_threshold)
-from medeff.evaluation.privacy import Pseudonymiser
+from medeff.evaluation.privacy import evaluation_pseudonymiser
 from medeff.evaluation.provenance import collect_provenance
 from medeff.evaluation.roc import (delong, delong_paired_test, weighted_auc, weighted_average_precision,
                                    weighted_roc_at)
@@ -208,7 +208,7 @@ def evaluate_classification(
                              hint="both models must be scored on the same cases (matched by the case column).")
         cases[cmp_col] = cases[case_col].map(cagg).to_numpy(float)
 
-    pseudo = Pseudonymiser(pseudonym_salt)
+    pseudo = evaluation_pseudonymiser(pseudonym_salt)
     groups_raw = cases[group_col] if group_col else cases[case_col]
     groups = groups_raw.astype(str).to_numpy()
     out_case, case_hashed = pseudonymise_ids(cases[case_col], hash_case_ids, pseudo, "C")

@@ -15,7 +15,7 @@ from scipy import ndimage
 from medeff.errors import InputError
 from medeff.evaluation.bootstrap import NON_NEGATIVE, UNIT, cluster_bootstrap, interval_method
 from medeff.evaluation.masks import MAX_LABEL, masks_on_one_grid, read_mask
-from medeff.evaluation.privacy import Pseudonymiser
+from medeff.evaluation.privacy import evaluation_pseudonymiser
 from medeff.evaluation.provenance import collect_provenance
 from medeff.evaluation.surface import EmptyConventions, label_metrics
 from medeff.evaluation.tables import metric_record, pseudonymise_ids, read_table, require_columns
@@ -326,7 +326,7 @@ def evaluate_segmentation(
     else:
         per_case = [_case_metrics(j) for j in track(jobs, "Scoring cases")]
 
-    pseudo = Pseudonymiser(pseudonym_salt)
+    pseudo = evaluation_pseudonymiser(pseudonym_salt)
     out_case, case_hashed = pseudonymise_ids(df[case_col], hash_case_ids, pseudo, "C")
     groups_raw = df[group_col] if group_col else df[case_col]
     out_group, group_hashed = pseudonymise_ids(groups_raw, hash_group_ids, pseudo, "P")

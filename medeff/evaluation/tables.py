@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from medeff.errors import InputError
-from medeff.evaluation.privacy import Pseudonymiser
+from medeff.evaluation.privacy import should_hash
+from medeff.utils.pseudonyms import Pseudonymiser
 
 __all__ = ["read_table", "require_columns", "aggregate_rows", "pseudonymise_ids", "metric_record", "format_ci",
            "clean_number", "fold_label_case"]
@@ -112,8 +113,8 @@ def aggregate_rows(df: pd.DataFrame, case_col: str, score_cols: Sequence[str], l
 def pseudonymise_ids(values: pd.Series, mode: str | bool, pseudo: Pseudonymiser, prefix: str) -> tuple[pd.Series, bool]:
     """Replace ids by pseudonyms when ``mode`` says so (True, False or "auto")."""
     vals = values.astype(str)
-    if Pseudonymiser.should_hash(vals.unique(), mode):
-        mapping = pseudo.map(vals, prefix)
+    if should_hash(vals.unique(), mode):
+        mapping = pseudo.with_prefix(f"{prefix}-").map(vals)
         return vals.map(mapping), True
     return vals, False
 

@@ -119,9 +119,9 @@ def test_seg_rebuilds_the_nifti_mask_and_holds_no_identifier(seg_ckpt, dicom_ser
     assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
     assert str(seg.PatientName) == "" and seg.PatientID.startswith("grp_") and seg.PatientBirthDate == ""
     assert seg.AccessionNumber == "" and "InstitutionName" not in seg
-    from medeff.data.pseudonyms import Pseudonymiser
+    from medeff.utils.pseudonyms import Pseudonymiser
 
-    assert seg.PatientID == Pseudonymiser("s3cret")(IDENTITY["PatientID"])  # the index's group pseudonym
+    assert seg.PatientID == Pseudonymiser("s3cret", prefix="grp_")(IDENTITY["PatientID"])  # the index's group pseudonym
     assert seg.StudyInstanceUID == src[0].StudyInstanceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == src[0].SeriesInstanceUID
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["bright", "dark"]
@@ -259,13 +259,13 @@ def test_short_numeric_identifiers_do_not_match_generated_values(field):
     substring match every one of them was (checked here too, so the collisions are real)."""
     from pydicom.dataset import Dataset
 
-    from medeff.data.pseudonyms import Pseudonymiser
+    from medeff.utils.pseudonyms import Pseudonymiser
     from medeff.engine.dicom_seg import _identifying_values, _leaks
 
     for value in _short_ids():
         source = Dataset()
         setattr(source, field, value)
-        pseudonym = f"grp_{value}{Pseudonymiser('s')(value)[4:]}"[:16]  # the hex pseudonym may hold digits too
+        pseudonym = f"grp_{value}{Pseudonymiser('s', prefix='grp_')(value)[4:]}"[:16]  # the hex pseudonym may hold digits too
         seg = _generated_with(value, pseudonym)
         texts = " ".join(str(e.value) for e in seg.iterall() if e.VR != "SQ")
         assert value in texts  # the old substring search would refuse this SEG
