@@ -11,6 +11,10 @@ Per case (all settings come from ``conf/bench.yaml``):
   ``torch.cuda.max_memory_allocated`` on a GPU: malloc's fragmentation is not in it); and the bytes autograd saves
   for backward in one forward (deterministic).
 
+The timing worker also counts each side's FLOPs (:mod:`medeff.benchmarks.flops`: forward, train step = 3x forward)
+and the report gives the time per train-step GFLOP of every side and, beside every time ratio, the FLOPs ratio of
+the two sides (1.0: equal work) and the time ratio per FLOP.
+
 Every worker gets ``threads`` torch/OpenMP threads and the same glibc malloc settings on every side: timing workers
 ``allocator_env`` (large buffers stay in the heap: fresh buffers would otherwise pay page faults on every step,
 which would be measured as model time), memory workers ``memory_allocator_env`` (large buffers are mapped and given
@@ -38,7 +42,8 @@ from medeff.utils.atomic import check_writable, write_json_atomic
 from medeff.utils.logging import get_logger
 from medeff.utils.options import look_up
 
-__all__ = ["METRICS", "check_ratio", "resolve_config", "run_bench", "run_worker", "summarise_times"]
+__all__ = ["METRICS", "check_ratio", "flops_per_time", "resolve_config", "run_bench", "run_worker",
+           "summarise_times", "work_ratios"]
 
 _log = get_logger(__name__)
 
@@ -125,6 +130,25 @@ def check_ratio(metric: str, side: dict[str, Any], ref: dict[str, Any], side_nam
     return a / b
 
 
+def flops_per_time(flops: Mapping[str, Any] | None, median_s: float) -> dict[str, Any]:
+    """A side's FLOPs (from the worker) with its median step time per train-step GFLOP (``ms_per_gflop``)."""
+    if not flops:
+        return {}
+    out = dict(flops)
+    gflop = flops.get("train_step_flops", 0) / 1e9
+    out["ms_per_gflop"] = median_s * 1000 / gflop if gflop > 0 else None
+    return out
+
+
+def work_ratios(side: Mapping[str, Any], ref: Mapping[str, Any], time_ratio: float | None) -> dict[str, Any]:
+    """``flops_ratio`` (side / ref forward FLOPs: 1.0 is equal work) and ``per_flop_ratio`` (time ratio / FLOPs
+    ratio: the time ratio the two sides would have at equal work), None where FLOPs are missing."""
+    a, b = side.get("forward_flops"), ref.get("forward_flops")
+    flops_ratio = a / b if a and b else None
+    per_flop = time_ratio / flops_ratio if time_ratio is not None and flops_ratio else None
+    return {"flops_ratio": flops_ratio, "per_flop_ratio": per_flop}
+
+
 def _run_case(name: str, case: dict[str, Any], cfg: dict[str, Any], env: dict[str, str],
               memory_env: dict[str, str]) -> dict[str, Any]:
     result: dict[str, Any] = {"description": case.get("description", ""), "input": case["input"],
@@ -147,6 +171,7 @@ def _run_case(name: str, case: dict[str, Any], cfg: dict[str, Any], env: dict[st
         for side_name, side in result["sides"].items():
             side.update(summarise_times(times[side_name]))
             side["times_s"] = times[side_name]
+            side.update(flops_per_time(timed.get("flops", {}).get(side_name), side["median_s"]))
         if cfg.get("memory", True):
             for side_name, side in case["sides"].items():
                 mem = run_worker({**base, "mode": "memory", "side": side, "steps": int(cfg.get("memory_steps", 2))},
@@ -163,8 +188,9 @@ def _run_case(name: str, case: dict[str, Any], cfg: dict[str, Any], env: dict[st
         target = check.get("target")
         passed = None if target is None or ratio is None else bool(ratio <= float(target))
         entry = {**check, "ratio": ratio, "passed": passed}
-        if check["metric"] == "time":  # informational: the least-disturbed step of each side
+        if check["metric"] == "time":  # informational: the least-disturbed step of each side, and the work
             entry["min_ratio"] = min(times[check["side"]]) / min(times[check["ref"]])
+            entry.update(work_ratios(result["sides"][check["side"]], result["sides"][check["ref"]], ratio))
         checks.append(entry)
     result.update(status="ok", checks=checks, wall_s=time.perf_counter() - t0)
     return result

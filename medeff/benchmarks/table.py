@@ -1,4 +1,5 @@
-"""Render a :func:`medeff.benchmarks.run_bench` report as rich tables (checks, and per-side times and memory)."""
+"""Render a :func:`medeff.benchmarks.run_bench` report as rich tables (checks with FLOPs ratios, and per-side
+times, FLOPs and memory)."""
 
 from __future__ import annotations
 
@@ -19,30 +20,46 @@ def _ratio(check: dict[str, Any]) -> str:
     return "-" if check.get("min_ratio") is None else f"{check['min_ratio']:.3f}"
 
 
+def _num(value: Any, fmt: str = ".3f", scale: float = 1.0) -> str:
+    return "-" if value is None else f"{value / scale:{fmt}}"
+
+
+def _work(check: dict[str, Any]) -> tuple[str, str]:
+    """FLOPs ratio and time ratio per FLOP of a check (``-`` for non-time checks or without FLOPs)."""
+    return _num(check.get("flops_ratio")), _num(check.get("per_flop_ratio"))
+
+
+def _gflops(side: dict[str, Any]) -> tuple[str, str, str]:
+    return (_num(side.get("forward_flops"), ".2f", 1e9), _num(side.get("train_step_flops"), ".2f", 1e9),
+            _num(side.get("ms_per_gflop"), ".2f"))
+
+
 def format_report(report: dict[str, Any]) -> list[Any]:
     """Build the rich tables of a report (a list of ``rich.table.Table``)."""
     from rich.table import Table
 
     env = report["environment"]
     checks = Table(title=f"medeff bench: checks (threads {env['threads']}, load at start {env['load_average_start']})")
-    for col in ("case", "metric", "side / ref", "ratio", "target", "result", "ratio of min times"):
+    for col in ("case", "metric", "side / ref", "ratio", "target", "result", "ratio of min times", "FLOPs ratio",
+                "ratio per FLOP"):
         checks.add_column(col)
-    sides = Table(title="per side: train step time (ms) and memory (MiB)")
-    for col in ("case", "side", "min", "median", "max", "rounds", "peak RSS growth", "peak allocated",
-                "saved for backward"):
+    sides = Table(title="per side: train step time (ms), work (GFLOPs; train step = 3x forward) and memory (MiB)")
+    for col in ("case", "side", "min", "median", "max", "rounds", "fwd GFLOPs", "step GFLOPs", "ms / GFLOP",
+                "peak RSS growth", "peak allocated", "saved for backward"):
         sides.add_column(col)
     for name, case in report["cases"].items():
         if case["status"] != "ok":
-            checks.add_row(name, "-", "-", "-", "-", f"{case['status']}: {case.get('reason', '')[:80]}", "-")
+            checks.add_row(name, "-", "-", "-", "-", f"{case['status']}: {case.get('reason', '')[:80]}", "-", "-", "-")
             continue
         for c in case["checks"]:
             verdict = "-" if c["passed"] is None else ("pass" if c["passed"] else "FAIL")
             ratio = "-" if c["ratio"] is None else f"{c['ratio']:.3f}"
             target = "-" if c.get("target") is None else f"<= {c['target']}"
-            checks.add_row(name, c["metric"], f"{c['side']} / {c['ref']}", ratio, target, verdict, _ratio(c))
+            checks.add_row(name, c["metric"], f"{c['side']} / {c['ref']}", ratio, target, verdict, _ratio(c),
+                           *_work(c))
         for side_name, s in case["sides"].items():
             sides.add_row(name, side_name, _ms(s.get("min_s")), _ms(s.get("median_s")), _ms(s.get("max_s")),
-                          str(len(s.get("times_s", []))), _mb(s.get("peak_delta_bytes")),
+                          str(len(s.get("times_s", []))), *_gflops(s), _mb(s.get("peak_delta_bytes")),
                           _mb(s.get("alloc_peak_bytes")), _mb(s.get("saved_bytes")))
     return [checks, sides]
 
@@ -51,7 +68,7 @@ def print_report(report: dict[str, Any]) -> None:
     """Print the tables of a report to stdout."""
     from rich.console import Console
 
-    console = Console(width=140)
+    console = Console(width=180)
     for table in format_report(report):
         console.print(table)
 
@@ -62,25 +79,29 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines = [f"torch {env['torch']}, MONAI {env['monai']}, {env['threads']} threads, {env['cpu_model']} "
              f"({env['cpu_count']} CPUs), load average at start {env['load_average_start']}, at end "
              f"{env.get('load_average_end')}", "",
-             "| case | metric | side / ref | ratio | target | result | ratio of min times |",
-             "|---|---|---|---|---|---|---|"]
+             "| case | metric | side / ref | ratio | target | result | ratio of min times | FLOPs ratio "
+             "| ratio per FLOP |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, case in report["cases"].items():
         if case["status"] != "ok":
-            lines.append(f"| {name} | - | - | - | - | {case['status']}: {case.get('reason', '')[:100]} | - |")
+            lines.append(f"| {name} | - | - | - | - | {case['status']}: {case.get('reason', '')[:100]} | - | - | - |")
             continue
         for c in case["checks"]:
             verdict = "-" if c["passed"] is None else ("pass" if c["passed"] else "**fail**")
             ratio = "-" if c["ratio"] is None else f"{c['ratio']:.3f}"
             target = "-" if c.get("target") is None else f"<= {c['target']}"
+            flops_ratio, per_flop = _work(c)
             lines.append(f"| {name} | {c['metric']} | {c['side']} / {c['ref']} | {ratio} | {target} | {verdict} "
-                         f"| {_ratio(c)} |")
-    lines += ["", "| case | side | step min / median / max (ms) | rounds | peak RSS growth (MiB) "
-              "| peak allocated (MiB) | saved for backward (MiB) |", "|---|---|---|---|---|---|---|"]
+                         f"| {_ratio(c)} | {flops_ratio} | {per_flop} |")
+    lines += ["", "| case | side | step min / median / max (ms) | rounds | fwd GFLOPs | step GFLOPs | ms / GFLOP "
+              "| peak RSS growth (MiB) | peak allocated (MiB) | saved for backward (MiB) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, case in report["cases"].items():
         for side_name, s in case.get("sides", {}).items():
             if "median_s" not in s:
                 continue
             lines.append(f"| {name} | {side_name} | {_ms(s['min_s'])} / {_ms(s['median_s'])} / {_ms(s['max_s'])} | "
-                         f"{len(s['times_s'])} | {_mb(s.get('peak_delta_bytes'))} | {_mb(s.get('alloc_peak_bytes'))} "
+                         f"{len(s['times_s'])} | {' | '.join(_gflops(s))} | {_mb(s.get('peak_delta_bytes'))} "
+                         f"| {_mb(s.get('alloc_peak_bytes'))} "
                          f"| {_mb(s.get('saved_bytes'))} |")
     return "\n".join(lines) + "\n"

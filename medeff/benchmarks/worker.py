@@ -8,7 +8,7 @@ Jobs:
 
 * ``{"mode": "time", "sides": {name: side}, ...}``: builds every side, runs ``warmup`` train steps on each, then
   ``pairs`` rounds in which each side runs one step; the order of the sides alternates between rounds (A B, B A,
-  ...). Returns the per-round step times of every side.
+  ...). Returns the per-round step times of every side and its FLOPs (:func:`medeff.benchmarks.flops.side_flops`).
 * ``{"mode": "memory", "side": side, ...}``: builds one side, records the peak RSS (``ru_maxrss``) just before
   the first step, runs ``warmup + steps`` train steps and returns the growth of the peak RSS; then counts the
   bytes autograd saves for backward in one forward pass (``torch.autograd.graph.saved_tensors_hooks``, unique
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medeff.benchmarks.flops import side_flops
 from medeff.benchmarks.peers import build_side
 
 __all__ = ["allocated_peak_bytes", "make_batch", "run_job", "saved_bytes", "train_step"]
@@ -119,6 +120,7 @@ def _time_job(job: dict[str, Any]) -> dict[str, Any]:
     x, y = _setup(job)
     names = list(job["sides"])
     built = {name: _build(job["sides"][name], job["input"]) for name in names}
+    flops = {name: side_flops(job["sides"][name], job["input"], built[name][0]) for name in names}
     for _ in range(int(job["warmup"])):
         for name in names:
             train_step(*built[name], x, y)
@@ -128,7 +130,7 @@ def _time_job(job: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             train_step(*built[name], x, y)
             times[name].append(time.perf_counter() - t0)
-    return {"times_s": times}
+    return {"times_s": times, "flops": flops}
 
 
 def _max_rss_bytes() -> int:

@@ -110,19 +110,27 @@ def test_cli_quick_run_writes_json_with_consistent_ratios(tmp_path, capsys):
         assert s["saved_bytes"] > 0 and s["rss_peak_bytes"] >= s["rss_before_bytes"]
         assert s["peak_delta_bytes"] == s["rss_peak_bytes"] - s["rss_before_bytes"]
         assert s["alloc_peak_bytes"] > 0
+        assert s["forward_flops"] > 0 and s["train_step_flops"] == 3 * s["forward_flops"]
+        assert s["ms_per_gflop"] == pytest.approx(s["median_s"] * 1000 / (s["train_step_flops"] / 1e9))
     by_metric = {c["metric"]: c for c in case["checks"]}
     expected_time = statistics.median(a / b for a, b in zip(sides["medeff"]["times_s"], sides["monai"]["times_s"]))
     assert by_metric["time"]["ratio"] == pytest.approx(expected_time)
     assert by_metric["time"]["passed"] == (expected_time <= 0.75)
     expected_min = min(sides["medeff"]["times_s"]) / min(sides["monai"]["times_s"])
     assert by_metric["time"]["min_ratio"] == pytest.approx(expected_min)
+    assert by_metric["time"]["flops_ratio"] == 1.0  # the classifier comparison is equal work
+    assert by_metric["time"]["per_flop_ratio"] == pytest.approx(expected_time)
     assert by_metric["saved"]["ratio"] == pytest.approx(sides["medeff"]["saved_bytes"] / sides["monai"]["saved_bytes"])
     assert by_metric["saved"]["passed"] is None  # no target: reported only
     expected_alloc = sides["medeff"]["alloc_peak_bytes"] / sides["monai"]["alloc_peak_bytes"]
     assert by_metric["alloc"]["ratio"] == pytest.approx(expected_alloc)
     assert by_metric["alloc"]["passed"] == (expected_alloc <= 0.8)
     assert "cls3d_b0" in capsys.readouterr().out
-    assert f"| cls3d_b0 | time | medeff / monai | {expected_time:.3f} | <= 0.75 |" in markdown_report(report)
+    table = markdown_report(report)
+    assert f"| cls3d_b0 | time | medeff / monai | {expected_time:.3f} | <= 0.75 |" in table
+    assert f"| {expected_min:.3f} | 1.000 | {expected_time:.3f} |" in table  # FLOPs ratio beside the time ratio
+    gflops = sides["medeff"]["forward_flops"] / 1e9
+    assert f"| {gflops:.2f} | {3 * gflops:.2f} | {sides['medeff']['ms_per_gflop']:.2f} |" in table
 
 
 def test_timing_and_memory_workers_get_their_own_allocator_settings(monkeypatch):
