@@ -8,6 +8,7 @@ the index is built.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from medeff.data.index_types import TASKS, CaseRecord, DatasetIndex
 from medeff.errors import IndexValidationError, InputError, MedeffError
 
 __all__ = ["Problem", "CaseInspection", "inspect_case", "validate_index", "load_index", "raise_problems",
-           "unknown_labels_problem", "UNKNOWN_LABELS_FIX"]
+           "unknown_labels_problem", "UNKNOWN_LABELS_FIX", "outside_root_problems"]
 
 
 @dataclass(frozen=True)
@@ -275,15 +276,63 @@ def unknown_labels_problem(values: list[int], labels: dict[str, int]) -> str:
     return f"label map holds label values {values[:10]}{more} that are not in the declared labels ({declared})"
 
 
+def recorded_allow_outside_root(index: DatasetIndex) -> bool:
+    """Whether the index was built with ``csv.allow_outside_root=true`` (recorded in its ``config``)."""
+    csv_conf = (index.config or {}).get("csv") or {}
+    return isinstance(csv_conf, dict) and csv_conf.get("allow_outside_root") is True
+
+
+def _escapes(rel: str, root: str) -> bool:
+    """Whether ``rel`` (relative to ``root``, or absolute) names a file outside ``root`` once ``..`` parts are
+    resolved (lexically: symbolic links under the root are the data's own layout and are followed as on disk)."""
+    base = os.path.normpath(os.path.abspath(root))
+    full = os.path.normpath(os.path.join(base, rel))
+    return os.path.commonpath([full, base]) != base
+
+
+def outside_root_problems(index: DatasetIndex, allow_outside_root: bool | None = None) -> list[Problem]:
+    """One problem per file path of a case (images, label map, archive) that escapes the index's root.
+
+    Args:
+        index: the index.
+        allow_outside_root: True accepts such paths; None takes what the index recorded (an index built with
+            ``csv.allow_outside_root=true`` keeps the paths its trusted manifest gave).
+    """
+    if allow_outside_root is None:
+        allow_outside_root = recorded_allow_outside_root(index)
+    if allow_outside_root:
+        return []
+    problems = []
+    fix = (f"re-create the index with `medeff index` so every file lies under its root '{index.root}' (or pass "
+           "root= to load_index when the data moved); if the index is trusted and was built with files outside "
+           "its root, load it with load_index(path, allow_outside_root=True)")
+    for c in index.all_cases:
+        entries = [(f"image[{i}]", p) for i, p in enumerate(c.image)]
+        if index.task == "segmentation" and isinstance(c.label, str) and c.label:
+            entries.append(("label", c.label))
+        if c.archive is not None:
+            entries.append(("archive.path", c.archive.path))
+        for field_name, rel in entries:
+            if rel and _escapes(str(rel), index.root):
+                problems.append(Problem(c.case_id, str(rel), f"{field_name} lies outside the index root "
+                                        f"'{index.root}' (absolute or '..' path)", fix))
+    return problems
+
+
 def validate_index(index: DatasetIndex, *, check_files: bool = True, check_voxels: bool = False,
-                   atol: float = 1e-3) -> None:
+                   atol: float = 1e-3, allow_outside_root: bool | None = None) -> None:
     """Validate ``index``; raise one :class:`IndexValidationError` listing every problem found.
+
+    File paths that escape the index's root (``../../etc/passwd``, an absolute path elsewhere) are problems and
+    their files are never opened, unless ``allow_outside_root`` (or, when None, the index's recorded
+    ``csv.allow_outside_root``) accepts them.
 
     Args:
         index: the index.
         check_files: check that files exist and their headers agree (cheap: headers only).
         check_voxels: also read the voxels (NaN/inf, empty label maps).
         atol: geometry tolerance in mm.
+        allow_outside_root: accept paths outside the root; None: as recorded in the index.
 
     Raises:
         IndexValidationError: any problem, all of them listed.
@@ -308,14 +357,19 @@ def validate_index(index: DatasetIndex, *, check_files: bool = True, check_voxel
         for cid in ids:
             problems.append(Problem(cid, "-", f"patient group {g} is split across folds {folds}",
                                     "all cases of one patient must share a fold; re-create the index"))
+    escaping = outside_root_problems(index, allow_outside_root)
+    problems.extend(escaping)
     if check_files or check_voxels:
+        outside = {p.case_id for p in escaping}
         for c in index.all_cases:
-            problems.extend(inspect_case(index, c, check_voxels=check_voxels, atol=atol).problems)
+            if c.case_id not in outside:  # a file outside the root is not opened
+                problems.extend(inspect_case(index, c, check_voxels=check_voxels, atol=atol).problems)
     raise_problems(problems, where, index.path)
 
 
 def load_index(path: str | Path, *, check_files: bool = True, check_voxels: bool = False,
-               root: str | Path | None = None, atol: float | None = None) -> DatasetIndex:
+               root: str | Path | None = None, atol: float | None = None,
+               allow_outside_root: bool | None = None) -> DatasetIndex:
     """Read and validate an index written by ``medeff index``.
 
     Args:
@@ -324,13 +378,15 @@ def load_index(path: str | Path, *, check_files: bool = True, check_voxels: bool
         check_voxels: also check voxels (NaN/inf, empty label maps); slower.
         root: resolve relative paths against this folder instead of the recorded root (moved data).
         atol: geometry tolerance in mm (default: the one recorded in the index, else 1e-3).
+        allow_outside_root: accept file paths outside the index's root (absolute, or with ``..`` leading out);
+            None (default) accepts them only when the index was built with ``csv.allow_outside_root=true``.
 
     Returns:
         The validated :class:`DatasetIndex`.
 
     Raises:
         InputError: the file is missing or not JSON.
-        IndexValidationError: any invalid case (all listed at once).
+        IndexValidationError: any invalid case (all listed at once), including paths outside the root.
     """
     path = Path(path)
     try:
@@ -347,5 +403,6 @@ def load_index(path: str | Path, *, check_files: bool = True, check_voxels: bool
         index.root = str(Path(root))
     if atol is None:
         atol = float(((index.config or {}).get("validation") or {}).get("geometry_atol", 1e-3))
-    validate_index(index, check_files=check_files, check_voxels=check_voxels, atol=atol)
+    validate_index(index, check_files=check_files, check_voxels=check_voxels, atol=atol,
+                   allow_outside_root=allow_outside_root)
     return index
