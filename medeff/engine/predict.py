@@ -34,6 +34,7 @@ from medeff.engine.metrics import class_probabilities
 from medeff.engine.predict_inputs import (CaseNaming, check_duplicates, check_output_dir, discover, fingerprint,
                                           json_bytes, list_inputs)
 from medeff.engine.predict_outputs import RunManifest, finish_run
+from medeff.engine.predict_resample import check_resample_mode
 from medeff.errors import CheckpointError, ConfigError, InputError, OutputExistsError, OutputWriteError
 from medeff.utils.atomic import atomic_path
 from medeff.utils.logging import get_logger
@@ -156,7 +157,7 @@ def _settings_digest(c: dict[str, Any], ckpts: Sequence[str], threshold: float, 
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
-    keys = ("tta", "sliding_window", "expect", "dicom_seg")
+    keys = ("tta", "sliding_window", "expect", "dicom_seg", "resample")
     h.update(json_bytes({**{k: c.get(k) for k in keys}, "threshold": threshold, "formats": sorted(formats),
                          "naming": naming.settings()}))
     return h.hexdigest()
@@ -246,10 +247,12 @@ def _classify(net, meta, kind: str, todo, device: str, batch_size: int, failures
 
 
 class _Segmenter:
-    """Sliding-window segmentation of one case at a time, mask written back on the input's grid."""
+    """Sliding-window segmentation of one case at a time, mask written back on the input's grid
+    (:mod:`medeff.engine.predict_resample`)."""
 
-    def __init__(self, net, meta, device: str, sw_cfg: dict[str, Any]) -> None:
-        from monai.transforms import Invertd
+    def __init__(self, net, meta, device: str, sw_cfg: dict[str, Any], *, resample: str = "probabilities",
+                 memory_mb: float = 2048.0) -> None:
+        from medeff.engine.predict_resample import SourceGrid, check_resample_mode
 
         self.net, self.meta, self.device = net, meta, device
         data, tcfg = meta["data"], meta["config"]["task"]
@@ -257,8 +260,8 @@ class _Segmenter:
         self.roi = tcfg["roi_size"]
         self.pre = eval_transforms(data["preprocessing"], spatial_dims=3, has_label=False,
                                    patch_size=data.get("patch_size"), load=True, track_meta=True)
-        self.inverter = Invertd(keys="pred", transform=self.pre, orig_keys="image", nearest_interp=True,
-                                to_tensor=True)
+        self.resample = check_resample_mode(resample)
+        self.grid = SourceGrid(self.pre, memory_mb=memory_mb)
         self.sw = {"sw_batch_size": int(sw_cfg.get("sw_batch_size") or tcfg.get("sw_batch_size", 2)),
                    "overlap": float(sw_cfg.get("overlap") if sw_cfg.get("overlap") is not None
                                     else tcfg.get("overlap", 0.5)),
@@ -284,11 +287,11 @@ class _Segmenter:
         probs = None
         if cls is not None:
             probs = check_finite(class_probabilities(cls), f"The class output for case '{cid}'").cpu().numpy()[0]
-        label = seg.argmax(dim=1).to(torch.int16).cpu()
-        img_meta = {k: v for k, v in d["image"].meta.items() if k != "affine"}
-        d["pred"] = MetaTensor(label, affine=d["image"].affine, meta=img_meta,
-                               applied_operations=list(d["image"].applied_operations))
-        mask = np.asarray(self.inverter(d)["pred"])[0]
+        if self.resample == "labels":
+            mask = self.grid.labels(d["image"], seg[0])
+        else:
+            mask = self.grid.probabilities(d["image"], seg[0])
+        del seg
         if mask.shape != in_shape:
             raise RuntimeError(f"inverted mask shape {mask.shape} differs from the input {in_shape}")
         img = nib.Nifti1Image(mask.astype(np.uint8 if mask.max() < 256 else np.int16), affine)
@@ -354,6 +357,8 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
                                    trusted_targets=c.get("trusted_targets"))
     task = meta["task"]
     formats = check_output_formats(c.get("output_format"), task)  # before any inference
+    if task != "classification":
+        c["resample"] = check_resample_mode(c.get("resample"))
     if "dicom_seg" in formats:
         organ_code_table((c.get("dicom_seg") or {}).get("organ_codes"))
     if task != "classification" and kind != "volume":
@@ -364,6 +369,8 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
               "task": task, "class_names": meta["class_names"],
               "positive_classes": meta["positive_classes"], "threshold": threshold,
               "versions": meta.get("versions", {})}
+    if task != "classification":
+        header["resample"] = c["resample"]
 
     def outputs(rec: dict[str, Any]) -> list[str]:
         if task == "classification":
@@ -395,7 +402,8 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
 
         _classify(net, meta, kind, todo, device, int(c.get("batch_size", 16)), failures, done, failed)
     else:
-        segment = _Segmenter(net, meta, device, c.get("sliding_window") or {})
+        segment = _Segmenter(net, meta, device, c.get("sliding_window") or {}, resample=c.get("resample"),
+                             memory_mb=float(c.get("resample_memory_mb") or 2048))
         for rec, fp in todo:
             cid = rec["case_id"]
             manifest.start(cid, outputs(rec))

@@ -72,8 +72,9 @@ def test_predict_inverts_orientation_and_spacing_exactly(seg_run, organ_index, t
     real_load = P.load_model
     monkeypatch.setattr(P, "load_model", fake_load)
     src = organ_index.parent / "ct1.nii.gz"
+    # nearest-neighbour label path: exact geometry; the default probability path is covered by test_predict_resample
     predict({"ckpt": seg_run["last_checkpoint"], "input": str(src), "output_dir": str(tmp_path), "device": "cpu",
-             "case_ids": {"naming": "input"}})
+             "case_ids": {"naming": "input"}, "resample": "labels"})
     mask = np.asarray(nib.load(tmp_path / "ct1_seg.nii.gz").dataobj)
     ct = np.asarray(nib.load(src).dataobj).astype(float)
     bright = (ct + 160) / 400 > 0.75  # the organ experiment's window [-160, 240] -> [0, 1]
