@@ -16,11 +16,18 @@ shuffle order, the state of every MONAI random transform and the global torch / 
 (dropout, drop-path) are reseeded when the epoch's iterator starts. A run resumed from an epoch-end checkpoint
 then sees exactly the data of the uninterrupted run (with ``num_workers=0`` or non-persistent workers, whose
 transform copies are taken at each epoch start).
+
+Throughput options (docs/data.md): ``cache_dir`` keeps the preprocessed volumes on disk, memory-mapped, keyed by the
+input files and the preprocessing settings (:mod:`medeff.data.cache`), so no later epoch or later run decodes or
+resamples them again; ``batch_augmentation`` applies the 2D augmentation to whole batches on the model's device
+(:mod:`medeff.data.batch_augment`) instead of image by image in the loader; ``num_workers: auto`` starts one loader
+process per usable core but one (cgroup and affinity aware; 0 on a single core).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,18 +37,60 @@ import lightning as L
 import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader
+from monai.transforms import Compose
 from torch.utils.data import Sampler
 
-from medeff.data.transforms import eval_transforms, hu_windows_spec, normalization_spec, train_transforms
+from medeff.data.transforms import (eval_transforms, hu_windows_spec, normalization_spec,
+                                    preprocessing_transforms, train_transforms)
 from medeff.errors import ConfigError, IndexValidationError
 from medeff.io.base import require_finite
 from medeff.utils.logging import get_logger
 
-__all__ = ["MedeffDataModule", "load_dataset_index", "archive_items", "KINDS", "EpochSeededSampler", "epoch_seed"]
+__all__ = ["MedeffDataModule", "load_dataset_index", "archive_items", "KINDS", "EpochSeededSampler", "epoch_seed",
+           "resolve_num_workers", "usable_cpus"]
 
 log = get_logger(__name__)
 KINDS = ("volume", "archive")
 TASKS = ("classification", "segmentation", "joint")
+
+
+def resolve_num_workers(value: int | str) -> int:
+    """``data.num_workers``: a count, or ``auto`` = the cores this process may use minus one (0 on one core).
+
+    Raises:
+        ConfigError: neither a non-negative integer nor ``auto``.
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return max(usable_cpus() - 1, 0)
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0:
+        raise ConfigError(f"data.num_workers must be a count >= 0 or auto, got {value!r}.",
+                          hint="e.g. data.num_workers=auto (one loader process per core but one) or 0.")
+    return n
+
+
+def usable_cpus() -> int:
+    """Cores this process may use: CPU affinity, capped by a cgroup CPU quota (``cpu.max``) when one is set."""
+    try:
+        from medeff.utils.threads import usable_cpus as shared  # type: ignore[import-not-found,attr-defined]
+    except ImportError:
+        shared = None
+    if shared is not None:
+        return int(shared())
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(float(quota) / float(period))))
+    except (OSError, ValueError):
+        pass
+    return max(n, 1)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -161,11 +210,14 @@ class MedeffDataModule(L.LightningDataModule):
         augmentation: random augmentation spec (``conf/augmentation``).
         batch_size: training batch size (volumes: cases per batch, each giving ``num_samples`` crops).
         val_batch_size: validation batch size (1 for whole volumes of varying size).
-        num_workers: data-loader worker processes.
+        num_workers: data-loader worker processes, or ``auto``: the usable cores minus one (0 on one core).
         cache_rate: fraction of cases whose preprocessing is cached in memory.
         class_key: record key holding the class for joint segmentation + classification data.
         seed: when set, each training epoch's order and augmentation depend on ``(seed, epoch)`` only
             (exact resume from epoch-end checkpoints); None shuffles from the global generator.
+        cache_dir: folder of the on-disk preprocessing cache (volume data); None keeps it off.
+        batch_augmentation: augment whole training batches on the model's device (2D classification) instead of
+            each image in the loader.
     """
 
     def __init__(self, index: str, *, name: str = "data", kind: str = "volume", task: str = "classification",
@@ -173,8 +225,9 @@ class MedeffDataModule(L.LightningDataModule):
                  class_names: Sequence[str] | None = None, label_names: Sequence[str] | None = None, fold: int = 0,
                  context_slices: int = 0, patch_size: Sequence[int] | None = None,
                  preprocessing: Mapping[str, Any] | None = None, augmentation: Mapping[str, Any] | None = None,
-                 batch_size: int = 2, val_batch_size: int = 1, num_workers: int = 0, cache_rate: float = 1.0,
-                 class_key: str = "meta_class", seed: int | None = None) -> None:
+                 batch_size: int = 2, val_batch_size: int = 1, num_workers: int | str = 0, cache_rate: float = 1.0,
+                 class_key: str = "meta_class", seed: int | None = None, cache_dir: str | None = None,
+                 batch_augmentation: bool = False) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ConfigError(f"Unknown data.kind {kind!r}.", hint=f"use one of {KINDS}.")
@@ -204,8 +257,16 @@ class MedeffDataModule(L.LightningDataModule):
                                   f"data.in_channels={self.in_channels}.", hint=f"set data.in_channels={n}.")
         self.augmentation = dict(augmentation or {})
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
-        self.num_workers, self.cache_rate, self.class_key = int(num_workers), float(cache_rate), class_key
+        self.num_workers = resolve_num_workers(num_workers)
+        self.cache_rate, self.class_key = float(cache_rate), class_key
         self.seed = None if seed is None else int(seed)
+        self.cache_dir = str(cache_dir) if cache_dir not in (None, "") else None
+        self.batch_augmentation = bool(batch_augmentation)
+        if self.batch_augmentation and (self.task != "classification" or self.spatial_dims != 2):
+            raise ConfigError("data.batch_augmentation=true augments 2D classification images; this data is "
+                              f"{self.spatial_dims}D {self.task}.", hint="set data.batch_augmentation=false.")
+        self.batch_augment = None
+        self.disk_cache = None
         self.index = None
         self.train_ds = self.val_ds = None
 
@@ -298,8 +359,8 @@ class MedeffDataModule(L.LightningDataModule):
         else:
             load = True
             train_data, val_data = self._records("train"), self._records("val")
-        t_train = train_transforms(self.preprocessing, self.augmentation, load=load, **common)
-        t_val = eval_transforms(self.preprocessing, load=load, **common)
+        t_train = self._train_transforms(self.augmentation, load)
+        t_val = self._cached(eval_transforms(self.preprocessing, load=load, **common))
         self.train_ds = CacheDataset(train_data, t_train, cache_rate=self.cache_rate, num_workers=None,
                                      progress=False, copy_cache=True)
         self.val_ds = CacheDataset(val_data, t_val, cache_rate=self.cache_rate, num_workers=None, progress=False,
@@ -312,6 +373,48 @@ class MedeffDataModule(L.LightningDataModule):
 
     def _reseed_transforms(self, seed: int) -> None:
         self.train_ds.transform.set_random_state(seed=seed)
+        if self.batch_augment is not None:
+            self.batch_augment.reseed(seed)
+
+    def _cached(self, transform: Compose) -> Compose:
+        """``transform`` with its deterministic preprocessing read from / written to ``cache_dir`` (volumes)."""
+        if self.cache_dir is None or self.kind != "volume":
+            return transform
+        from medeff.data.cache import DiskCached, preprocessing_fingerprint
+
+        common = dict(spatial_dims=self.spatial_dims, has_label=self.has_label_image, patch_size=self.patch_size)
+        n = len(preprocessing_transforms(self.preprocessing, load=True, **common))
+        if self.disk_cache is None:
+            keys = ["image"] + (["label"] if self.has_label_image else [])
+            self.disk_cache = DiskCached(Compose(transform.transforms[:n]), self.cache_dir, keys,
+                                         preprocessing_fingerprint(self.preprocessing, **common))
+        return Compose([self.disk_cache, *transform.transforms[n:]])
+
+    def _train_transforms(self, augmentation: Mapping[str, Any], load: bool) -> Compose:
+        """The training chain; with ``batch_augmentation`` only the deterministic part (augmentation and
+        normalisation move to :meth:`augment_batch`)."""
+        common = dict(spatial_dims=self.spatial_dims, has_label=self.has_label_image, patch_size=self.patch_size)
+        if not self.batch_augmentation:
+            return self._cached(train_transforms(self.preprocessing, dict(augmentation), load=load, **common))
+        from medeff.data.batch_augment import BatchAugment
+
+        seed = self.batch_augment._seed if self.batch_augment is not None else self.seed
+        self.batch_augment = BatchAugment(augmentation, normalize=normalization_spec(
+            self.preprocessing.get("normalize")), seed=seed)
+        plain = {**self.preprocessing, "normalize": None}
+        return self._cached(train_transforms(plain, {}, load=load, **common))
+
+    def augment_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Apply the batch augmentation (``batch_augmentation=true``) to a training batch; otherwise unchanged."""
+        if self.batch_augment is None:
+            return batch
+        return {**batch, "image": self.batch_augment(batch["image"])}
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "trainer", None)
+        if self.batch_augment is not None and trainer is not None and trainer.training:
+            return self.augment_batch(batch)
+        return batch
 
     def set_augmentation(self, augmentation: Mapping[str, Any]) -> None:
         """Replace the random augmentation spec (progressive learning changes its magnitude between stages).
@@ -323,8 +426,7 @@ class MedeffDataModule(L.LightningDataModule):
         Raises:
             ConfigError: an unknown or invalid augmentation key.
         """
-        common = dict(spatial_dims=self.spatial_dims, has_label=self.has_label_image, patch_size=self.patch_size)
-        t_train = train_transforms(self.preprocessing, dict(augmentation), load=self.kind != "archive", **common)
+        t_train = self._train_transforms(augmentation, load=self.kind != "archive")
         self.augmentation = dict(augmentation)
         if self.train_ds is not None:
             self.train_ds.transform = t_train
