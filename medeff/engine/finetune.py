@@ -8,9 +8,11 @@
   With ``n`` encoder stages numbered ``0`` (the stem) to ``n - 1``, stage ``s`` trains at
   ``lr * encoder_lr_scale * layer_decay ** (n - s)`` and the head at ``lr``.
 * **Freeze, then unfreeze.** During the first ``freeze_epochs`` epochs the encoder's parameters do not train
-  (``requires_grad`` off, through Lightning's :class:`~lightning.pytorch.callbacks.BaseFinetuning`) and its
-  BatchNorm layers stay in eval mode: they normalise with the pretrained running statistics and do not update
-  them. From epoch ``freeze_epochs`` on, everything trains.
+  (``requires_grad`` off, through Lightning's :class:`~lightning.pytorch.callbacks.BaseFinetuning`) and the whole
+  encoder stays in eval mode, so it computes the same features for the same input: BatchNorm normalises with the
+  pretrained running statistics and does not update them, and dropout and stochastic depth (drop path) are off.
+  The head (classifier, its dropout, a U-Net's decoder) trains as usual. From epoch ``freeze_epochs`` on, the
+  encoder is back in train mode and everything trains.
 
 Every parameter is in the optimizer from the first step (a frozen one has no gradient, so the optimizer leaves it
 and its state alone); unfreezing changes no parameter group. The optimizer's and scheduler's state are therefore
@@ -40,7 +42,6 @@ __all__ = ["Finetuning", "encoder_stages", "stage_lr_scales"]
 log = get_logger(__name__)
 _TOP_CONV = ("conv_head", "bn2")  # the classification net's 1x1 head convolution: pretrained, an encoder stage
 _NEW_HEAD = ("classifier", "head_drop")  # made for the task: never an encoder stage
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def _encoder(net: nn.Module) -> nn.Module:
@@ -108,7 +109,7 @@ class Finetuning(BaseFinetuning):
             raise ConfigError("finetune.layer_decay and finetune.encoder_lr_scale must be > 0 (a zero learning "
                               "rate is a frozen encoder).", hint="use finetune.freeze_epochs to freeze it.")
         self.frozen = False
-        self._frozen_norms: list[nn.Module] = []
+        self._frozen_modules: list[nn.Module] = []
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -148,9 +149,10 @@ class Finetuning(BaseFinetuning):
             return
         modules = [m for stage in encoder_stages(pl_module.net) for m in stage]
         self.freeze(modules, train_bn=False)
-        self._frozen_norms = [m for m in self.flatten_modules(modules) if isinstance(m, _BATCH_NORMS)]
-        self.frozen = True  # the norms go to eval mode when each training epoch starts
-        log.info("finetune: encoder frozen for epochs 0..%d (BatchNorm in eval mode).", self.freeze_epochs - 1)
+        self._frozen_modules = modules
+        self.frozen = True  # the encoder goes to eval mode when each training epoch and batch starts
+        log.info("finetune: encoder frozen for epochs 0..%d (in eval mode: BatchNorm statistics kept, no dropout "
+                 "or drop path).", self.freeze_epochs - 1)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
@@ -162,8 +164,8 @@ class Finetuning(BaseFinetuning):
                               "'finetune' config group (which also gives the task its parameter groups).",
                               hint="choose the schedule with finetune=<name> (conf/finetune), not under callbacks.")
 
-    def _norms_eval(self) -> None:
-        for m in self._frozen_norms:
+    def _frozen_eval(self) -> None:
+        for m in self._frozen_modules:
             m.eval()
 
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer) -> None:
@@ -171,18 +173,18 @@ class Finetuning(BaseFinetuning):
         if self.frozen and epoch >= self.freeze_epochs:
             modules = [m for stage in encoder_stages(pl_module.net) for m in stage]
             self.make_trainable(modules)
-            for m in self._frozen_norms:
+            for m in self._frozen_modules:
                 m.train(pl_module.training)
-            self._frozen_norms, self.frozen = [], False
+            self._frozen_modules, self.frozen = [], False
             log.info("finetune: epoch %d: encoder unfrozen.", epoch)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
-        self._norms_eval()
+        self._frozen_eval()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        self._norms_eval()  # Lightning puts the module back in train mode after validation
+        self._frozen_eval()  # Lightning puts the module back in train mode after validation
 
     # ---- checkpoint -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

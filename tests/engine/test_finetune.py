@@ -273,3 +273,59 @@ def test_callback_outside_the_finetune_group_is_refused(nodule_index, tmp_path, 
         "+callbacks.ft._target_=medeff.engine.finetune.Finetuning", "+callbacks.ft.freeze_epochs=1"]
     with pytest.raises(ConfigError, match="finetune=<name>"):
         _run(monkeypatch, overrides, [])
+
+
+# ---- the frozen encoder in eval mode (no training run: the callback's hooks on a plain module) ------------------
+
+class _Holder(nn.Module):
+    """Stands in for a task: the callback only needs ``net`` and ``training``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+
+def _bn_stats(net: nn.Module) -> dict:
+    return {k: v.clone() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+def _train_step(holder: _Holder, cb: Finetuning, opt: torch.optim.Optimizer, x: torch.Tensor) -> torch.Tensor:
+    holder.train()  # what Lightning does at each epoch start and after validation
+    cb.on_train_batch_start(None, holder, None, 0)
+    out = holder.net(x)
+    opt.zero_grad()
+    out.float().pow(2).mean().backward()
+    opt.step()
+    return out
+
+
+def test_frozen_encoder_is_in_eval_mode_then_trains_after_unfreezing():
+    torch.manual_seed(0)
+    net = create_model("efficientnet_b0", spatial_dims=2, in_channels=1, num_classes=2, task="classification",
+                       width=0.25, depth=0.34, drop_path_rate=0.9)
+    holder = _Holder(net)
+    cb = Finetuning(freeze_epochs=1)
+    cb.freeze_before_training(holder)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.randn(4, 1, 32, 32)
+    before = _bn_stats(net)
+    assert before
+
+    _train_step(holder, cb, opt, x)  # a training step while frozen
+    stages = [m for stage in encoder_stages(net) for m in stage]
+    assert not any(sub.training for m in stages for sub in m.modules())  # BN, dropout, drop path all in eval
+    assert net.classifier.training  # the head trains
+    for k, v in _bn_stats(net).items():
+        assert torch.equal(v, before[k]), k
+    # no stochastic depth in the frozen encoder: its features are the same for the same input
+    with torch.no_grad():
+        feats = [net.forward_features(x)[-1] for _ in range(2)]
+    assert torch.equal(feats[0], feats[1])
+
+    cb.finetune_function(holder, 1, opt)  # epoch 1: unfrozen
+    holder.train()
+    assert all(sub.training for m in stages for sub in m.modules())
+    _train_step(holder, cb, opt, x)
+    after = _bn_stats(net)
+    assert not torch.equal(after["bn1.running_mean"], before["bn1.running_mean"])
+    assert int(after["bn1.num_batches_tracked"]) == int(before["bn1.num_batches_tracked"]) + 1
