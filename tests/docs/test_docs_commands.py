@@ -55,6 +55,8 @@ def test_documented_command_is_valid(cmd):
         return
     name = getattr(args, "config_name", None) or argv[0]
     overrides = [o for o in overrides if not (argv[0] == "train" and o.startswith("plan="))]
+    if argv[0] == "bench" and overrides[:1] == ["data"]:  # `medeff bench data`: conf/bench_data.yaml
+        name, overrides = "bench_data", overrides[1:]
     if getattr(args, "multirun", False) and overrides:
         from medeff.cli.train import sweep_overrides
 

@@ -1,0 +1,355 @@
+"""``medeff bench data``: samples per second of each experiment's training pipeline beside its model's train step.
+
+For every case of ``conf/bench_data.yaml`` (an experiment, its data and overrides), :func:`run_data_bench`:
+
+1. builds the dataset index when the case names a source (a folder such as ``lidc_nodule_slices_64``, or a CSV
+   manifest written from the listed rows) or takes the given index;
+2. composes the ``train`` config of the experiment and builds its data module exactly as ``medeff train`` does;
+3. **pipeline**: times ``setup()`` (the cached deterministic preprocessing: reading, decoding, resampling, the cost
+   only the first epoch pays) and then ``epochs`` passes over the training ``DataLoader`` (at most
+   ``max_batches`` batches each), including the batch augmentation when the recipe turns it on. Reported per
+   epoch: samples, wall seconds, CPU seconds (this process and its finished loader workers), samples/s;
+4. **peer**: the same records through MONAI's own per-sample chain (``LoadImaged`` for files, then the same
+   MONAI preprocessing and augmentation transforms, in a MONAI ``CacheDataset`` and ``DataLoader`` with the same
+   batch size and workers), timed the same way;
+5. **model**: the experiment's network, loss and optimizer on a batch of that pipeline: ``model_warmup`` untimed
+   then ``model_steps`` timed train steps (forward, loss, backward, update); samples/s = batch / median step.
+
+``ratio`` = the pipeline's samples/s in the later epochs (median) / the model's samples/s: the number of train
+steps the pipeline could feed per step the model takes. ``goal`` is the lowest acceptable ratio. ``first_epoch``
+extrapolates the first epoch over the whole training set: (setup + full-epoch samples / first-pass rate).
+
+Everything runs in this process with ``threads`` torch threads (loader workers fork from it). The machine's load
+average is recorded at start and end: on a shared machine the wall-clock rates move with it, the CPU-second
+rates much less.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import resource
+import statistics
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from medeff.benchmarks.environment import cpu_model, load_average
+from medeff.errors import ConfigError
+from medeff.utils.atomic import check_writable, write_json_atomic
+from medeff.utils.logging import get_logger
+from medeff.utils.options import look_up
+
+__all__ = ["run_data_bench", "format_data_report", "build_case_index", "monai_reference_dataset"]
+
+log = get_logger(__name__)
+
+
+def _cpu_seconds() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+# ---- index -------------------------------------------------------------------------------------------------------
+def build_case_index(name: str, case: Mapping[str, Any], shared_data: Path, work_dir: Path) -> Path | None:
+    """The dataset index of a case: ``index`` as given, or built from ``source`` (folder or manifest rows).
+
+    Returns:
+        The index path, or None when the case's data is absent (the case is then skipped).
+
+    Raises:
+        ConfigError: the case names neither ``index`` nor ``source``.
+    """
+    from medeff.data import build_index, index_config
+
+    if case.get("index"):
+        path = Path(str(case["index"]))
+        return path if path.is_file() else None
+    source = case.get("source") or {}
+    if not source:
+        raise ConfigError(f"bench_data: case '{name}' names neither an index nor a source.",
+                          hint=f"set case_defs.{name}.index=PATH or case_defs.{name}.source.")
+    out = work_dir / str(source.get("folder") or name) / "index.json"
+    overrides = [*map(str, source.get("index_overrides") or []), "overwrite=true"]
+    if source.get("folder"):
+        src = shared_data / str(source["folder"])
+        if not src.exists():
+            return None
+    else:
+        rows = list(source.get("rows") or [])
+        files = [shared_data / str(r[k]) for r in rows for k in ("image", "label") if r.get(k)]
+        if not rows or not all(f.exists() for f in files):
+            return None
+        src = out.parent / "manifest.csv"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        with open(src, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["image", "label", "patient_id", "fold"])
+            writer.writeheader()
+            for i, r in enumerate(rows):
+                writer.writerow({"image": shared_data / str(r["image"]),
+                                 "label": shared_data / str(r["label"]) if r.get("label") else "",
+                                 "patient_id": f"p{i}", "fold": int(r.get("fold", 0))})
+        overrides += ["csv.allow_outside_root=true", "csv.fold_col=fold"]
+    if out.is_file() and source.get("reuse", True) and out.stat().st_mtime >= src.stat().st_mtime:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build_index(src, out, index_config([_shared(o, shared_data) for o in overrides]))
+    return out
+
+
+def _shared(text: str, shared_data: Path) -> str:
+    return text.replace("{shared_data}", str(shared_data))
+
+
+# ---- building ----------------------------------------------------------------------------------------------------
+def _compose(case: Mapping[str, Any], index: Path, extra: Sequence[str]) -> Any:
+    from medeff.config import compose
+
+    return compose("train", [f"experiment={case['experiment']}", f"data.index={index}",
+                             *map(str, case.get("overrides") or []), *extra])
+
+
+def _build(cfg: Any) -> tuple[Any, Any, Any]:
+    """Data module, task (net + loss) and optimizer, built as ``medeff train`` builds them."""
+    from medeff.engine.train import DATAMODULE, build, resolve_config
+
+    resolved = resolve_config(cfg)
+    extra: dict[str, Any] = {}
+    if cfg.get("seed") is not None and cfg.data.get("_target_") == DATAMODULE and "seed" not in cfg.data:
+        extra["seed"] = int(cfg.seed)
+    dm = build(cfg.data, "data", augmentation=resolved.get("augmentation") or {}, **extra)
+    dm.prepare_index()
+    net = build(cfg.model, "model")
+    pretrained = getattr(net, "pretrained_cfg", None)
+    if isinstance(pretrained, dict) and hasattr(dm, "use_model_normalization"):
+        dm.use_model_normalization(pretrained.get("mean"), pretrained.get("std"))
+    names = {} if str(cfg.task.kind) == "classification" else {"label_names": dm.label_names}
+    task = build(cfg.task, "task", net=net, optimizer=None, scheduler=None, **names)
+    if cfg.get("optimizer"):
+        optimizer = build(cfg.optimizer, "optimizer")(task.net.parameters())
+    else:
+        import torch
+
+        optimizer = torch.optim.AdamW(task.net.parameters(), lr=1e-3)
+    return dm, task, optimizer
+
+
+def monai_reference_dataset(dm: Any) -> tuple[Any, Any]:
+    """MONAI's per-sample chain over the records of ``dm``'s training set, doing the recipe's augmentation.
+
+    Files are read by MONAI's ``LoadImaged`` (channel first); the preprocessing and augmentation steps are the MONAI
+    transforms of the recipe (orientation, spacing, intensity window, crops, flips, rotations, intensity jitter,
+    noise, normalisation), applied image by image in a MONAI ``CacheDataset``.
+
+    Returns:
+        ``(dataset, loader)`` with ``dm``'s batch size and workers.
+    """
+    from monai.data import CacheDataset, DataLoader
+    from monai.transforms import Compose, EnsureTyped, LoadImaged
+
+    from medeff.data.transforms import augmentation_transforms, preprocessing_transforms, train_transforms
+
+    common = dict(spatial_dims=dm.spatial_dims, has_label=dm.has_label_image, patch_size=dm.patch_size)
+    load = dm.kind != "archive"
+    keys = ["image"] + (["label"] if dm.has_label_image else [])
+    det = preprocessing_transforms(dm.preprocessing, load=load, **common)
+    full = train_transforms(dm.preprocessing, dm.augmentation, load=load, **common).transforms
+    rnd = augmentation_transforms(dm.augmentation, **common)
+    tail = list(full[len(det) + len(rnd):])  # normalisation + EnsureTyped
+    head = [LoadImaged(keys, image_only=True, ensure_channel_first=True)] if load else []
+    chain = Compose(head + list(det[1:]) + list(rnd) + tail[:-1] + [EnsureTyped(["image"], track_meta=False)])
+    records = [dict(r) for r in dm.train_ds.data]
+    ds = CacheDataset(records, chain, cache_rate=dm.cache_rate, num_workers=None, progress=False, copy_cache=True)
+    classify = dm.kind == "archive" or dm.task == "classification"
+    loader = DataLoader(ds, batch_size=dm.batch_size, shuffle=True, num_workers=dm.num_workers,
+                        drop_last=classify and len(ds) > dm.batch_size)
+    return ds, loader
+
+
+# ---- timing ------------------------------------------------------------------------------------------------------
+def _passes(make_loader, epochs: int, max_batches: int | None, augment=None) -> tuple[list[dict[str, Any]], Any]:
+    """``epochs`` passes over fresh iterators of ``make_loader()``; per pass samples, wall and CPU seconds."""
+    out, first_batch = [], None
+    for _ in range(epochs):
+        loader = make_loader()
+        n = 0
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        it = iter(loader)
+        for i, batch in enumerate(it):
+            if augment is not None:
+                batch = augment(batch)
+            n += int(batch["image"].shape[0])
+            if first_batch is None:
+                first_batch = batch
+            if max_batches is not None and i + 1 >= max_batches:
+                break
+        del it  # loader workers exit and are reaped here, so their CPU time is counted
+        wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+        out.append({"samples": n, "wall_s": wall, "cpu_s": cpu, "samples_per_s": n / wall if wall > 0 else None,
+                    "samples_per_cpu_s": n / cpu if cpu > 0 else None})
+    return out, first_batch
+
+
+def _summary(setup_s: float, setup_cpu_s: float, passes: list[dict[str, Any]], epoch_samples: int) -> dict[str, Any]:
+    later = [p["samples_per_s"] for p in passes[1:] if p["samples_per_s"]] or [passes[0]["samples_per_s"]]
+    later_cpu = [p["samples_per_cpu_s"] for p in passes[1:] if p["samples_per_cpu_s"]] or \
+        [passes[0]["samples_per_cpu_s"]]
+    first_rate = passes[0]["samples_per_s"]
+    first_epoch_s = setup_s + epoch_samples / first_rate if first_rate else None
+    return {"setup_s": setup_s, "setup_cpu_s": setup_cpu_s, "epochs": passes, "epoch_samples": epoch_samples,
+            "first_epoch_s": first_epoch_s,
+            "first_epoch_samples_per_s": epoch_samples / first_epoch_s if first_epoch_s else None,
+            "later_samples_per_s": statistics.median(later),
+            "later_samples_per_cpu_s": statistics.median(later_cpu) if all(later_cpu) else None}
+
+
+def _time_model(task: Any, optimizer: Any, batch: Mapping[str, Any], steps: int, warmup: int) -> dict[str, Any]:
+    task.train()
+    batch = {k: v for k, v in batch.items()}
+    times, cpu = [], []
+    for i in range(warmup + steps):
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # self.log() outside a Trainer: a no-op, with a warning
+            warnings.simplefilter("ignore")
+            loss = task.training_step(batch, i)
+        loss = loss["loss"] if isinstance(loss, Mapping) else loss
+        loss.backward()
+        optimizer.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+            cpu.append(_cpu_seconds() - c0)
+    n = int(batch["image"].shape[0])
+    med = statistics.median(times)
+    return {"batch": n, "input_shape": list(batch["image"].shape), "step_s": times, "median_step_s": med,
+            "samples_per_s": n / med, "samples_per_cpu_s": n / statistics.median(cpu) if min(cpu) > 0 else None}
+
+
+def _run_case(name: str, case: Mapping[str, Any], cfg: Mapping[str, Any], shared_data: Path,
+              work_dir: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {"experiment": case["experiment"], "description": case.get("description", ""),
+                              "overrides": list(case.get("overrides") or []), "goal": case.get("goal")}
+    index = build_case_index(name, case, shared_data, work_dir)
+    if index is None:
+        reason = f"the case's data is not under {shared_data} (set MEDEFF_SHARED_DATA or shared_data=PATH)"
+        log.warning("bench data: skipping %s: %s", name, reason)
+        return {**result, "status": "skipped", "reason": reason}
+    epochs, max_batches = int(cfg["epochs"]), cfg.get("max_batches")
+    max_batches = None if max_batches is None else int(max_batches)
+    extra = [f"data.num_workers={cfg['num_workers']}"] if cfg.get("num_workers") is not None else []
+    train_cfg = _compose(case, index, extra)
+    dm, task, optimizer = _build(train_cfg)
+    result["num_workers"] = dm.num_workers
+    result["batch_size"] = dm.batch_size
+    result["batch_augmentation"] = bool(getattr(dm, "batch_augmentation", False))
+    result["cache_dir"] = getattr(dm, "cache_dir", None)
+    # medeff pipeline: setup (first epoch only) + passes
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    dm.setup("fit")
+    setup_s, setup_cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    augment = dm.augment_batch if getattr(dm, "batch_augment", None) is not None else None
+    per_item = int(((dm.augmentation.get("crop") or {}).get("num_samples", 1)) if dm.kind == "volume" and
+                   str((dm.augmentation.get("crop") or {}).get("mode", "none")) != "none" else 1)
+    epoch_samples = len(dm.train_ds) * per_item
+    passes, batch = _passes(dm.train_dataloader, epochs, max_batches, augment)
+    result["medeff"] = _summary(setup_s, setup_cpu, passes, epoch_samples)
+    # MONAI's per-sample chain on the same records
+    if cfg.get("peers", {}).get("monai", True):
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        ds, loader = monai_reference_dataset(dm)
+        peer_setup, peer_cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+        peer_passes, _ = _passes(lambda: loader, epochs, max_batches)
+        result["monai"] = _summary(peer_setup, peer_cpu, peer_passes, len(ds) * per_item)
+        del ds, loader
+    # the model's train step on a batch of the pipeline
+    result["model"] = _time_model(task, optimizer, batch, int(cfg["model_steps"]), int(cfg["model_warmup"]))
+    model_rate = result["model"]["samples_per_s"]
+    result["ratio"] = result["medeff"]["later_samples_per_s"] / model_rate
+    result["first_epoch_ratio"] = (result["medeff"]["first_epoch_samples_per_s"] or 0.0) / model_rate
+    if "monai" in result:
+        result["monai_ratio"] = result["monai"]["later_samples_per_s"] / model_rate
+    goal = case.get("goal")
+    result["passed"] = None if goal is None else bool(result["ratio"] >= float(goal))
+    result["status"] = "ok"
+    return result
+
+
+def run_data_bench(cfg: Mapping[str, Any], *, write: bool = True) -> dict[str, Any]:
+    """Run the cases of a ``conf/bench_data.yaml`` mapping; write the JSON report to ``cfg["output"]``.
+
+    Returns:
+        ``{"environment": ..., "settings": ..., "cases": {name: result}}``; a case has ``status`` (``ok`` /
+        ``skipped`` with ``reason``), ``medeff`` and ``monai`` (``setup_s``, per-epoch ``epochs``,
+        ``first_epoch_samples_per_s``, ``later_samples_per_s``, ``later_samples_per_cpu_s``), ``model``
+        (``samples_per_s``, ``median_step_s``, ``batch``), ``ratio`` (pipeline later epochs / model), ``goal``,
+        ``passed``.
+
+    Raises:
+        ConfigError: an unknown case, or epochs/model_steps below 1.
+    """
+    import torch
+
+    cfg = copy.deepcopy(dict(cfg))
+    defs = cfg.get("case_defs") or {}
+    cases = list(cfg.get("cases") or defs)
+    for name in cases:
+        look_up(name, defs, what="data benchmark case", key="cases")
+    if int(cfg.get("epochs", 0)) < 1 or int(cfg.get("model_steps", 0)) < 1:
+        raise ConfigError(f"bench_data: epochs and model_steps must be >= 1 (got {cfg.get('epochs')}, "
+                          f"{cfg.get('model_steps')}).", hint="e.g. epochs=3 model_steps=3")
+    output = Path(cfg["output"]) if write and cfg.get("output") else None
+    if output is not None:
+        check_writable(output, overwrite=bool(cfg.get("overwrite", True)))
+    torch.set_num_threads(int(cfg.get("threads", 2)))
+    shared_data, work_dir = Path(str(cfg["shared_data"])), Path(str(cfg["work_dir"]))
+    report: dict[str, Any] = {
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_model": cpu_model(),
+                        "load_average_start": load_average()},
+        "settings": {k: cfg.get(k) for k in ("epochs", "max_batches", "model_steps", "model_warmup", "threads",
+                                             "num_workers")},
+        "cases": {},
+    }
+    for name in cases:
+        log.info("bench data: case %s", name)
+        report["cases"][name] = _run_case(name, defs[name], cfg, shared_data, work_dir)
+        report["environment"]["load_average_end"] = load_average()
+        if output is not None:
+            write_json_atomic(output, report, overwrite=True)
+            report["output"] = str(output)
+    return report
+
+
+# ---- report ------------------------------------------------------------------------------------------------------
+def _fmt(v: Any, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def format_data_report(report: Mapping[str, Any]) -> str:
+    """Markdown tables of a :func:`run_data_bench` report (pipelines, model, ratios and goals)."""
+    env = report.get("environment", {})
+    lines = [f"torch {env.get('torch')}, {env.get('threads')} threads, {env.get('cpu_model')}, load average at "
+             f"start {env.get('load_average_start')}, at end {env.get('load_average_end')}", "",
+             "| case | workers | pipeline | setup (s) | first epoch (samples/s) | later epochs (samples/s) | "
+             "later (samples/CPU-s) | model step (samples/s) | ratio | goal | result |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, c in report.get("cases", {}).items():
+        if c.get("status") != "ok":
+            lines.append(f"| {name} | - | - | - | - | - | - | - | - | - | {c.get('status')}: {c.get('reason')} |")
+            continue
+        model = c["model"]["samples_per_s"]
+        for side in ("medeff", "monai"):
+            if side not in c:
+                continue
+            s = c[side]
+            ratio = s["later_samples_per_s"] / model
+            goal = c.get("goal")
+            res = "-" if goal is None else ("met" if ratio >= float(goal) else "not met")
+            label = side + (" (batch aug)" if side == "medeff" and c.get("batch_augmentation") else "") + \
+                (" (disk cache)" if side == "medeff" and c.get("cache_dir") else "")
+            lines.append(f"| {name} | {c['num_workers']} | {label} | {_fmt(s['setup_s'])} | "
+                         f"{_fmt(s['first_epoch_samples_per_s'])} | {_fmt(s['later_samples_per_s'])} | "
+                         f"{_fmt(s['later_samples_per_cpu_s'])} | {_fmt(model)} | {_fmt(ratio, 2)} | "
+                         f"{'-' if goal is None else '>= ' + str(goal)} | {res} |")
+    return "\n".join(lines)
