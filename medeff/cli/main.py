@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "knn": "medeff.cli.knn",
     "protocols": "medeff.cli.protocols",
     "lidc": "medeff.cli.lidc",
+    "postprocess": "medeff.cli.postprocess",
 }
 
 

@@ -34,6 +34,7 @@ from medeff.engine.metrics import class_probabilities
 from medeff.engine.predict_inputs import (CaseNaming, check_duplicates, check_output_dir, discover, fingerprint,
                                           json_bytes, list_inputs)
 from medeff.engine.predict_outputs import RunManifest, finish_run
+from medeff.engine.predict_postprocess import plan_for_predict
 from medeff.engine.predict_resample import check_resample_mode
 from medeff.errors import CheckpointError, ConfigError, InputError, OutputExistsError, OutputWriteError
 from medeff.utils.atomic import atomic_path
@@ -157,7 +158,7 @@ def _settings_digest(c: dict[str, Any], ckpts: Sequence[str], threshold: float, 
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
-    keys = ("tta", "sliding_window", "expect", "dicom_seg", "resample")
+    keys = ("tta", "sliding_window", "expect", "dicom_seg", "resample", "postprocess_plan_sha256")
     h.update(json_bytes({**{k: c.get(k) for k in keys}, "threshold": threshold, "formats": sorted(formats),
                          "naming": naming.settings()}))
     return h.hexdigest()
@@ -251,7 +252,7 @@ class _Segmenter:
     (:mod:`medeff.engine.predict_resample`)."""
 
     def __init__(self, net, meta, device: str, sw_cfg: dict[str, Any], *, resample: str = "probabilities",
-                 memory_mb: float = 2048.0) -> None:
+                 memory_mb: float = 2048.0, plan: dict[str, Any] | None = None) -> None:
         from medeff.engine.predict_resample import SourceGrid, check_resample_mode
 
         self.net, self.meta, self.device = net, meta, device
@@ -262,6 +263,7 @@ class _Segmenter:
                                    patch_size=data.get("patch_size"), load=True, track_meta=True)
         self.resample = check_resample_mode(resample)
         self.grid = SourceGrid(self.pre, memory_mb=memory_mb)
+        self.plan = plan
         self.sw = {"sw_batch_size": int(sw_cfg.get("sw_batch_size") or tcfg.get("sw_batch_size", 2)),
                    "overlap": float(sw_cfg.get("overlap") if sw_cfg.get("overlap") is not None
                                     else tcfg.get("overlap", 0.5)),
@@ -292,6 +294,11 @@ class _Segmenter:
         else:
             mask = self.grid.probabilities(d["image"], seg[0])
         del seg
+        changed = None
+        if self.plan is not None:
+            from medeff.evaluation.postprocess import apply_plan
+
+            mask, changed = apply_plan(mask, self.plan)
         if mask.shape != in_shape:
             raise RuntimeError(f"inverted mask shape {mask.shape} differs from the input {in_shape}")
         img = nib.Nifti1Image(mask.astype(np.uint8 if mask.max() < 256 else np.int16), affine)
@@ -302,6 +309,8 @@ class _Segmenter:
         log.info("Wrote %s", out_path)
         entry = {"case_id": cid, "mask": str(out_path),
                  "voxels_per_label": {n: int((mask == i).sum()) for i, n in enumerate(self.meta["label_names"])}}
+        if changed is not None:
+            entry["postprocessing_voxels_changed"] = changed
         return entry, probs
 
 
@@ -357,8 +366,10 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
                                    trusted_targets=c.get("trusted_targets"))
     task = meta["task"]
     formats = check_output_formats(c.get("output_format"), task)  # before any inference
+    plan = None
     if task != "classification":
         c["resample"] = check_resample_mode(c.get("resample"))
+        plan, c["postprocess_plan_sha256"] = plan_for_predict(c, meta["label_names"])
     if "dicom_seg" in formats:
         organ_code_table((c.get("dicom_seg") or {}).get("organ_codes"))
     if task != "classification" and kind != "volume":
@@ -371,6 +382,10 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
               "versions": meta.get("versions", {})}
     if task != "classification":
         header["resample"] = c["resample"]
+        header["postprocessing"] = None if plan is None else {
+            "n_validation_cases": plan.get("n_cases"),
+            "labels": [{k: e.get(k) for k in ("value", "name", "steps", "dice_before", "dice_after")}
+                       for e in plan["labels"]]}
 
     def outputs(rec: dict[str, Any]) -> list[str]:
         if task == "classification":
@@ -403,7 +418,7 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
         _classify(net, meta, kind, todo, device, int(c.get("batch_size", 16)), failures, done, failed)
     else:
         segment = _Segmenter(net, meta, device, c.get("sliding_window") or {}, resample=c.get("resample"),
-                             memory_mb=float(c.get("resample_memory_mb") or 2048))
+                             memory_mb=float(c.get("resample_memory_mb") or 2048), plan=plan)
         for rec, fp in todo:
             cid = rec["case_id"]
             manifest.start(cid, outputs(rec))
