@@ -5,8 +5,14 @@
 map and the normaliser are computed once, each window's logits are accumulated with one fused multiply-add into
 the output, and the output is divided by the normaliser in place at the end. With ``fold_norms`` (default) the
 network runs as an inference copy with its batch norms folded into the convolutions
-(:func:`medeff.models.fold_batch_norms`). Inputs smaller than the window, and ``MetaTensor`` inputs, go through
-MONAI's function unchanged.
+(:func:`medeff.models.fold_batch_norms`). ``MetaTensor`` inputs go through MONAI's function unchanged.
+
+**Padding.** An image smaller than the window along some axis is padded to the window (centred, as MONAI pads) and
+the output cropped back. MONAI and nnU-Net pad with 0 in the normalised space, which is mid-grey after z-scoring
+and not air; medeff pads with ``pad`` (``task.sw_pad``), by default ``"min"``: each image's and channel's own
+minimum, which for CT is air / background under any intensity normalisation (the normalised HU clip minimum after
+windowing, the z-scored air value after z-scoring). ``"replicate"`` repeats the edge voxels; a number pads with
+that constant (``0`` gives MONAI's behaviour).
 
 :func:`inference_context` is the mode ``medeff predict`` runs its forward passes in: ``torch.inference_mode``, plus
 autocast on CUDA devices (bfloat16 where the GPU supports it, else float16); CPU runs stay in float32.
@@ -14,6 +20,7 @@ autocast on CUDA devices (bfloat16 where the GPU supports it, else float16); CPU
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import ExitStack
 
@@ -24,7 +31,10 @@ from torch import nn
 
 from medeff.layers.kinds import BATCH_NORMS
 
-__all__ = ["first_output", "inference_context", "sliding_window", "window_slices"]
+__all__ = ["first_output", "inference_context", "sliding_window", "window_slices", "PAD_MODES", "check_pad",
+           "pad_to_window"]
+
+PAD_MODES = ("min", "replicate")  # or a number: a constant in the normalised space
 
 
 def first_output(out):
@@ -64,6 +74,54 @@ def window_slices(image_size: Sequence[int], roi_size: Sequence[int], overlap: f
     return [tuple(s) for s in dense_patch_slices(tuple(image_size), tuple(roi_size), interval, return_slice=True)]
 
 
+def check_pad(pad: str | float) -> str | float:
+    """``pad`` as :func:`sliding_window` takes it: ``"min"``, ``"replicate"`` or a finite number.
+
+    Raises:
+        ConfigError: anything else (naming ``task.sw_pad``).
+    """
+    from medeff.errors import ConfigError
+
+    if isinstance(pad, (int, float)) and not isinstance(pad, bool):
+        if not math.isfinite(float(pad)):
+            raise ConfigError(f"task.sw_pad={pad!r} is not a finite number.",
+                              hint="use min (default), replicate or a finite number such as 0.")
+        return float(pad)
+    if isinstance(pad, str) and pad.strip().lower() in PAD_MODES:
+        return pad.strip().lower()
+    raise ConfigError(f"task.sw_pad={pad!r} is not a padding of the sliding window.",
+                      hint="use min (each channel's minimum: air/background, the default), replicate (edge voxels) "
+                           "or a number (a constant in the normalised space; 0 is MONAI's padding).")
+
+
+def pad_to_window(image: torch.Tensor, roi_size: Sequence[int], pad: str | float = "min"
+                  ) -> tuple[torch.Tensor, tuple[slice, ...] | None]:
+    """Pad ``image`` ``(B, C, *spatial)`` to at least ``roi_size`` along every axis, centred as MONAI pads.
+
+    Returns:
+        The padded image (``image`` itself when no axis is short) and the slices that crop an output of the padded
+        size back to the image (None when nothing was padded).
+    """
+    size = [int(n) for n in image.shape[2:]]
+    diffs = [max(int(r) - n, 0) for n, r in zip(size, roi_size)]
+    if not any(diffs):
+        return image, None
+    lows = [d // 2 for d in diffs]
+    crop = (slice(None), slice(None), *(slice(lo, lo + n) for lo, n in zip(lows, size)))
+    pad = check_pad(pad)
+    if pad == "replicate":
+        widths = [w for lo, d in zip(reversed(lows), reversed(diffs)) for w in (lo, d - lo)]
+        return torch.nn.functional.pad(image, widths, mode="replicate"), crop
+    if pad == "min":
+        fill = image.amin(dim=tuple(range(2, image.dim())), keepdim=True)
+    else:
+        fill = torch.full((1, 1) + (1,) * len(size), float(pad), dtype=image.dtype, device=image.device)
+    padded_shape = (*image.shape[:2], *(n + d for n, d in zip(size, diffs)))
+    out = fill.expand(padded_shape).clone()
+    out[crop] = image
+    return out, crop
+
+
 def _has_batch_norm(net: nn.Module) -> bool:
     return any(isinstance(m, BATCH_NORMS) for m in net.modules())
 
@@ -101,7 +159,8 @@ def _blend(net, image, roi_size, sw_batch_size, overlap, mode, joint):
 
 @torch.no_grad()
 def sliding_window(net: nn.Module, image: torch.Tensor, *, roi_size: Sequence[int], sw_batch_size: int = 2,
-                   overlap: float = 0.5, mode: str = "gaussian", joint: bool = False, fold_norms: bool = True):
+                   overlap: float = 0.5, mode: str = "gaussian", joint: bool = False, fold_norms: bool = True,
+                   pad: str | float = "min"):
     """Segment ``image`` ``(B, C, *spatial)`` window by window with Gaussian (or constant) blending.
 
     Args:
@@ -114,18 +173,24 @@ def sliding_window(net: nn.Module, image: torch.Tensor, *, roi_size: Sequence[in
         joint: also return class logits averaged over the windows.
         fold_norms: when ``net`` is in eval mode and has batch norms, run a copy with the norms folded into the
             convolutions (same results up to float rounding, one pass less per conv); ``net`` is not changed.
+        pad: how an image smaller than the window is padded: ``"min"`` (each image's and channel's minimum, i.e.
+            air/background; default), ``"replicate"`` or a constant (see the module docstring).
 
     Returns:
         Segmentation logits ``(B, C, *spatial)`` (float32); with ``joint``, ``(seg_logits, class_logits (B, K))``.
     """
     roi = [int(r) for r in roi_size]
+    crop = None
+    if len(roi) == image.dim() - 2:
+        image, crop = pad_to_window(image, roi, pad)
     if fold_norms and not net.training and _has_batch_norm(net):
         from medeff.models.fold import fold_batch_norms
 
         net = fold_batch_norms(net)
     plain = type(image) is torch.Tensor and len(roi) == image.dim() - 2
     if plain and all(s >= r for s, r in zip(image.shape[2:], roi)) and mode in ("gaussian", "constant"):
-        return _blend(net, image, roi, sw_batch_size, overlap, mode, joint)
+        out = _blend(net, image, roi, sw_batch_size, overlap, mode, joint)
+        return _crop(out, crop, joint)
 
     class_logits: list[torch.Tensor] = []
 
@@ -140,7 +205,16 @@ def sliding_window(net: nn.Module, image: torch.Tensor, *, roi_size: Sequence[in
     seg = sliding_window_inference(image, roi_size=roi, sw_batch_size=sw_batch_size, predictor=predictor,
                                    overlap=overlap, mode=mode)
     if not joint:
-        return seg
+        return _crop(seg, crop, joint)
     # MONAI visits windows image by image (window index = image * n_windows + k), so rows group per image
     stacked = torch.cat(class_logits, dim=0)
-    return seg, stacked.reshape(image.shape[0], -1, stacked.shape[-1]).mean(dim=1)
+    return _crop((seg, stacked.reshape(image.shape[0], -1, stacked.shape[-1]).mean(dim=1)), crop, joint)
+
+
+def _crop(out, crop: tuple[slice, ...] | None, joint: bool):
+    if crop is None:
+        return out
+    if joint:
+        seg, cls = out
+        return seg[crop].contiguous(), cls
+    return out[crop].contiguous()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medeff.engine.inference import first_output, sliding_window
+from medeff.engine.inference import check_pad, first_output, sliding_window
 from medeff.engine.losses import ClassificationLoss, DeepSupervisionLoss
 from medeff.engine.metrics import (DiceTracker, aggregate_by_case, class_probabilities, classification_metrics,
                                   first_occurrences, gather_objects, item_keys, world_size)
@@ -230,6 +230,8 @@ class SegmentationTask(BaseTask):
         sw_batch_size: windows per forward pass.
         overlap: window overlap.
         sw_mode: ``gaussian`` or ``constant`` blending.
+        sw_pad: how an image smaller than the window is padded: ``min`` (each channel's minimum: air/background),
+            ``replicate`` or a number (see :func:`medeff.engine.inference.sliding_window`).
         kind: must be ``segmentation``.
         **base: :class:`BaseTask` arguments.
     """
@@ -240,7 +242,8 @@ class SegmentationTask(BaseTask):
                  include_background: bool = False, lambda_dice: float = 1.0, lambda_ce: float = 1.0,
                  deep_supervision_weights: Sequence[float] = (1.0, 0.5, 0.25, 0.125),
                  roi_size: Sequence[int] | None = None, sw_batch_size: int = 2, overlap: float = 0.5,
-                 sw_mode: str = "gaussian", kind: str = "segmentation", **base: Any) -> None:
+                 sw_mode: str = "gaussian", sw_pad: str | float = "min", kind: str = "segmentation",
+                 **base: Any) -> None:
         super().__init__(net, **base)
         if kind != self.kind:
             raise ConfigError(f"task.kind={kind!r} does not match {type(self).__name__}.",
@@ -255,7 +258,8 @@ class SegmentationTask(BaseTask):
                                             lambda_dice=lambda_dice, lambda_ce=lambda_ce)
         self.roi_size = [int(r) for r in roi_size]
         look_up(sw_mode, SW_MODES, what="sliding-window mode", key="task.sw_mode")  # not after an epoch of training
-        self.sw = {"sw_batch_size": int(sw_batch_size), "overlap": float(overlap), "mode": sw_mode}
+        self.sw = {"sw_batch_size": int(sw_batch_size), "overlap": float(overlap), "mode": sw_mode,
+                   "pad": check_pad(sw_pad)}
         self.dice = DiceTracker(self.num_classes, include_background)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

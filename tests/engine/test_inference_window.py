@@ -51,3 +51,85 @@ def test_inference_context_on_cpu_is_inference_mode_in_float32():
         out = net(torch.ones(1, 4))
     assert out.dtype == torch.float32 and out.is_inference()
     assert not torch.is_inference_mode_enabled()
+
+
+# ---- padding of images smaller than the window -----------------------------------------------------------------
+
+def _ct_like(shape=(1, 2, 20, 40, 26)) -> torch.Tensor:
+    """Normalised 'CT': air (the clip minimum) at -1.2 (channel 0) / -0.8 (channel 1) around a brighter body."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.empty(shape)
+    image[:, 0], image[:, 1] = -1.2, -0.8
+    body = (slice(None), slice(None), slice(2, -2), slice(6, -6), slice(5, -5))
+    image[body] += 0.1 + 2 * torch.rand(image[body].shape, generator=g)
+    return image
+
+
+def _prepadded(image: torch.Tensor, roi, values) -> tuple[torch.Tensor, tuple]:
+    """``image`` padded to ``roi`` (centred as MONAI) with one background value per channel, and the crop back."""
+    size = image.shape[2:]
+    lows = [max(r - n, 0) // 2 for n, r in zip(size, roi)]
+    full = torch.empty(*image.shape[:2], *(max(n, r) for n, r in zip(size, roi)))
+    for c, v in enumerate(values):
+        full[:, c] = v
+    crop = (slice(None), slice(None), *(slice(lo, lo + n) for lo, n in zip(lows, size)))
+    full[crop] = image
+    return full, crop
+
+
+@pytest.mark.parametrize("mode", ["gaussian", "constant"])
+def test_small_image_is_padded_with_background_not_zero(mode):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 5, padding=2), torch.nn.ReLU(),
+                              torch.nn.Conv3d(4, 3, 5, padding=2)).eval()
+    image = _ct_like()  # 20 and 26 are no multiple of the 32 window and shorter than it
+    roi = (32, 32, 32)
+    padded, crop = _prepadded(image, roi, (-1.2, -0.8))
+    ref = sliding_window(net, padded, roi_size=roi, overlap=0.5, mode=mode)[crop]
+    ours = sliding_window(net, image, roi_size=roi, overlap=0.5, mode=mode)  # default pad: the channel minimum
+    assert ours.shape == (1, 3, 20, 40, 26)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    # the old zero padding differs at the border (the receptive field reaches into the padding)
+    zero = sliding_window(net, image, roi_size=roi, overlap=0.5, mode=mode, pad=0)
+    assert (zero[..., 0] - ref[..., 0]).abs().max() > 1e-3
+    zero_ref = sliding_window(net, _prepadded(image, roi, (0.0, 0.0))[0], roi_size=roi, overlap=0.5, mode=mode)
+    torch.testing.assert_close(zero, zero_ref[crop], rtol=1e-5, atol=1e-5)
+
+
+def test_replicate_and_metatensor_padding():
+    from monai.data import MetaTensor
+
+    net = torch.nn.Conv3d(2, 3, 3, padding=1).eval()
+    image = _ct_like()
+    rep = sliding_window(net, image, roi_size=(32, 32, 32), pad="replicate")
+    ref = torch.nn.functional.pad(image, (3, 3, 0, 0, 6, 6), mode="replicate")
+    torch.testing.assert_close(rep, sliding_window(net, ref, roi_size=(32, 32, 32))[..., 6:26, :, 3:29])
+    meta = sliding_window(net, MetaTensor(image), roi_size=(32, 32, 32))
+    torch.testing.assert_close(torch.as_tensor(meta), sliding_window(net, image, roi_size=(32, 32, 32)),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", ["zeros", float("nan"), True])
+def test_bad_pad_is_a_config_error(bad):
+    from medeff.errors import ConfigError
+
+    net = torch.nn.Conv3d(1, 1, 1).eval()
+    with pytest.raises(ConfigError, match="task.sw_pad"):
+        sliding_window(net, torch.zeros(1, 1, 8, 8, 8), roi_size=(16, 16, 16), pad=bad)
+
+
+def test_task_config_declares_the_pad_and_the_task_checks_it():
+    from omegaconf import OmegaConf
+
+    from medeff.config import conf_dir
+    from medeff.engine.tasks import SegmentationTask
+    from medeff.errors import ConfigError
+
+    for name in ("segmentation", "joint"):
+        assert OmegaConf.load(conf_dir() / "task" / f"{name}.yaml").sw_pad == "min"
+    net = torch.nn.Conv3d(1, 2, 1)
+    task = SegmentationTask(net, num_classes=2, roi_size=[8, 8, 8], sw_pad=-1.5)
+    assert task.sw["pad"] == -1.5
+    assert SegmentationTask(net, num_classes=2, roi_size=[8, 8, 8]).sw["pad"] == "min"
+    with pytest.raises(ConfigError, match="task.sw_pad"):
+        SegmentationTask(net, num_classes=2, roi_size=[8, 8, 8], sw_pad="edge")
