@@ -384,7 +384,7 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
         header["resample"] = c["resample"]
         header["postprocessing"] = None if plan is None else {
             "n_validation_cases": plan.get("n_cases"),
-            "labels": [{k: e.get(k) for k in ("value", "name", "steps", "dice_before", "dice_after")}
+            "labels": [{k: e.get(k) for k in ("value", "name", "steps", "dice_before", "dice_after", "n_cases")}
                        for e in plan["labels"]]}
 
     def outputs(rec: dict[str, Any]) -> list[str]:

@@ -34,7 +34,8 @@ from medeff.utils.logging import get_logger
 from medeff.utils.progress import track
 
 __all__ = ["STEPS", "PLAN_FILE", "PLAN_KIND", "keep_largest_component", "fill_holes", "apply_plan",
-           "choose_postprocessing", "case_scores", "write_plan", "load_plan", "plan_summary", "validation_pairs"]
+           "choose_postprocessing", "case_scores", "write_plan", "load_plan", "plan_summary", "validation_pairs",
+           "report_record"]
 
 log = get_logger(__name__)
 STEPS = ("keep_largest_component", "fill_holes")
@@ -317,3 +318,50 @@ def validation_pairs(index: str | Path | None = None, *, prediction_dir: str | P
             yield np.asarray(pm.array), np.asarray(rm.array)
 
     return len(preds), read()
+
+
+def report_record(source: str | Path | None, prediction_paths: Sequence[str] = ()) -> dict[str, Any] | None:
+    """The post-processing a segmentation report lists: per label the steps applied and the validation Dice before
+    and after.
+
+    Args:
+        source: a plan (``postprocessing.json``) or the ``predictions.json`` of ``medeff predict``; None looks for
+            the ``predictions.json`` beside the first prediction mask.
+        prediction_paths: the evaluated prediction masks.
+
+    Returns:
+        ``{"source", "n_validation_cases", "labels": [...]}``, ``{"source", "labels": []}`` when the predictions were
+        written without post-processing, or None when nothing is known.
+
+    Raises:
+        InputError: an explicit ``source`` that cannot be read or holds no post-processing record.
+    """
+    explicit = source is not None
+    if source is None:
+        if not prediction_paths:
+            return None
+        source = Path(prediction_paths[0]).parent / "predictions.json"
+        if not source.is_file():
+            return None
+    path = Path(source)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        if not explicit:
+            return None
+        raise InputError(f"segmentation.postprocessing '{path}' cannot be read: {exc}.",
+                         hint="give the postprocessing.json of medeff postprocess or the predictions.json of "
+                              "medeff predict.", path=str(path)) from exc
+    if isinstance(doc, dict) and doc.get("kind") == PLAN_KIND:
+        record = {"n_validation_cases": doc.get("n_cases"), "labels": doc.get("labels") or []}
+    elif isinstance(doc, dict) and "postprocessing" in doc:
+        record = doc["postprocessing"] or {"labels": []}
+    elif explicit:
+        raise InputError(f"segmentation.postprocessing '{path}' holds no post-processing record.",
+                         hint="give the postprocessing.json of medeff postprocess or the predictions.json of "
+                              "medeff predict.", path=str(path))
+    else:
+        return None
+    labels = [{k: e.get(k) for k in ("value", "name", "steps", "dice_before", "dice_after", "n_cases")}
+              for e in record.get("labels") or []]
+    return {"source": path.name, "n_validation_cases": record.get("n_validation_cases"), "labels": labels}

@@ -323,6 +323,8 @@ def _segmentation(res: dict, pct: str, conf: float) -> list[dict]:
     out = [{"title": "Summary", "paragraphs": paras, "tables": tables}]
     if res.get("volume_agreement"):
         out.append(_volume_section(res, pct, conf))
+    if res.get("postprocessing"):
+        out.append(_postprocessing_section(res["postprocessing"]))
     rows = [[w["case"], "" if w["mean_dice"] is None else f"{w['mean_dice']:.3f}",
              ", ".join(f"{k}: {'NaN' if v is None else f'{v:.3f}'}" for k, v in w["dice_per_label"].items())]
             for w in res.get("worst_cases") or []]
@@ -330,6 +332,26 @@ def _segmentation(res: dict, pct: str, conf: float) -> list[dict]:
                                                        "(identifiers pseudonymised where they look identifying)."],
                 "tables": [_table("Worst cases", ["Case", "Mean Dice", "Dice per label"], rows)]})
     return out
+
+
+def _postprocessing_section(pp: dict) -> dict:
+    """The post-processing applied to the predicted masks, with the validation Dice it was chosen on."""
+    def f(v):
+        return NA if v is None else f"{v:.4f}"
+
+    rows = [[e.get("name") or e.get("value"), " + ".join(e.get("steps") or []) or "none", f(e.get("dice_before")),
+             f(e.get("dice_after")), e.get("n_cases") if e.get("n_cases") is not None else NA]
+            for e in pp.get("labels") or []]
+    if not rows:
+        return {"title": "Post-processing", "paragraphs": [
+            f"The predicted masks were written without post-processing (from {pp.get('source', NA)})."], "tables": []}
+    n = pp.get("n_validation_cases")
+    paras = [f"Per label, keep-largest-connected-component and fill-holes were tried on {n if n is not None else NA} "
+             "validation case(s) and each kept only where it raised the mean validation Dice (from "
+             f"{pp.get('source', NA)}). The Dice below is the validation Dice it was chosen on, not a test result."]
+    return {"title": "Post-processing", "paragraphs": paras,
+            "tables": [_table("Post-processing per label (validation Dice)",
+                              ["Label", "Steps applied", "Dice before", "Dice after", "Validation cases"], rows)]}
 
 
 def _volume_section(res: dict, pct: str, conf) -> dict:

@@ -15,6 +15,7 @@ from scipy import ndimage
 from medeff.errors import InputError
 from medeff.evaluation.bootstrap import NON_NEGATIVE, UNIT, cluster_bootstrap, interval_method
 from medeff.evaluation.masks import MAX_LABEL, masks_on_one_grid, read_mask
+from medeff.evaluation.postprocess import report_record
 from medeff.evaluation.privacy import evaluation_pseudonymiser
 from medeff.evaluation.provenance import collect_provenance
 from medeff.evaluation.surface import EmptyConventions, label_metrics
@@ -249,6 +250,7 @@ def evaluate_segmentation(
     worst_cases: int = 10,
     reference_remap: Mapping | None = None,
     reorient_reference: bool = False,
+    postprocessing: str | Path | None = None,
     title: str = "Segmentation evaluation",
     config: Mapping | None = None,
 ) -> dict:
@@ -272,6 +274,9 @@ def evaluate_segmentation(
         reorient_reference: align a reference that stores the prediction's voxels in another axis order or
             direction (e.g. a LAS NIfTI for an LPS DICOM grid) onto the prediction grid, losslessly (logged);
             any other geometry difference stays an error.
+        postprocessing: the post-processing plan (``postprocessing.json``) or ``predictions.json`` of
+            ``medeff predict`` whose post-processing the report lists; None: the ``predictions.json`` beside the
+            first prediction mask, when there is one (:func:`medeff.evaluation.postprocess.report_record`).
         title: report title.
         config: configuration recorded in the provenance.
 
@@ -377,6 +382,7 @@ def evaluate_segmentation(
         "volume_agreement": agreement,
         "worst_cases": worst_rows,
         "overlays": overlays,
+        "postprocessing": report_record(postprocessing, list(df[pred_col])),
         "warnings": warnings,
         "per_case": table.replace({np.nan: None}).to_dict(orient="records"),
     }

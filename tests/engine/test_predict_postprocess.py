@@ -130,3 +130,36 @@ def test_postprocess_writes_beside_the_fold_ensemble(monkeypatch, tmp_path):
     stored = json.loads((run / PLAN_FILE).read_text())
     assert stored["label_names"] == ["background", "plate"] and stored["labels"][0]["steps"] == [
         "keep_largest_component"]
+
+
+def test_segmentation_report_lists_the_post_processing(monkeypatch, tmp_path):
+    from medeff.evaluation import evaluate_segmentation
+    from medeff.evaluation.sections import build_sections
+
+    src = F.write_volume(tmp_path / "blobs.nii.gz", _blobs())
+    ckpt = F.install(monkeypatch, tmp_path)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    ref = (_blobs() > 0.5).astype(np.uint8)
+    ref[32:37, 32:37, 4:8] = 0
+    nib.save(nib.Nifti1Image(ref, nib.load(src).affine), refs / "blobs_seg.nii.gz")
+    _run(ckpt, src, tmp_path / "raw")
+    raw = np.asarray(nib.load(tmp_path / "raw" / "blobs_seg.nii.gz").dataobj)
+    write_plan(choose_postprocessing([(raw, ref)], label_names=["background", "plate"]), plan_path(ckpt))
+    _run(ckpt, src, tmp_path / "post")
+    res = evaluate_segmentation(prediction_dir=tmp_path / "post", reference_dir=refs, n_resamples=20)
+    pp = res["postprocessing"]
+    assert pp["source"] == "predictions.json" and pp["n_validation_cases"] == 1
+    assert pp["labels"][0]["steps"] == ["keep_largest_component"]
+    section = next(s for s in build_sections(res) if s["title"] == "Post-processing")
+    row = section["tables"][0]["rows"][0]
+    assert row[:2] == ["plate", "keep_largest_component"] and float(row[3]) > float(row[2])
+    # masks written without a plan: the report says so
+    res = evaluate_segmentation(prediction_dir=tmp_path / "raw", reference_dir=refs, n_resamples=20)
+    assert res["postprocessing"] == {"source": "predictions.json", "n_validation_cases": None, "labels": []}
+    section = next(s for s in build_sections(res) if s["title"] == "Post-processing")
+    assert "without post-processing" in section["paragraphs"][0]
+    # the plan itself, given explicitly
+    res = evaluate_segmentation(prediction_dir=tmp_path / "raw", reference_dir=refs, n_resamples=20,
+                                postprocessing=plan_path(ckpt))
+    assert res["postprocessing"]["labels"][0]["dice_after"] > res["postprocessing"]["labels"][0]["dice_before"]
