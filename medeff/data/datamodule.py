@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader
 from monai.transforms import Compose
-from torch.utils.data import Sampler
+from torch.utils.data import Sampler, SubsetRandomSampler
 
 from medeff.data.transforms import (eval_transforms, hu_windows_spec, normalization_spec,
                                     preprocessing_transforms, train_transforms)
@@ -47,7 +47,7 @@ from medeff.io.base import require_finite
 from medeff.utils.logging import get_logger
 
 __all__ = ["MedeffDataModule", "load_dataset_index", "archive_items", "KINDS", "EpochSeededSampler", "epoch_seed",
-           "resolve_num_workers", "usable_cpus"]
+           "resolve_num_workers", "usable_cpus", "oversampled_indices"]
 
 log = get_logger(__name__)
 KINDS = ("volume", "archive")
@@ -106,14 +106,18 @@ class EpochSeededSampler(Sampler[int]):
         seed: run seed.
         epoch_fn: returns the epoch about to start (the trainer's ``current_epoch``).
         reseed: called with the epoch seed when an epoch's iterator starts (reseeds the random transforms).
+        indices: the dataset positions one epoch visits, repeats allowed (:func:`oversampled_indices`);
+            None: each of ``range(n)`` once.
     """
 
     def __init__(self, n: int, seed: int, epoch_fn: Callable[[], int],
-                 reseed: Callable[[int], None] | None = None) -> None:
+                 reseed: Callable[[int], None] | None = None, indices: Sequence[int] | None = None) -> None:
         self.n, self.seed, self.epoch_fn, self.reseed = int(n), int(seed), epoch_fn, reseed
+        # the positions an epoch permutes (an oversampled class appears several times); default range(n)
+        self.indices = list(range(self.n)) if indices is None else [int(i) for i in indices]
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.indices)
 
     def __iter__(self) -> Iterator[int]:
         s = epoch_seed(self.seed, int(self.epoch_fn()))
@@ -124,7 +128,7 @@ class EpochSeededSampler(Sampler[int]):
             self.reseed(s)
         g = torch.Generator()
         g.manual_seed(s)
-        yield from torch.randperm(self.n, generator=g).tolist()
+        yield from (self.indices[i] for i in torch.randperm(len(self.indices), generator=g).tolist())
 
 
 def load_dataset_index(path: str | Path):
@@ -190,6 +194,39 @@ def archive_items(records: Sequence[Mapping[str, Any]], *, context_slices: int =
     return items
 
 
+def oversampled_indices(labels: Sequence[int], repeats: Mapping[Any, Any] | None,
+                        class_names: Sequence[str] | None = None) -> list[int]:
+    """Dataset positions for one training epoch with minority classes repeated.
+
+    Args:
+        labels: the class index of each training item, in dataset order.
+        repeats: ``{class: factor}`` (class name or index; integer factor >= 1): each item of that class appears
+            ``factor`` times per epoch (with its own random augmentation each time); other classes once.
+        class_names: names in index order, to resolve names in ``repeats``.
+
+    Raises:
+        ConfigError: an unknown class or a factor that is not an integer >= 1 (names the key ``data.oversample``).
+    """
+    names = list(class_names or [])
+    factor_of: dict[int, int] = {}
+    for key, value in (repeats or {}).items():
+        if isinstance(key, str) and key in names:
+            c = names.index(key)
+        elif isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+            c = int(key)
+        else:
+            raise ConfigError(f"data.oversample names class {key!r}, which is not one of {names}.",
+                              hint="key each factor by a class name of the index (or its index 0..K-1).")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+            raise ConfigError(f"data.oversample.{key}={value!r} is not a whole number >= 1.",
+                              hint="give how many times each image of that class is seen per epoch, e.g. 3.")
+        factor_of[c] = int(value)
+    out: list[int] = []
+    for i, y in enumerate(labels):
+        out.extend([i] * factor_of.get(int(y), 1))
+    return out
+
+
 class MedeffDataModule(L.LightningDataModule):
     """Lightning data module over a medeff dataset index.
 
@@ -218,6 +255,8 @@ class MedeffDataModule(L.LightningDataModule):
         cache_dir: folder of the on-disk preprocessing cache (volume data); None keeps it off.
         batch_augmentation: augment whole training batches on the model's device (2D classification) instead of
             each image in the loader.
+        oversample: ``{class: factor}`` (classification): every training image of that class is drawn ``factor``
+            times per epoch (minority-class oversampling, each copy augmented anew); None: each image once.
     """
 
     def __init__(self, index: str, *, name: str = "data", kind: str = "volume", task: str = "classification",
@@ -227,7 +266,7 @@ class MedeffDataModule(L.LightningDataModule):
                  preprocessing: Mapping[str, Any] | None = None, augmentation: Mapping[str, Any] | None = None,
                  batch_size: int = 2, val_batch_size: int = 1, num_workers: int | str = 0, cache_rate: float = 1.0,
                  class_key: str = "meta_class", seed: int | None = None, cache_dir: str | None = None,
-                 batch_augmentation: bool = False) -> None:
+                 batch_augmentation: bool = False, oversample: Mapping[Any, Any] | None = None) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ConfigError(f"Unknown data.kind {kind!r}.", hint=f"use one of {KINDS}.")
@@ -265,6 +304,10 @@ class MedeffDataModule(L.LightningDataModule):
         if self.batch_augmentation and (self.task != "classification" or self.spatial_dims != 2):
             raise ConfigError("data.batch_augmentation=true augments 2D classification images; this data is "
                               f"{self.spatial_dims}D {self.task}.", hint="set data.batch_augmentation=false.")
+        self.oversample = dict(oversample) if oversample else None
+        if self.oversample and self.task != "classification":
+            raise ConfigError(f"data.oversample repeats images by class; this data's task is {self.task}.",
+                              hint="set data.oversample=null.")
         self.batch_augment = None
         self.disk_cache = None
         self.index = None
@@ -361,6 +404,12 @@ class MedeffDataModule(L.LightningDataModule):
             train_data, val_data = self._records("train"), self._records("val")
         t_train = self._train_transforms(self.augmentation, load)
         t_val = self._cached(eval_transforms(self.preprocessing, load=load, **common))
+        self.train_indices = None
+        if self.oversample:
+            self.train_indices = oversampled_indices([int(r["label"]) for r in train_data], self.oversample,
+                                                     self.class_names)
+            log.info("data.oversample %s: %d training draws per epoch from %d images.", self.oversample,
+                     len(self.train_indices), len(train_data))
         self.train_ds = CacheDataset(train_data, t_train, cache_rate=self.cache_rate, num_workers=None,
                                      progress=False, copy_cache=True)
         self.val_ds = CacheDataset(val_data, t_val, cache_rate=self.cache_rate, num_workers=None, progress=False,
@@ -434,10 +483,16 @@ class MedeffDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # classification: a last batch of one image would reach batch norm after global pooling with one value
         drop_last = len(self.train_ds) > self.batch_size and (self.kind == "archive" or self.task == "classification")
+        indices = getattr(self, "train_indices", None)
         if self.seed is None:
+            if indices is not None:
+                return DataLoader(self.train_ds, batch_size=self.batch_size, sampler=SubsetRandomSampler(indices),
+                                  num_workers=self.num_workers, drop_last=drop_last,
+                                  persistent_workers=self.num_workers > 0)
             return DataLoader(self.train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
                               drop_last=drop_last, persistent_workers=self.num_workers > 0)
-        sampler = EpochSeededSampler(len(self.train_ds), self.seed, self._current_epoch, self._reseed_transforms)
+        sampler = EpochSeededSampler(len(self.train_ds), self.seed, self._current_epoch, self._reseed_transforms,
+                                     indices=indices)
         return DataLoader(self.train_ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           drop_last=drop_last, persistent_workers=False)
 
