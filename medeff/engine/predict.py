@@ -158,7 +158,7 @@ def _settings_digest(c: dict[str, Any], ckpts: Sequence[str], threshold: float, 
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
-    keys = ("tta", "sliding_window", "expect", "dicom_seg", "resample", "postprocess_plan_sha256")
+    keys = ("tta", "sliding_window", "expect", "dicom_seg", "resample", "postprocess_plan_sha256", "probability_maps")
     h.update(json_bytes({**{k: c.get(k) for k in keys}, "threshold": threshold, "formats": sorted(formats),
                          "naming": naming.settings()}))
     return h.hexdigest()
@@ -252,7 +252,8 @@ class _Segmenter:
     (:mod:`medeff.engine.predict_resample`)."""
 
     def __init__(self, net, meta, device: str, sw_cfg: dict[str, Any], *, resample: str = "probabilities",
-                 memory_mb: float = 2048.0, plan: dict[str, Any] | None = None) -> None:
+                 memory_mb: float = 2048.0, plan: dict[str, Any] | None = None,
+                 probability_maps: bool = False) -> None:
         from medeff.engine.predict_resample import SourceGrid, check_resample_mode
 
         self.net, self.meta, self.device = net, meta, device
@@ -264,19 +265,26 @@ class _Segmenter:
         self.resample = check_resample_mode(resample)
         self.grid = SourceGrid(self.pre, memory_mb=memory_mb)
         self.plan = plan
+        self.probability_maps = bool(probability_maps)
         self.sw = {"sw_batch_size": int(sw_cfg.get("sw_batch_size") or tcfg.get("sw_batch_size", 2)),
                    "overlap": float(sw_cfg.get("overlap") if sw_cfg.get("overlap") is not None
                                     else tcfg.get("overlap", 0.5)),
                    "mode": str(sw_cfg.get("mode") or tcfg.get("sw_mode", "gaussian"))}
 
+    def prepare(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Read and preprocess the image of ``rec`` (what a case loader runs ahead of the network)."""
+        return self.pre({"image": _raw_load(rec["image"], f"The image of case '{rec['case_id']}'")})
+
     @torch.no_grad()
-    def __call__(self, rec: dict[str, Any], out_path: Path) -> tuple[dict[str, Any], np.ndarray | None]:
-        """Segment ``rec`` and write its mask to ``out_path``: ``(mask entry, class probabilities or None)``."""
-        import nibabel as nib
+    def __call__(self, rec: dict[str, Any], out_dir: Path,
+                 d: dict[str, Any] | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
+        """Segment ``rec`` (preprocessed ``d``, read now when None) and write its outputs into ``out_dir``:
+        ``(mask entry, class probabilities or None)``."""
         from monai.data import MetaTensor
 
         cid = rec["case_id"]
-        d = self.pre({"image": _raw_load(rec["image"], f"The image of case '{cid}'")})
+        out_path = out_dir / f"{cid}_seg.nii.gz"
+        d = self.prepare(rec) if d is None else d
         affine = np.asarray(d["image"].meta["original_affine"], dtype=np.float64)  # the input's own geometry
         in_shape = tuple(int(n) for n in d["image"].meta["spatial_shape"])
         x = check_finite(d["image"][None], f"The preprocessed image of case '{cid}'").to(self.device)
@@ -289,10 +297,24 @@ class _Segmenter:
         probs = None
         if cls is not None:
             probs = check_finite(class_probabilities(cls), f"The class output for case '{cid}'").cpu().numpy()[0]
+        maps: list[str] = []
+
+        def write_map(k: int, p: np.ndarray) -> None:  # foreground classes only, on the input's geometry
+            if k == 0:
+                return
+            name = probability_map_names(cid, self.meta["label_names"])[k - 1]
+            # NIfTI-1 has no float16: 16-bit integers with the header's scale factor (nibabel fits it to the
+            # values; readers that apply scl_slope/scl_inter, as nibabel, ITK and 3D Slicer do, see 0..1 floats)
+            _write_nifti(out_dir / name, np.asarray(p, dtype=np.float32), affine, on_disk=np.uint16)
+            maps.append(name)
+
+        on_class = write_map if self.probability_maps else None
         if self.resample == "labels":
             mask = self.grid.labels(d["image"], seg[0])
+            if on_class is not None:
+                self.grid.probabilities(d["image"], seg[0], on_class=on_class)
         else:
-            mask = self.grid.probabilities(d["image"], seg[0])
+            mask = self.grid.probabilities(d["image"], seg[0], on_class=on_class)
         del seg
         changed = None
         if self.plan is not None:
@@ -301,17 +323,38 @@ class _Segmenter:
             mask, changed = apply_plan(mask, self.plan)
         if mask.shape != in_shape:
             raise RuntimeError(f"inverted mask shape {mask.shape} differs from the input {in_shape}")
-        img = nib.Nifti1Image(mask.astype(np.uint8 if mask.max() < 256 else np.int16), affine)
-        img.set_qform(affine, code=1)
-        img.set_sform(affine, code=1)
-        with atomic_path(out_path, overwrite=True) as tmp:  # the run manifest allowed this name (see plan)
-            nib.save(img, str(tmp))
+        _write_nifti(out_path, mask.astype(np.uint8 if mask.max() < 256 else np.int16), affine)
         log.info("Wrote %s", out_path)
         entry = {"case_id": cid, "mask": str(out_path),
                  "voxels_per_label": {n: int((mask == i).sum()) for i, n in enumerate(self.meta["label_names"])}}
         if changed is not None:
             entry["postprocessing_voxels_changed"] = changed
+        if self.probability_maps:
+            entry["probability_maps"] = maps
         return entry, probs
+
+
+def probability_map_names(case_id: str, label_names: Sequence[str]) -> list[str]:
+    """File names of the probability maps of a case: ``<case>_prob_<k>_<label>.nii.gz`` per foreground class ``k``
+    (the label name reduced to letters, digits, ``-`` and ``_``)."""
+    import re
+
+    return [f"{case_id}_prob_{k}_{re.sub(r'[^A-Za-z0-9_-]+', '-', str(n)).strip('-') or 'class'}.nii.gz"
+            for k, n in enumerate(label_names) if k > 0]
+
+
+def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, on_disk: Any = None) -> None:
+    """Write ``array`` on the grid ``affine`` (qform and sform both set), atomically; ``on_disk``: stored data type
+    (scaled by the header's slope and intercept when it differs from the array's)."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(array, affine)
+    if on_disk is not None:
+        img.set_data_dtype(on_disk)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_path(path, overwrite=True) as tmp:  # the run manifest allowed this name (see plan)
+        nib.save(img, str(tmp))
 
 
 def predict(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
@@ -382,6 +425,7 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
               "versions": meta.get("versions", {})}
     if task != "classification":
         header["resample"] = c["resample"]
+        header["probability_maps"] = bool(c.get("probability_maps"))
         header["postprocessing"] = None if plan is None else {
             "n_validation_cases": plan.get("n_cases"),
             "labels": [{k: e.get(k) for k in ("value", "name", "steps", "dice_before", "dice_after", "n_cases")}
@@ -390,7 +434,9 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
     def outputs(rec: dict[str, Any]) -> list[str]:
         if task == "classification":
             return []
-        return [f"{rec['case_id']}_seg.nii.gz"] + ([f"{rec['case_id']}_seg.dcm"] if "dicom_seg" in formats else [])
+        maps = probability_map_names(rec["case_id"], meta["label_names"]) if c.get("probability_maps") else []
+        return ([f"{rec['case_id']}_seg.nii.gz"] + ([f"{rec['case_id']}_seg.dcm"] if "dicom_seg" in formats else [])
+                + maps)
 
     manifest = RunManifest(out_dir, _settings_digest(c, ckpts, threshold, formats, naming), overwrite, redact)
     skip = manifest.plan(records, fps, outputs)  # refusals come before any inference
@@ -418,17 +464,18 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
         _classify(net, meta, kind, todo, device, int(c.get("batch_size", 16)), failures, done, failed)
     else:
         segment = _Segmenter(net, meta, device, c.get("sliding_window") or {}, resample=c.get("resample"),
-                             memory_mb=float(c.get("resample_memory_mb") or 2048), plan=plan)
+                             memory_mb=float(c.get("resample_memory_mb") or 2048), plan=plan,
+                             probability_maps=bool(c.get("probability_maps")))
         for rec, fp in todo:
             cid = rec["case_id"]
             manifest.start(cid, outputs(rec))
             entry = probs = None
             with failures.case(rec):
-                entry, probs = segment(rec, out_dir / f"{cid}_seg.nii.gz")
+                entry, probs = segment(rec, out_dir)
             if entry is None:
                 failed(rec, fp)
                 continue
-            written, missing = [f"{cid}_seg.nii.gz"], None
+            written, missing = [f"{cid}_seg.nii.gz", *entry.get("probability_maps", [])], None
             if "dicom_seg" in formats:
                 missing = _write_seg(entry, rec, out_dir, meta["label_names"], c.get("dicom_seg"))
                 if missing is None:

@@ -266,6 +266,7 @@ def finish_run(manifest: RunManifest, results: dict[str, dict[str, Any]], record
                               "skipped": n_skip, "cases": cases if task != "classification" else rows}
     if task != "classification":
         outs = [m["mask"] for m in cases] + [m["dicom_seg"] for m in cases if m.get("dicom_seg")]
+        outs += [str(out_dir / name) for m in cases for name in m.get("probability_maps") or []]
         result["files"] = outs + files
         if result_cases is not cases:
             result["classification"] = result_cases
