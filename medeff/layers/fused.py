@@ -8,7 +8,8 @@ norm's output in forward (one buffer less). Outputs, gradients and running-stati
 
 :func:`norm_act` is what the blocks call: it takes the fused path when ``norm`` is a plain training-mode
 ``BatchNorm{1,2,3}d`` with running statistics and affine parameters, ``act`` a SiLU, on CPU with gradients
-enabled, and otherwise runs ``act(norm(x))`` unchanged.
+enabled and an input of the parameters' dtype (not under mixed precision), and otherwise runs ``act(norm(x))``
+unchanged.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def can_fuse(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> bool:
         and norm.affine
         and norm.running_mean is not None
         and x.device.type == "cpu"
+        and x.dtype == norm.weight.dtype  # mixed precision (autocast) takes the unfused path
         and torch.is_grad_enabled()
         and not torch.jit.is_scripting()
         and not torch.jit.is_tracing()

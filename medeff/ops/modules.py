@@ -110,7 +110,7 @@ class DepthwiseConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolve ``x`` ``(B, C, *spatial)``; returns ``(B, C, *out_spatial)``."""
-        if x.device.type != "cpu" or not (self.training or torch.is_grad_enabled()):
+        if not _fast_path_dtype(x, self.weight) or not (self.training or torch.is_grad_enabled()):
             return _CONV[self.spatial_dims](x, self.weight, self.bias, self.stride, self.padding, 1, self.channels)
         return depthwise_conv(x, self.weight, self.bias, self.stride, self.padding)
 
@@ -122,6 +122,12 @@ class DepthwiseConv(nn.Module):
 
 
 _CONV_MODULES = {2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def _fast_path_dtype(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The custom backward runs on CPU, outside autocast, with input and weight of one dtype (mixed precision and
+    other devices take the native convolution, whose backward autocast and CUDA handle)."""
+    return x.device.type == "cpu" and x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu")
 
 
 def _numeric_padding(conv: nn.Conv2d | nn.Conv3d) -> tuple[int, ...] | None:
@@ -199,6 +205,7 @@ class FastDepthwiseConv3d(nn.Conv3d):
         return padding is not None and supports_fast_path(self.kernel_size, self.stride, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        if x.device.type == "cpu" and torch.is_grad_enabled() and not torch.jit.is_scripting() and self._eligible():
+        if (_fast_path_dtype(x, self.weight) and torch.is_grad_enabled() and not torch.jit.is_scripting()
+                and self._eligible()):
             return depthwise_conv(x, self.weight, self.bias, self.stride, _numeric_padding(self))
         return super().forward(x)
