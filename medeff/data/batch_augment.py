@@ -84,6 +84,11 @@ class BatchAugment:
                               hint="use axes 0 and 1, or data.batch_augmentation=false.")
         return int(a)
 
+    @property
+    def seed(self) -> int:
+        """The seed the current draws started from."""
+        return self._seed
+
     def reseed(self, seed: int) -> None:
         """Restart the random draws from ``seed`` (every device's generator)."""
         self._seed = int(seed)

@@ -310,6 +310,7 @@ class MedeffDataModule(L.LightningDataModule):
                               hint="set data.oversample=null.")
         self.batch_augment = None
         self.disk_cache = None
+        self._stacked = 0  # deterministic transforms already applied to the archive items in setup()
         self.index = None
         self.train_ds = self.val_ds = None
 
@@ -399,6 +400,13 @@ class MedeffDataModule(L.LightningDataModule):
             load = False
             train_data = archive_items(self._records("train"), context_slices=self.context_slices)
             val_data = archive_items(self._records("val"), context_slices=self.context_slices)
+            # the deterministic preprocessing on stacks of slices at once (per-channel transforms only)
+            from medeff.data.stacked import preprocess_stacked
+
+            det = preprocessing_transforms(self.preprocessing, load=False, **common)
+            pre_train, pre_val = preprocess_stacked(train_data, det), preprocess_stacked(val_data, det)
+            if pre_train is not None and pre_val is not None:
+                train_data, val_data, self._stacked = pre_train, pre_val, len(det)
         else:
             load = True
             train_data, val_data = self._records("train"), self._records("val")
@@ -426,7 +434,10 @@ class MedeffDataModule(L.LightningDataModule):
             self.batch_augment.reseed(seed)
 
     def _cached(self, transform: Compose) -> Compose:
-        """``transform`` with its deterministic preprocessing read from / written to ``cache_dir`` (volumes)."""
+        """``transform`` with its deterministic preprocessing read from / written to ``cache_dir`` (volumes), or
+        without it when setup() applied it to the archive items already."""
+        if self._stacked:
+            return Compose(list(transform.transforms[self._stacked:]))
         if self.cache_dir is None or self.kind != "volume":
             return transform
         from medeff.data.cache import DiskCached, preprocessing_fingerprint
@@ -447,7 +458,7 @@ class MedeffDataModule(L.LightningDataModule):
             return self._cached(train_transforms(self.preprocessing, dict(augmentation), load=load, **common))
         from medeff.data.batch_augment import BatchAugment
 
-        seed = self.batch_augment._seed if self.batch_augment is not None else self.seed
+        seed = self.batch_augment.seed if self.batch_augment is not None else self.seed
         self.batch_augment = BatchAugment(augmentation, normalize=normalization_spec(
             self.preprocessing.get("normalize")), seed=seed)
         plain = {**self.preprocessing, "normalize": None}
