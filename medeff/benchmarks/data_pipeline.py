@@ -9,15 +9,18 @@ For every case of ``conf/bench_data.yaml`` (an experiment, its data and override
    only the first epoch pays) and then ``epochs`` passes over the training ``DataLoader`` (at most
    ``max_batches`` batches each), including the batch augmentation when the recipe turns it on. Reported per
    epoch: samples, wall seconds, CPU seconds (this process and its finished loader workers), samples/s;
-4. **peer**: the same records through MONAI's own per-sample chain (``LoadImaged`` for files, then the same
+4. **model**: after every pass, ``model_steps`` train steps of the experiment's network, loss and optimizer on the
+   pass's first batch (forward, loss, backward, update; ``model_warmup`` untimed steps before the first round):
+   samples/s = batch / median step time of the round;
+5. **peer**: the same records through MONAI's own per-sample chain (``LoadImaged`` for files, then the same
    MONAI preprocessing and augmentation transforms, in a MONAI ``CacheDataset`` and ``DataLoader`` with the same
-   batch size and workers), timed the same way;
-5. **model**: the experiment's network, loss and optimizer on a batch of that pipeline: ``model_warmup`` untimed
-   then ``model_steps`` timed train steps (forward, loss, backward, update); samples/s = batch / median step.
+   batch size and workers), timed the same way, each pass again followed by model steps.
 
-``ratio`` = the pipeline's samples/s in the later epochs (median) / the model's samples/s: the number of train
-steps the pipeline could feed per step the model takes. ``goal`` is the lowest acceptable ratio. ``first_epoch``
-extrapolates the first epoch over the whole training set: (setup + full-epoch samples / first-pass rate).
+``ratio`` = the median over the later rounds of (pipeline samples/s of the pass) / (model samples/s of the same
+round): how many train steps the pipeline could feed per step the model takes. Pipeline and model alternate, so a
+busy phase of a shared machine slows both sides of a round. ``cpu_ratio`` is the same with samples per CPU second.
+``goal`` is the lowest acceptable ratio. ``first_epoch`` extrapolates the first epoch over the whole training set
+(setup + full-epoch samples / first-pass rate); ``first_epoch_ratio`` compares it with the first round's model.
 
 Everything runs in this process with ``threads`` torch threads (loader workers fork from it). The machine's load
 average is recorded at start and end: on a shared machine the wall-clock rates move with it, the CPU-second
@@ -160,7 +163,12 @@ def monai_reference_dataset(dm: Any) -> tuple[Any, Any]:
     tail = list(full[len(det) + len(rnd):])  # normalisation + EnsureTyped
     head = [LoadImaged(keys, image_only=True, ensure_channel_first=True)] if load else []
     chain = Compose(head + list(det[1:]) + list(rnd) + tail[:-1] + [EnsureTyped(["image"], track_meta=False)])
-    records = [dict(r) for r in dm.train_ds.data]
+    if load:
+        records = [dict(r) for r in dm.train_ds.data]
+    else:  # the raw slices (the data module's items may be preprocessed already)
+        from medeff.data.datamodule import archive_items
+
+        records = archive_items(dm.index.records(fold=dm.fold, split="train"), context_slices=dm.context_slices)
     ds = CacheDataset(records, chain, cache_rate=dm.cache_rate, num_workers=None, progress=False, copy_cache=True)
     classify = dm.kind == "archive" or dm.task == "classification"
     loader = DataLoader(ds, batch_size=dm.batch_size, shuffle=True, num_workers=dm.num_workers,
@@ -169,62 +177,89 @@ def monai_reference_dataset(dm: Any) -> tuple[Any, Any]:
 
 
 # ---- timing ------------------------------------------------------------------------------------------------------
-def _passes(make_loader, epochs: int, max_batches: int | None, augment=None) -> tuple[list[dict[str, Any]], Any]:
-    """``epochs`` passes over fresh iterators of ``make_loader()``; per pass samples, wall and CPU seconds."""
-    out, first_batch = [], None
+def _passes(make_loader, epochs: int, max_batches: int | None, augment=None,
+            between=None) -> list[dict[str, Any]]:
+    """``epochs`` passes over fresh iterators of ``make_loader()``; per pass samples, wall and CPU seconds.
+
+    ``between(batch)``, when given, runs after every pass with the pass's first batch (the model's steps of the
+    round) and its result is stored under the pass's ``model``.
+    """
+    out = []
     for _ in range(epochs):
         loader = make_loader()
-        n = 0
+        n, first = 0, None
         t0, c0 = time.perf_counter(), _cpu_seconds()
         it = iter(loader)
         for i, batch in enumerate(it):
             if augment is not None:
                 batch = augment(batch)
             n += int(batch["image"].shape[0])
-            if first_batch is None:
-                first_batch = batch
+            first = batch if first is None else first
             if max_batches is not None and i + 1 >= max_batches:
                 break
         del it  # loader workers exit and are reaped here, so their CPU time is counted
         wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-        out.append({"samples": n, "wall_s": wall, "cpu_s": cpu, "samples_per_s": n / wall if wall > 0 else None,
-                    "samples_per_cpu_s": n / cpu if cpu > 0 else None})
-    return out, first_batch
+        entry = {"samples": n, "wall_s": wall, "cpu_s": cpu, "samples_per_s": n / wall if wall > 0 else None,
+                 "samples_per_cpu_s": n / cpu if cpu > 0 else None}
+        if between is not None:
+            entry["model"] = between(first)
+        out.append(entry)
+    return out
 
 
 def _summary(setup_s: float, setup_cpu_s: float, passes: list[dict[str, Any]], epoch_samples: int) -> dict[str, Any]:
-    later = [p["samples_per_s"] for p in passes[1:] if p["samples_per_s"]] or [passes[0]["samples_per_s"]]
-    later_cpu = [p["samples_per_cpu_s"] for p in passes[1:] if p["samples_per_cpu_s"]] or \
-        [passes[0]["samples_per_cpu_s"]]
+    """Rates of the first epoch (extrapolated) and the later ones, and the per-round pipeline/model ratios."""
+    later = passes[1:] or passes[:1]
     first_rate = passes[0]["samples_per_s"]
     first_epoch_s = setup_s + epoch_samples / first_rate if first_rate else None
-    return {"setup_s": setup_s, "setup_cpu_s": setup_cpu_s, "epochs": passes, "epoch_samples": epoch_samples,
-            "first_epoch_s": first_epoch_s,
-            "first_epoch_samples_per_s": epoch_samples / first_epoch_s if first_epoch_s else None,
-            "later_samples_per_s": statistics.median(later),
-            "later_samples_per_cpu_s": statistics.median(later_cpu) if all(later_cpu) else None}
+    out = {"setup_s": setup_s, "setup_cpu_s": setup_cpu_s, "epochs": passes, "epoch_samples": epoch_samples,
+           "first_epoch_s": first_epoch_s,
+           "first_epoch_samples_per_s": epoch_samples / first_epoch_s if first_epoch_s else None,
+           "later_samples_per_s": statistics.median(p["samples_per_s"] or 0.0 for p in later),
+           "later_samples_per_cpu_s": statistics.median(p["samples_per_cpu_s"] or 0.0 for p in later)}
+    if all("model" in p for p in passes):
+        model = [p["model"]["samples_per_s"] for p in passes]
+        out["model_samples_per_s"] = statistics.median(model)
+        out["ratio"] = statistics.median((p["samples_per_s"] or 0.0) / m for p, m in zip(later, model[1:] or model))
+        out["first_epoch_ratio"] = (out["first_epoch_samples_per_s"] or 0.0) / model[0]
+        cpu = [p["model"]["samples_per_cpu_s"] for p in later]
+        if all(cpu) and all(p["samples_per_cpu_s"] for p in later):
+            out["cpu_ratio"] = statistics.median(p["samples_per_cpu_s"] / c for p, c in zip(later, cpu))
+    return out
 
 
-def _time_model(task: Any, optimizer: Any, batch: Mapping[str, Any], steps: int, warmup: int) -> dict[str, Any]:
-    task.train()
-    batch = {k: v for k, v in batch.items()}
-    times, cpu = [], []
-    for i in range(warmup + steps):
-        t0, c0 = time.perf_counter(), _cpu_seconds()
-        optimizer.zero_grad(set_to_none=True)
+class _ModelSteps:
+    """The model's train steps of one round: forward, the task's loss, backward, optimizer update."""
+
+    def __init__(self, task: Any, optimizer: Any, steps: int, warmup: int) -> None:
+        self.task, self.optimizer, self.steps, self.warmup = task, optimizer, steps, warmup
+        self.rounds: list[dict[str, Any]] = []
+
+    def _step(self, batch: Mapping[str, Any], i: int) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():  # self.log() outside a Trainer: a no-op, with a warning
             warnings.simplefilter("ignore")
-            loss = task.training_step(batch, i)
+            loss = self.task.training_step(dict(batch), i)
         loss = loss["loss"] if isinstance(loss, Mapping) else loss
         loss.backward()
-        optimizer.step()
-        if i >= warmup:
+        self.optimizer.step()
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        self.task.train()
+        if not self.rounds:
+            for i in range(self.warmup):
+                self._step(batch, i)
+        times, cpu = [], []
+        for i in range(self.steps):
+            t0, c0 = time.perf_counter(), _cpu_seconds()
+            self._step(batch, i)
             times.append(time.perf_counter() - t0)
             cpu.append(_cpu_seconds() - c0)
-    n = int(batch["image"].shape[0])
-    med = statistics.median(times)
-    return {"batch": n, "input_shape": list(batch["image"].shape), "step_s": times, "median_step_s": med,
-            "samples_per_s": n / med, "samples_per_cpu_s": n / statistics.median(cpu) if min(cpu) > 0 else None}
+        n, med = int(batch["image"].shape[0]), statistics.median(times)
+        result = {"batch": n, "input_shape": list(batch["image"].shape), "step_s": times, "median_step_s": med,
+                  "samples_per_s": n / med, "samples_per_cpu_s": n / statistics.median(cpu) if min(cpu) > 0 else None}
+        self.rounds.append(result)
+        return result
 
 
 def _run_case(name: str, case: Mapping[str, Any], cfg: Mapping[str, Any], shared_data: Path,
@@ -239,37 +274,40 @@ def _run_case(name: str, case: Mapping[str, Any], cfg: Mapping[str, Any], shared
     epochs, max_batches = int(cfg["epochs"]), cfg.get("max_batches")
     max_batches = None if max_batches is None else int(max_batches)
     extra = [f"data.num_workers={cfg['num_workers']}"] if cfg.get("num_workers") is not None else []
-    train_cfg = _compose(case, index, extra)
+    train_cfg = _compose(case, index, [*extra, *map(str, cfg.get("overrides") or [])])
     dm, task, optimizer = _build(train_cfg)
     result["num_workers"] = dm.num_workers
     result["batch_size"] = dm.batch_size
     result["batch_augmentation"] = bool(getattr(dm, "batch_augmentation", False))
     result["cache_dir"] = getattr(dm, "cache_dir", None)
-    # medeff pipeline: setup (first epoch only) + passes
+    model = _ModelSteps(task, optimizer, int(cfg["model_steps"]), int(cfg["model_warmup"]))
+    # medeff pipeline: setup (first epoch only) + passes, each followed by the model's steps of that round
     t0, c0 = time.perf_counter(), _cpu_seconds()
     dm.setup("fit")
     setup_s, setup_cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     augment = dm.augment_batch if getattr(dm, "batch_augment", None) is not None else None
-    per_item = int(((dm.augmentation.get("crop") or {}).get("num_samples", 1)) if dm.kind == "volume" and
-                   str((dm.augmentation.get("crop") or {}).get("mode", "none")) != "none" else 1)
+    crop = dict(dm.augmentation.get("crop") or {})
+    per_item = int(crop.get("num_samples", 1)) if dm.kind == "volume" and crop.get("mode", "none") != "none" else 1
     epoch_samples = len(dm.train_ds) * per_item
-    passes, batch = _passes(dm.train_dataloader, epochs, max_batches, augment)
+    passes = _passes(dm.train_dataloader, epochs, max_batches, augment, between=model)
     result["medeff"] = _summary(setup_s, setup_cpu, passes, epoch_samples)
-    # MONAI's per-sample chain on the same records
+    # MONAI's per-sample chain on the same records, interleaved with the model the same way
     if cfg.get("peers", {}).get("monai", True):
         t0, c0 = time.perf_counter(), _cpu_seconds()
         ds, loader = monai_reference_dataset(dm)
         peer_setup, peer_cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-        peer_passes, _ = _passes(lambda: loader, epochs, max_batches)
+        peer_passes = _passes(lambda: loader, epochs, max_batches, between=model)
         result["monai"] = _summary(peer_setup, peer_cpu, peer_passes, len(ds) * per_item)
         del ds, loader
-    # the model's train step on a batch of the pipeline
-    result["model"] = _time_model(task, optimizer, batch, int(cfg["model_steps"]), int(cfg["model_warmup"]))
-    model_rate = result["model"]["samples_per_s"]
-    result["ratio"] = result["medeff"]["later_samples_per_s"] / model_rate
-    result["first_epoch_ratio"] = (result["medeff"]["first_epoch_samples_per_s"] or 0.0) / model_rate
+    rounds = model.rounds
+    result["model"] = {**rounds[0], "samples_per_s": statistics.median(r["samples_per_s"] for r in rounds),
+                       "samples_per_cpu_s": statistics.median(r["samples_per_cpu_s"] or 0.0 for r in rounds),
+                       "median_step_s": statistics.median(r["median_step_s"] for r in rounds),
+                       "step_s": [t for r in rounds for t in r["step_s"]]}
+    result["ratio"] = result["medeff"]["ratio"]
+    result["first_epoch_ratio"] = result["medeff"]["first_epoch_ratio"]
     if "monai" in result:
-        result["monai_ratio"] = result["monai"]["later_samples_per_s"] / model_rate
+        result["monai_ratio"] = result["monai"]["ratio"]
     goal = case.get("goal")
     result["passed"] = None if goal is None else bool(result["ratio"] >= float(goal))
     result["status"] = "ok"
@@ -303,12 +341,12 @@ def run_data_bench(cfg: Mapping[str, Any], *, write: bool = True) -> dict[str, A
     if output is not None:
         check_writable(output, overwrite=bool(cfg.get("overwrite", True)))
     torch.set_num_threads(int(cfg.get("threads", 2)))
-    shared_data, work_dir = Path(str(cfg["shared_data"])), Path(str(cfg["work_dir"]))
+    shared_data, work_dir = Path(str(cfg["shared_data"])).absolute(), Path(str(cfg["work_dir"]))
     report: dict[str, Any] = {
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_model": cpu_model(),
                         "load_average_start": load_average()},
         "settings": {k: cfg.get(k) for k in ("epochs", "max_batches", "model_steps", "model_warmup", "threads",
-                                             "num_workers")},
+                                             "num_workers", "overrides")},
         "cases": {},
     }
     for name in cases:
@@ -332,18 +370,17 @@ def format_data_report(report: Mapping[str, Any]) -> str:
     lines = [f"torch {env.get('torch')}, {env.get('threads')} threads, {env.get('cpu_model')}, load average at "
              f"start {env.get('load_average_start')}, at end {env.get('load_average_end')}", "",
              "| case | workers | pipeline | setup (s) | first epoch (samples/s) | later epochs (samples/s) | "
-             "later (samples/CPU-s) | model step (samples/s) | ratio | goal | result |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "later (samples/CPU-s) | model step (samples/s) | ratio | first-epoch ratio | CPU-s ratio | goal | "
+             "result |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in report.get("cases", {}).items():
         if c.get("status") != "ok":
-            lines.append(f"| {name} | - | - | - | - | - | - | - | - | - | {c.get('status')}: {c.get('reason')} |")
+            lines.append(f"| {name} |" + " - |" * 11 + f" {c.get('status')}: {c.get('reason')} |")
             continue
-        model = c["model"]["samples_per_s"]
         for side in ("medeff", "monai"):
             if side not in c:
                 continue
             s = c[side]
-            ratio = s["later_samples_per_s"] / model
+            ratio, model = s["ratio"], s["model_samples_per_s"]
             goal = c.get("goal")
             res = "-" if goal is None else ("met" if ratio >= float(goal) else "not met")
             label = side + (" (batch aug)" if side == "medeff" and c.get("batch_augmentation") else "") + \
@@ -351,5 +388,6 @@ def format_data_report(report: Mapping[str, Any]) -> str:
             lines.append(f"| {name} | {c['num_workers']} | {label} | {_fmt(s['setup_s'])} | "
                          f"{_fmt(s['first_epoch_samples_per_s'])} | {_fmt(s['later_samples_per_s'])} | "
                          f"{_fmt(s['later_samples_per_cpu_s'])} | {_fmt(model)} | {_fmt(ratio, 2)} | "
+                         f"{_fmt(s.get('first_epoch_ratio'), 2)} | {_fmt(s.get('cpu_ratio'), 2)} | "
                          f"{'-' if goal is None else '>= ' + str(goal)} | {res} |")
     return "\n".join(lines)
