@@ -7,6 +7,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from medeff.utils.threads import available_cores
+
 __all__ = ["cpu_model", "describe_environment", "load_average"]
 
 
@@ -38,13 +40,15 @@ def _version(module: str) -> str | None:
 
 
 def describe_environment(threads: int, allocator_env: dict[str, str],
-                         memory_allocator_env: dict[str, str] | None = None) -> dict[str, Any]:
+                         memory_allocator_env: dict[str, str] | None = None, *,
+                         omp_wait_policy: str | None = None) -> dict[str, Any]:
     """Versions, thread count, CPU and load (taken when called: call it at the start of a run).
 
     Args:
         threads: torch threads every worker uses.
         allocator_env: environment variables set for every timing worker (e.g. glibc malloc settings).
         memory_allocator_env: the same for every memory worker.
+        omp_wait_policy: ``OMP_WAIT_POLICY`` of the workers (None: OpenMP's default).
 
     Returns:
         A JSON-serialisable dict.
@@ -61,6 +65,8 @@ def describe_environment(threads: int, allocator_env: dict[str, str],
         "threads": int(threads),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "available_cores": available_cores(),
+        "omp_wait_policy": omp_wait_policy,
         "load_average_start": load_average(),
         "allocator_env": dict(allocator_env),
         "memory_allocator_env": dict(memory_allocator_env or {}),

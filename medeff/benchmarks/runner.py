@@ -15,7 +15,8 @@ The timing worker also counts each side's FLOPs (:mod:`medeff.benchmarks.flops`:
 and the report gives the time per train-step GFLOP of every side and, beside every time ratio, the FLOPs ratio of
 the two sides (1.0: equal work) and the time ratio per FLOP.
 
-Every worker gets ``threads`` torch/OpenMP threads and the same glibc malloc settings on every side: timing workers
+Every worker gets ``threads`` torch/OpenMP threads (``auto``: the cores the process may use, never more),
+``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (:mod:`medeff.utils.threads`) and the same glibc malloc settings on every side: timing workers
 ``allocator_env`` (large buffers stay in the heap: fresh buffers would otherwise pay page faults on every step,
 which would be measured as model time), memory workers ``memory_allocator_env`` (large buffers are mapped and given
 back when freed, so the RSS high-water mark follows the memory the step holds rather than heap fragmentation: under
@@ -41,6 +42,7 @@ from medeff.errors import ConfigError
 from medeff.utils.atomic import check_writable, write_json_atomic
 from medeff.utils.logging import get_logger
 from medeff.utils.options import look_up
+from medeff.utils.threads import available_cores, thread_env
 
 __all__ = ["METRICS", "check_ratio", "flops_per_time", "resolve_config", "run_bench", "run_worker",
            "summarise_times", "work_ratios"]
@@ -73,18 +75,32 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
                     raise ConfigError(f"bench config: case '{name}' has a check on side '{check[role]}', but its "
                                       f"sides are {sorted(case['sides'])}.",
                                       hint=f"name one of the sides in case_defs.{name}.sides")
-    if int(cfg.get("pairs", 0)) < 1 or int(cfg.get("threads", 0)) < 1:
-        raise ConfigError(f"bench config: pairs and threads must be >= 1 (got pairs={cfg.get('pairs')}, "
-                          f"threads={cfg.get('threads')}).", hint="e.g. pairs=7 threads=2")
+    cores = available_cores()
+    if cfg.get("threads") == "auto":
+        cfg["threads"] = cores
+    try:
+        threads_ok = int(cfg.get("threads", 0)) >= 1
+    except (TypeError, ValueError):
+        threads_ok = False
+    if int(cfg.get("pairs", 0)) < 1 or not threads_ok:
+        raise ConfigError(f"bench config: pairs and threads must be >= 1 (threads may also be 'auto'; got "
+                          f"pairs={cfg.get('pairs')}, threads={cfg.get('threads')}).", hint="e.g. pairs=7 threads=2")
+    if int(cfg["threads"]) > cores:
+        _log.warning("bench: threads=%s is more than the %d cores this process may use (affinity, cgroup quota); "
+                     "using %d", cfg["threads"], cores, cores)
+        cfg["threads"] = cores
+    cfg["threads"] = int(cfg["threads"])
     cfg["cases"] = cases
     return cfg
 
 
 def _worker_env(cfg: Mapping[str, Any], allocator_key: str = "allocator_env") -> dict[str, str]:
-    """Environment of a worker: this process's, ``threads`` OpenMP/MKL threads and ``cfg[allocator_key]``."""
+    """Environment of a worker: this process's, ``threads`` OpenMP/MKL threads, medeff's thread policy
+    (``OMP_WAIT_POLICY=PASSIVE`` unless this process's environment sets it) and ``cfg[allocator_key]``."""
     env = dict(os.environ)
     threads = str(int(cfg["threads"]))
     env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+    env.update(thread_env(env))
     env.update({str(k): str(v) for k, v in (cfg.get(allocator_key) or {}).items()})
     return env
 
@@ -218,7 +234,8 @@ def run_bench(cfg: Mapping[str, Any], *, write: bool = True) -> dict[str, Any]:
     memory_env = _worker_env(cfg, "memory_allocator_env")
     report: dict[str, Any] = {
         "environment": describe_environment(int(cfg["threads"]), dict(cfg.get("allocator_env") or {}),
-                                            dict(cfg.get("memory_allocator_env") or {})),
+                                            dict(cfg.get("memory_allocator_env") or {}),
+                                            omp_wait_policy=env.get("OMP_WAIT_POLICY")),
         "settings": {k: cfg.get(k) for k in ("preset", "pairs", "warmup", "memory_steps", "threads", "seed")},
         "cases": {},
     }

@@ -83,6 +83,9 @@ def format_error(text: str, stream: TextIO) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from medeff.utils.threads import apply_thread_policy
+
+    apply_thread_policy()  # before any command imports torch: threads = usable cores, OMP_WAIT_POLICY=PASSIVE
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

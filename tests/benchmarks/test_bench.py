@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 
 import pytest
@@ -48,7 +49,8 @@ def test_quick_preset_merges_tiny_sizes():
     assert cfg["preset"] == "quick" and cfg["output"] == "outputs/bench_quick.json"
     assert cfg["case_defs"]["cls3d_b0"]["input"] == {"batch": 2, "channels": 1, "size": [32, 32, 32], "classes": 2,
                                                      "task": "classification"}
-    assert cfg["pairs"] == 2 and cfg["cases"] == ["cls3d_b0", "seg3d_b0_unet", "cls2d_b0"]
+    assert cfg["pairs"] == 2 and cfg["cases"] == ["cls3d_b0", "seg3d_b0_unet", "seg3d_b0_unet_wide", "cls2d_b0"]
+    assert cfg["case_defs"]["seg3d_b0_unet_wide"]["input"]["size"] == [32, 32, 32]
 
 
 def test_missing_peer_skips_the_case_with_its_reason(monkeypatch, tmp_path):
@@ -100,6 +102,7 @@ def test_cli_quick_run_writes_json_with_consistent_ratios(tmp_path, capsys):
     report = json.loads(out.read_text())
     env = report["environment"]
     assert env["threads"] == 1 and env["torch"] == torch.__version__ and len(env["load_average_start"]) == 3
+    assert env["available_cores"] >= 1 and env["omp_wait_policy"] in ("PASSIVE", os.environ.get("OMP_WAIT_POLICY"))
     assert env["allocator_env"]["MALLOC_MMAP_MAX_"] == "0"
     assert env["memory_allocator_env"] == {"MALLOC_MMAP_THRESHOLD_": "1048576"}
     case = report["cases"]["cls3d_b0"]
@@ -133,7 +136,17 @@ def test_cli_quick_run_writes_json_with_consistent_ratios(tmp_path, capsys):
     assert f"| {gflops:.2f} | {3 * gflops:.2f} | {sides['medeff']['ms_per_gflop']:.2f} |" in table
 
 
+def test_threads_auto_and_capped_at_the_usable_cores(monkeypatch):
+    monkeypatch.setattr(bench_runner, "available_cores", lambda: 3)
+    assert resolve_config(_cfg("threads=auto"))["threads"] == 3
+    assert resolve_config(_cfg("threads=8"))["threads"] == 3
+    assert resolve_config(_cfg("threads=1"))["threads"] == 1
+    with pytest.raises(ConfigError, match="threads"):
+        resolve_config(_cfg("threads=many"))
+
+
 def test_timing_and_memory_workers_get_their_own_allocator_settings(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     seen = []
     monkeypatch.setattr(bench_runner, "run_worker", lambda job, env, timeout=None: seen.append((job["mode"], env)) or (
         {"times_s": {n: [1.0] for n in job["sides"]}} if job["mode"] == "time"
@@ -145,6 +158,11 @@ def test_timing_and_memory_workers_get_their_own_allocator_settings(monkeypatch)
     assert time_env["MALLOC_MMAP_MAX_"] == "0" and "MALLOC_MMAP_THRESHOLD_" not in time_env
     assert memory_env["MALLOC_MMAP_THRESHOLD_"] == "1048576" and "MALLOC_MMAP_MAX_" not in memory_env
     assert time_env["OMP_NUM_THREADS"] == memory_env["OMP_NUM_THREADS"]
+    assert time_env["OMP_WAIT_POLICY"] == memory_env["OMP_WAIT_POLICY"] == "PASSIVE"  # medeff's thread policy
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's setting wins
+    seen.clear()
+    bench_runner.run_bench(_cfg("bench_preset=quick", "cases=[cls3d_b0]"), write=False)
+    assert {env["OMP_WAIT_POLICY"] for _, env in seen} == {"ACTIVE"}
 
 
 def test_existing_output_without_overwrite_fails_before_measuring(tmp_path, monkeypatch):
