@@ -64,5 +64,6 @@ def preprocess_stacked(items: Sequence[Mapping[str, Any]], transforms: Sequence[
         img = data["image"]
         img = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(np.asarray(img))
         img = img.reshape(len(part), channels, *img.shape[1:])
-        out += [{**it, "image": MetaTensor(x)} for it, x in zip(part, img)]
+        # own storage per item: a view would carry the whole chunk into every copy the dataset makes of an item
+        out += [{**it, "image": MetaTensor(x.clone())} for it, x in zip(part, img)]
     return out
