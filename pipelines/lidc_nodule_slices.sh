@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # LIDC nodule triage: train EfficientNet fold models on TRAIN_DIR (exam-level cross-validation), predict TEST_DIR
-# with their ensemble, and report the cross-validated AUC beside two baselines (diameter, radiomics) and, when
-# TEST_DIR has labels, the test-set metrics.
+# with their ensemble combined with a radiomics + diameter feature model (config `combine`), and report the
+# cross-validated AUC of the shipped score, of each of its parts and of two baselines (diameter, radiomics) on the
+# same folds and, when TEST_DIR has labels, the test-set metrics.
 #
 #   pipelines/lidc_nodule_slices.sh TRAIN_DIR TEST_DIR OUT_DIR
 #
@@ -72,7 +73,7 @@ step "evaluate and report"
 $MEDEFF evaluate kind=classification classification.predictions="$WORK/test_eval.csv" \
     classification.columns.case=nodule_key classification.columns.group=exam_id \
     classification.columns.label=label classification.columns.scores=probability_malignant \
-    classification.columns.model_name=EfficientNet classification.unit=nodule \
+    classification.columns.model_name="$MODEL_NAME" classification.unit=nodule \
     classification.threshold="$(cat "$WORK/threshold.txt")" \
     classification.target_sensitivities="$TARGET_SENS" bootstrap.n_resamples="$N_RESAMPLES" \
     bootstrap.confidence="$CONFIDENCE" bootstrap.seed="$BOOT_SEED" \

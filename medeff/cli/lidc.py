@@ -69,6 +69,8 @@ def shell_variables(cfg: dict) -> str:
         "N_RESAMPLES": int(rep["n_resamples"]), "CONFIDENCE": float(rep["confidence"]), "BOOT_SEED": int(rep["seed"]),
         "TARGET_SENS": "[" + ",".join(str(float(t)) for t in rep["target_sensitivities"]) + "]",
         "TITLE": rep["title"], "FOLD_LIST": ",".join(str(k) for k in range(int(cfg["folds"]))),
+        "MODEL_NAME": ("EfficientNet + features"
+                       if str((cfg.get("combine") or {}).get("method", "none")) != "none" else "EfficientNet"),
     }
     return "\n".join(f"{k}={shlex.quote(str(v))}" for k, v in values.items())
 
@@ -89,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "assemble":
         cfg = load_pipeline(args.pipeline, args.overrides)
         info = lidc.assemble(args.train_dir, args.index, args.oof_glob, args.test_dir, args.test_predictions,
-                             args.out_dir, args.work_dir, threshold=cfg["threshold"], C=float(cfg["radiomics_C"]))
+                             args.out_dir, args.work_dir, threshold=cfg["threshold"], C=float(cfg["radiomics_C"]),
+                             combine=cfg.get("combine"))
         log.info("assembled: %s", info)
     else:
         cfg = load_pipeline(args.pipeline, args.overrides)["report"]

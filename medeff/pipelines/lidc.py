@@ -31,7 +31,7 @@ from medeff.utils.logging import get_logger
 
 __all__ = ["ARCHIVE", "SliceArchive", "read_archive", "nodule_table", "index_folds", "write_subset",
            "write_fold_archives", "split_by_exam", "baseline_scores", "read_fold_predictions", "assemble",
-           "cv_summary", "cv_section", "add_cv_section"]
+           "cv_summary", "cv_section", "add_cv_section", "SCORES", "SCORES_COMBINED"]
 
 log = get_logger(__name__)
 
@@ -304,8 +304,14 @@ def _threshold(scores: np.ndarray, y: np.ndarray, rule: Mapping[str, Any]) -> fl
 
 def assemble(train_dir: str | Path, index_json: str | Path, oof_pattern: str, test_dir: str | Path,
              test_predictions: str | Path, out_dir: str | Path, work_dir: str | Path, *,
-             threshold: Mapping[str, Any] | None = None, C: float = 1.0) -> dict[str, Any]:
+             threshold: Mapping[str, Any] | None = None, C: float = 1.0,
+             combine: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Join the out-of-fold model scores with both baselines and write the final per-nodule predictions.
+
+    With ``combine`` (``{method: logit_mean, target: rating, alpha: 10, weights: {network: .5, features: .5}}``)
+    the shipped score is the fixed logit mean of the network and the feature model of
+    :mod:`medeff.pipelines.lidc_combine` (``score_model``), both parts kept alone as ``score_network`` and
+    ``score_features``; ``method: none`` (or no ``combine``) ships the network alone.
 
     Writes ``work_dir/cv_predictions.csv`` (one row per development nodule: fold, label, the three scores),
     ``work_dir/test_eval.csv`` (test nodules with probability, exam and label when known, for ``medeff evaluate``)
@@ -319,9 +325,10 @@ def assemble(train_dir: str | Path, index_json: str | Path, oof_pattern: str, te
         threshold: ``{rule: sensitivity, target: 0.95}`` (chosen on the out-of-fold scores) or
             ``{rule: fixed, value: 0.5}``.
         C: inverse L2 strength of the radiomics logistic regression.
+        combine: the combination with the feature model (above); None ships the network alone.
 
     Returns:
-        ``threshold``, ``cv_nodules``, ``test_nodules``, ``test_labelled``.
+        ``threshold``, ``cv_nodules``, ``test_nodules``, ``test_labelled``, ``combine``.
 
     Raises:
         InputError: a development or test nodule lacks a prediction.
@@ -334,14 +341,20 @@ def assemble(train_dir: str | Path, index_json: str | Path, oof_pattern: str, te
         raise InputError(f"{int(cv['score_model'].isna().sum())} development nodule(s) lack an out-of-fold "
                          f"prediction in '{oof_pattern}'.", hint="predict the validation part of every fold.")
     y = cv["label"].to_numpy(int)
-    thr = _threshold(cv["score_model"].to_numpy(float), y, threshold or {"rule": "fixed", "value": 0.5})
-    test = nodule_table(test_dir)
+    test_arc = read_archive(test_dir)
+    test = nodule_table(test_arc)
     pred = pd.read_csv(test_predictions, usecols=["case_id", "score"]).rename(
         columns={"case_id": "nodule_key", "score": "probability_malignant"})
     test = test.merge(pred, on="nodule_key", how="left")
     if test["probability_malignant"].isna().any():
         raise InputError(f"{int(test['probability_malignant'].isna().sum())} test nodule(s) lack a prediction in "
                          f"'{test_predictions}'.", hint="predict the whole test archive.")
+    method = _combine_method(combine)
+    if method != "none":
+        from medeff.pipelines.lidc_combine import combine_scores
+
+        cv, test = combine_scores(arc, cv, test_arc, test, dict(combine or {}))
+    thr = _threshold(cv["score_model"].to_numpy(float), y, threshold or {"rule": "fixed", "value": 0.5})
     test["predicted_label"] = (test["probability_malignant"] >= thr).astype(int)
     work_dir, out_dir = Path(work_dir), Path(out_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -355,14 +368,29 @@ def assemble(train_dir: str | Path, index_json: str | Path, oof_pattern: str, te
                       test[["nodule_key", "probability_malignant", "predicted_label"]].to_csv(index=False),
                       overwrite=True)
     info = {"threshold": thr, "threshold_rule": dict(threshold or {}), "cv_nodules": int(len(cv)),
-            "test_nodules": int(len(test)), "test_labelled": labelled}
+            "test_nodules": int(len(test)), "test_labelled": labelled,
+            "combine": dict(combine or {}) if method != "none" else None}
     write_json_atomic(work_dir / "assemble.json", info, overwrite=True)
     write_text_atomic(work_dir / "threshold.txt", f"{thr:.17g}\n", overwrite=True)
     return info
 
 
+def _combine_method(combine: Mapping[str, Any] | None) -> str:
+    from medeff.utils.options import look_up
+
+    if not combine:
+        return "none"
+    return look_up(str(combine.get("method", "none")), ("none", "logit_mean"), what="combination method",
+                   key="combine.method")
+
+
 SCORES = {"score_model": "EfficientNet (2.5D, fold models)", "score_radiomics": "Radiomics (first-order + shape, LR)",
           "score_diameter": "Diameter alone (LR)"}
+# the shipped score of a combined recipe (combine.method=logit_mean) and its two parts
+SCORES_COMBINED = {"score_model": "EfficientNet + features (logit mean)",
+                   "score_network": "EfficientNet alone (2.5D, fold models)",
+                   "score_features": "Features alone (radiomics + diameter, ridge on the rating)",
+                   "score_radiomics": "Radiomics (first-order + shape, LR)", "score_diameter": "Diameter alone (LR)"}
 
 
 def cv_summary(cv: pd.DataFrame | str | Path, *, confidence: float = 0.95, n_resamples: int = 1000,
@@ -372,7 +400,8 @@ def cv_summary(cv: pd.DataFrame | str | Path, *, confidence: float = 0.95, n_res
     Args:
         cv: ``cv_predictions.csv`` (or its DataFrame): ``label``, ``exam_id``, ``fold`` and score columns.
         confidence, n_resamples, seed: interval level and cluster-bootstrap settings (exams are resampled).
-        names: score column -> display name (default :data:`SCORES`); the first is compared with the others.
+        names: score column -> display name (default :data:`SCORES_COMBINED` when the table has
+            ``score_network``, else :data:`SCORES`); the first is compared with the others.
 
     Returns:
         ``{"n", "n_pos", "n_exams", "folds", "models": [...], "comparisons": [...]}``.
@@ -381,7 +410,7 @@ def cv_summary(cv: pd.DataFrame | str | Path, *, confidence: float = 0.95, n_res
     from medeff.evaluation.roc import delong, delong_paired_test, weighted_auc
 
     df = pd.read_csv(cv) if not isinstance(cv, pd.DataFrame) else cv
-    names = dict(names or SCORES)
+    names = dict(names or (SCORES_COMBINED if "score_network" in df.columns else SCORES))
     cols = [c for c in names if c in df.columns]
     y = df["label"].to_numpy(int).astype(bool)
     groups = df["exam_id"].astype(str).to_numpy()
@@ -425,10 +454,14 @@ def cv_section(summary: Mapping[str, Any]) -> dict[str, Any]:
     paras = [
         f"Development data, {summary['folds']}-fold cross-validation split by exam (patient): "
         f"{summary['n']} nodules ({summary['n_pos']} malignant) from {summary['n_exams']} exams. Every nodule is "
-        "scored once, by the model trained without its exam; all three models use the same folds.",
+        "scored once, by the model trained without its exam; all models use the same folds.",
         "EfficientNet: mean of the slice probabilities of each nodule. Baselines, fitted on the training folds "
         "only: logistic regression on the diameter alone, and on standardised first-order and shape features of "
-        "the masked slices (radiomics).",
+        "the masked slices (radiomics)." + (
+            " Combined recipe: the mean of the logits of EfficientNet and of a feature model (ridge regression of "
+            "the malignancy rating on the radiomics features and the diameter, fitted on the training folds only, "
+            "mapped to a probability by logistic regression), fixed equal weights; each part is shown alone."
+            if any(m["column"] == "score_network" for m in summary["models"]) else ""),
         f"{pct} intervals: DeLong, and a cluster bootstrap resampling exams ({summary['n_resamples']} resamples). "
         "Paired comparison: DeLong test on the same nodules.",
     ]

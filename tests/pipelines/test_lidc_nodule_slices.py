@@ -73,8 +73,10 @@ def test_unlabelled_test_folder_and_report(smoke):
     assert "No reference labels were given" in html
     res = json.loads((smoke["work"] / "eval" / "results.json").read_text())
     cv = res["cross_validation"]
-    assert [m["column"] for m in cv["models"]] == ["score_model", "score_radiomics", "score_diameter"]
+    assert [m["column"] for m in cv["models"]] == ["score_model", "score_network", "score_features",
+                                                   "score_radiomics", "score_diameter"]
     assert cv["n"] == smoke["counts"]["train_nodules"] and cv["folds"] == 2
+    assert "EfficientNet alone" in html and "Features alone" in html
     assert all(0 <= m["ci_low"] <= m["auc"] <= m["ci_high"] <= 1 for m in cv["models"])
 
 
@@ -90,6 +92,18 @@ def test_no_exam_in_two_folds(smoke):
         assert keys == {n for n, f in folds.items() if f == k}
         oof = pd.read_csv(smoke["work"] / "oof" / f"fold{k}" / "predictions.csv")
         assert set(oof["case_id"]) == keys
+
+
+def test_shipped_score_is_the_logit_mean_of_its_parts(smoke):
+    from medeff.pipelines.lidc_combine import combine_logits
+
+    cv = pd.read_csv(smoke["work"] / "cv_predictions.csv")
+    parts = {"network": cv["score_network"].to_numpy(), "features": cv["score_features"].to_numpy()}
+    np.testing.assert_allclose(cv["score_model"], combine_logits(parts, {"network": 0.5, "features": 0.5}))
+    # the network part is the out-of-fold prediction of the fold models, unchanged
+    oof = lidc.read_fold_predictions(str(smoke["work"] / "oof" / "fold*" / "predictions.csv")).set_index("nodule_key")
+    np.testing.assert_allclose(cv["score_network"], oof.loc[cv["nodule_key"], "score"])
+    assert cv["score_features"].between(0, 1).all()
 
 
 def test_split_by_exam_is_disjoint(smoke):
@@ -120,8 +134,17 @@ def test_labelled_test_folder_gets_test_metrics(smoke, tmp_path):
     info = lidc.assemble(smoke["tmp"] / "train", smoke["work"] / "index.json",
                          str(smoke["work"] / "oof" / "fold*" / "predictions.csv"), smoke["tmp"] / "test_labelled",
                          smoke["work"] / "test" / "predictions.csv", tmp_path / "out", tmp_path / "work",
-                         threshold={"rule": "fixed", "value": 0.5})
-    assert info["test_labelled"] and info["threshold"] == 0.5
+                         threshold={"rule": "fixed", "value": 0.5},
+                         combine={"method": "logit_mean", "target": "rating", "alpha": 10.0})
+    assert info["test_labelled"] and info["threshold"] == 0.5 and info["combine"]["method"] == "logit_mean"
+    # the labelled test folder gets the combined probability; without combine, the network's alone
+    net = lidc.assemble(smoke["tmp"] / "train", smoke["work"] / "index.json",
+                        str(smoke["work"] / "oof" / "fold*" / "predictions.csv"), smoke["tmp"] / "test_labelled",
+                        smoke["work"] / "test" / "predictions.csv", tmp_path / "out_net", tmp_path / "work_net")
+    assert net["combine"] is None
+    a = pd.read_csv(tmp_path / "out" / "predictions.csv").set_index("nodule_key")["probability_malignant"]
+    b = pd.read_csv(tmp_path / "out_net" / "predictions.csv").set_index("nodule_key")["probability_malignant"]
+    assert set(a.index) == set(b.index) and not np.allclose(a, b.loc[a.index])
     res = evaluate_classification(tmp_path / "work" / "test_eval.csv",
                                   columns={"case": "nodule_key", "group": "exam_id", "label": "label",
                                            "scores": "probability_malignant"}, unit="nodule", n_resamples=50)
@@ -132,10 +155,10 @@ def test_labelled_test_folder_gets_test_metrics(smoke, tmp_path):
 
 @pytest.mark.slow
 def test_full_quality_cross_validation(shared_data, tmp_path):
-    """The documented full run: 5-fold CV on the whole development set (10 min on 2 idle cores, 32 min shared).
+    """The documented full run: 5-fold CV on the whole development set (timings in docs/workflows/lidc_nodule_triage.md).
 
-    The outputs are checked; the quality goal (CV AUC >= 0.94) is reported as an expected failure while the
-    measured model stays below it (0.855 in docs/workflows/lidc_nodule_triage.md).
+    The outputs are checked; the goal (the shipped score beats the diameter baseline with a paired DeLong p < 0.05
+    and the radiomics baseline) is reported as an expected failure when a run misses it.
     """
     src = shared_data / "lidc_nodule_slices_64"
     lidc.split_by_exam(src, tmp_path / "unused", tmp_path / "test", test_fraction=0.2, drop_test_labels=True)
@@ -144,10 +167,14 @@ def test_full_quality_cross_validation(shared_data, tmp_path):
                           env=_env("lidc_nodule_triage"), capture_output=True, text=True, timeout=7200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cv = json.loads((out / "work" / "eval" / "results.json").read_text())["cross_validation"]
-    model, radiomics, diameter = cv["models"]
-    assert cv["n"] == 529 and cv["folds"] == 5 and len(cv["comparisons"]) == 2
+    models = {m["column"]: m for m in cv["models"]}
+    assert cv["n"] == 529 and cv["folds"] == 5 and len(cv["comparisons"]) == len(models) - 1
     assert all(0 <= m["ci_low"] <= m["auc"] <= m["ci_high"] <= 1 for m in cv["models"])
     assert len(pd.read_csv(out / "predictions.csv")) == len(lidc.nodule_table(tmp_path / "test"))
-    if model["auc"] < 0.94:
-        pytest.xfail(f"quality goal not reached: CV AUC {model['auc']:.3f} (radiomics {radiomics['auc']:.3f}, "
-                     f"diameter {diameter['auc']:.3f})")
+    vs = {c["b"]: c for c in cv["comparisons"]}
+    diameter = vs[lidc.SCORES_COMBINED["score_diameter"]]
+    radiomics = vs[lidc.SCORES_COMBINED["score_radiomics"]]
+    if not (diameter["difference"] > 0 and diameter["p"] < 0.05 and radiomics["difference"] > 0):
+        pytest.xfail(f"goal not reached: CV AUC {models['score_model']['auc']:.3f}, minus diameter "
+                     f"{diameter['difference']:+.3f} (p = {diameter['p']:.3g}), minus radiomics "
+                     f"{radiomics['difference']:+.3f}")
