@@ -33,6 +33,7 @@ from medeff.engine.inference import first_output, inference_context, sliding_win
 from medeff.engine.metrics import class_probabilities
 from medeff.engine.predict_inputs import (CaseNaming, check_duplicates, check_output_dir, discover, fingerprint,
                                           json_bytes, list_inputs)
+from medeff.engine.predict_loader import case_loader, resolve_predict_workers
 from medeff.engine.predict_outputs import RunManifest, finish_run
 from medeff.engine.predict_postprocess import plan_for_predict
 from medeff.engine.predict_resample import check_resample_mode
@@ -409,10 +410,11 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
                                    trusted_targets=c.get("trusted_targets"))
     task = meta["task"]
     formats = check_output_formats(c.get("output_format"), task)  # before any inference
-    plan = None
+    plan, workers = None, 0
     if task != "classification":
         c["resample"] = check_resample_mode(c.get("resample"))
         plan, c["postprocess_plan_sha256"] = plan_for_predict(c, meta["label_names"])
+        workers = resolve_predict_workers(c.get("num_workers", "auto"))
     if "dicom_seg" in formats:
         organ_code_table((c.get("dicom_seg") or {}).get("organ_codes"))
     if task != "classification" and kind != "volume":
@@ -455,8 +457,9 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
                                     positive_classes=meta["positive_classes"] or [len(p) - 1],
                                     threshold=threshold)[0]
 
-    todo = track(todo, "Predicting cases")  # a bar on a terminal (case count only)
     if task == "classification":
+        todo = track(todo, "Predicting cases")  # a bar on a terminal (case count only)
+
         def done(rec: dict[str, Any], fp: str, p: np.ndarray, n: int) -> None:
             results[rec["case_id"]] = row = row_of(rec["case_id"], p, n)
             manifest.finish_case("done", rec["case_id"], fp, [], result=row)
@@ -466,12 +469,17 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
         segment = _Segmenter(net, meta, device, c.get("sliding_window") or {}, resample=c.get("resample"),
                              memory_mb=float(c.get("resample_memory_mb") or 2048), plan=plan,
                              probability_maps=bool(c.get("probability_maps")))
-        for rec, fp in todo:
+        # the next case is read and preprocessed (in a worker) while this one is segmented
+        loader = case_loader([rec for rec, _ in todo], segment.prepare, workers)
+        for i, d, error in track(loader, "Predicting cases", total=len(todo)):  # a bar on a terminal
+            rec, fp = todo[i]
             cid = rec["case_id"]
             manifest.start(cid, outputs(rec))
             entry = probs = None
             with failures.case(rec):
-                entry, probs = segment(rec, out_dir)
+                if error is not None:
+                    raise error
+                entry, probs = segment(rec, out_dir, d)
             if entry is None:
                 failed(rec, fp)
                 continue
