@@ -92,6 +92,37 @@ def _fmt(rec: dict | None, pct: bool = False) -> str:
     return f"{f(rec['value'])} ({f(rec['ci_low'])} to {f(rec['ci_high'])})"
 
 
+def _delong_html(d: dict | None, names: Sequence[str]) -> list[str]:
+    """The one-vs-rest AUC table (DeLong, and clustered by group) and the paired DeLong tests of a protocol."""
+    if not d:
+        return []
+    e = html.escape
+    keys = ["macro", *names]
+
+    def ci(r: dict, pre: str = "") -> str:
+        return "n/a" if r.get("auc") is None else (f"{r['auc']:.3f} ({r[pre + 'ci_low']:.3f} to "
+                                                     f"{r[pre + 'ci_high']:.3f})")
+
+    out = [f"<p>One-vs-rest AUC with DeLong 95% intervals ({d['n']} images, assumed independent); below each, the "
+           f"interval with DeLong's components summed per near-duplicate group ({d['n_groups']} groups)</p>"
+           "<table><tr><th>model</th>" + "".join(f"<th>{e(k)}</th>" for k in keys) + "</tr>"]
+    for m, rows in d["models"].items():
+        out.append(f"<tr><td>{e(m)}</td>" + "".join(f"<td>{ci(rows[k])}</td>" for k in keys) + "</tr>")
+        if d.get("n_groups") is not None:
+            out.append("<tr><td>(clustered)</td>" + "".join(
+                f"<td>{'n/a' if rows[k].get('auc') is None else ci(rows[k], 'clustered_')}</td>" for k in keys)
+                + "</tr>")
+    out.append("</table><p>Paired DeLong tests (A minus B, same images)</p><table><tr><th>A</th><th>B</th><th>AUC</th>"
+               "<th>difference (95% CI)</th><th>p</th><th>clustered 95% CI</th><th>clustered p</th></tr>")
+    for r in d["paired"]:
+        clu = (f"<td>{r['clustered_ci_low']:+.3f} to {r['clustered_ci_high']:+.3f}</td><td>{r['clustered_p']:.3g}</td>"
+               if "clustered_p" in r else "<td></td><td></td>")
+        out.append(f"<tr><td>{e(r['a'])}</td><td>{e(r['b'])}</td><td>{e(r['auc'])}</td><td>{r['difference']:+.3f} "
+                   f"({r['ci_low']:+.3f} to {r['ci_high']:+.3f})</td><td>{r['p']:.3g}</td>{clu}</tr>")
+    out.append("</table>")
+    return out
+
+
 def _render(res: dict, root: Path | None) -> str:
     e = html.escape
     names = res["class_names"]
@@ -148,6 +179,7 @@ def _render(res: dict, root: Path | None) -> str:
                 out.append(f"<tr><td>{e(m)}</td><td>{e(d['versus'])}</td>"
                            + "".join(f"<td>{_fmt(d[h])}</td>" for h in HEADLINE) + "</tr>")
             out.append("</table>")
+        out.extend(_delong_html(part.get("delong"), names))
         leak = (part.get("leakage") or {}).get("leakage") or {}
         if leak:
             out.append(f"<p>Leakage: {leak['n_leaked']} of {leak['n_test']} test images "

@@ -7,11 +7,18 @@ bootstrap over ``group`` (:func:`medeff.evaluation.bootstrap.cluster_bootstrap`:
 are drawn together, so the interval does not count a copy as new evidence). Within a protocol every model is
 compared with a reference model on the same test images: the difference of each headline metric, with a paired
 cluster-bootstrap interval (the same resample weights for both models).
+
+:func:`ovr_delong` adds DeLong's analytic view for the AUCs: one-vs-rest AUC per class and their macro mean per
+model, with 95% intervals, and paired tests of every pair of models on the same images. DeLong's structural
+components are computed per class; summed per image they give each image's contribution to the macro AUC, from
+which the variances and the covariance between models follow (for one class this is DeLong's variance exactly).
+DeLong treats images as independent; with near-duplicate groups the ``clustered`` variant sums the components
+within each group first (a cluster-robust variance, Obuchowski 1997), which is wider when copies share a group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,9 +26,9 @@ import pandas as pd
 
 from medeff.errors import InputError
 from medeff.evaluation.bootstrap import cluster_bootstrap
-from medeff.evaluation.roc import weighted_auc
+from medeff.evaluation.roc import midrank, weighted_auc
 
-__all__ = ["HEADLINE", "metric_names", "protocol_metrics", "paired_difference", "compare_protocols"]
+__all__ = ["HEADLINE", "metric_names", "protocol_metrics", "paired_difference", "compare_protocols", "ovr_delong"]
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_auc")
 
@@ -107,6 +114,102 @@ def paired_difference(y: np.ndarray, prob_a: np.ndarray, prob_b: np.ndarray, gro
     return _records(HEADLINE, boot)
 
 
+def _ovr_components(y: np.ndarray, prob: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest AUC per class ``(k,)`` and each image's DeLong component ``(k, n)``, scaled so that the sum of
+    squares over images is DeLong's variance (``(V - AUC) / sqrt(m (m - 1))`` for the m positives, likewise the
+    negatives); a class without positives or negatives gets NaN."""
+    n = len(y)
+    auc, psi = np.full(k, np.nan), np.zeros((k, n))
+    for c in range(k):
+        pos = y == c
+        m, q = int(pos.sum()), int((~pos).sum())
+        if m < 2 or q < 2:
+            continue
+        x, z = prob[pos, c], prob[~pos, c]
+        tz = midrank(np.r_[x, z])
+        v10 = (tz[:m] - midrank(x)) / q
+        v01 = 1.0 - (tz[m:] - midrank(z)) / m
+        auc[c] = float(v10.mean())
+        psi[c, pos] = (v10 - auc[c]) / np.sqrt(m * (m - 1))
+        psi[c, ~pos] = (v01 - auc[c]) / np.sqrt(q * (q - 1))
+    return auc, psi
+
+
+def ovr_delong(y: np.ndarray, probs: Mapping[str, np.ndarray], class_names: Sequence[str], *,
+               groups: Sequence[Any] | None = None, confidence: float = 0.95) -> dict[str, Any]:
+    """One-vs-rest AUCs with DeLong intervals and paired DeLong tests between models on the same images.
+
+    Args:
+        y: ``(n,)`` class index per image.
+        probs: model name -> ``(n, k)`` class probabilities (same images, same order).
+        class_names: the ``k`` class names.
+        groups: optional group per image: adds ``clustered`` intervals and tests, with the components summed within
+            each group (near-duplicate slices counted once).
+        confidence: interval level.
+
+    Returns:
+        ``{"models": {model: {"macro"|<class>: {auc, ci_low, ci_high[, clustered_ci_low, clustered_ci_high]}}},
+        "paired": [{"a", "b", "auc": "macro"|<class>, difference, ci_low, ci_high, z, p[, clustered_...]}]}``;
+        ``macro`` is the mean of the class AUCs.
+    """
+    from scipy import stats
+
+    y = np.asarray(y, int)
+    names = list(probs)
+    k = len(class_names)
+    zq = float(stats.norm.ppf(0.5 + confidence / 2.0))
+    comp = {m: _ovr_components(y, np.asarray(probs[m], float), k) for m in names}
+    targets = [("macro", None)] + [(str(c), i) for i, c in enumerate(class_names)]
+    if groups is not None:
+        codes = pd.factorize(pd.Series(list(groups)).astype(str))[0]
+        summed = np.zeros((codes.max() + 1, len(y)))
+        summed[codes, np.arange(len(y))] = 1.0
+
+    def infl(m: str, idx: int | None) -> tuple[float, np.ndarray]:
+        auc, psi = comp[m]
+        if idx is None:
+            return float(np.mean(auc)), psi.mean(axis=0)
+        return float(auc[idx]), psi[idx]
+
+    def interval(est: float, var: float, lo: float, hi: float) -> tuple[float, float]:
+        se = float(np.sqrt(max(var, 0.0)))
+        return max(lo, est - zq * se), min(hi, est + zq * se)
+
+    models: dict[str, Any] = {}
+    for m in names:
+        rows: dict[str, Any] = {}
+        for key, idx in targets:
+            a, v = infl(m, idx)
+            if np.isnan(a):
+                rows[key] = {"auc": None}
+                continue
+            lo, hi = interval(a, float(v @ v), 0.0, 1.0)
+            rows[key] = {"auc": round(a, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4)}
+            if groups is not None:
+                g = summed @ v
+                lo, hi = interval(a, float(g @ g), 0.0, 1.0)
+                rows[key].update(clustered_ci_low=round(lo, 4), clustered_ci_high=round(hi, 4))
+        models[m] = rows
+    paired: list[dict[str, Any]] = []
+    for i, a_name in enumerate(names):
+        for b_name in names[i + 1:]:
+            for key, idx in targets:
+                (aa, va), (ab, vb) = infl(a_name, idx), infl(b_name, idx)
+                if np.isnan(aa) or np.isnan(ab):
+                    continue
+                d, dv = aa - ab, va - vb
+                row: dict[str, Any] = {"a": a_name, "b": b_name, "auc": key, "difference": round(d, 4)}
+                for prefix, vec in [("", dv)] + ([("clustered_", summed @ dv)] if groups is not None else []):
+                    se = float(np.sqrt(max(float(vec @ vec), 0.0)))
+                    z = d / se if se > 1e-12 else (0.0 if abs(d) < 1e-12 else float(np.sign(d) * np.inf))
+                    p = float(2.0 * stats.norm.sf(abs(z))) if np.isfinite(z) else 0.0
+                    row.update({f"{prefix}ci_low": round(d - zq * se, 4), f"{prefix}ci_high": round(d + zq * se, 4),
+                                f"{prefix}z": round(float(z), 3), f"{prefix}p": float(f"{p:.4g}")})
+                paired.append(row)
+    return {"class_names": list(class_names), "n": int(len(y)),
+            "n_groups": None if groups is None else int(summed.shape[0]), "models": models, "paired": paired}
+
+
 def compare_protocols(table: pd.DataFrame, class_names: Sequence[str], *, reference_model: str | None = None,
                       n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
                       prob_prefix: str = "prob_") -> dict[str, Any]:
@@ -122,7 +225,7 @@ def compare_protocols(table: pd.DataFrame, class_names: Sequence[str], *, refere
 
     Returns:
         ``{"protocols": {protocol: {"models": {model: protocol_metrics(...)}, "paired": {model: {"versus": ref,
-        ...differences}}}}}``.
+        ...differences}}, "delong": ovr_delong(...) of all models (None when they predicted different images)}}}``.
 
     Raises:
         InputError: missing columns, or models of one protocol predicted different images.
@@ -160,5 +263,10 @@ def compare_protocols(table: pd.DataFrame, class_names: Sequence[str], *, refere
                                  **paired_difference(rows["label"].to_numpy(int), rows[pcols].to_numpy(float),
                                                      ref[pcols].to_numpy(float), rows["group"].astype(str).tolist(),
                                                      n_resamples=n_resamples, confidence=confidence, seed=seed)}
-        out["protocols"][str(protocol)] = {"models": models, "paired": paired}
+        base = next(iter(frames.values()), None)
+        same = base is not None and all(f["file"].tolist() == base["file"].tolist() for f in frames.values())
+        delong_ = (ovr_delong(base["label"].to_numpy(int), {m: f[pcols].to_numpy(float) for m, f in frames.items()},
+                              class_names, groups=base["group"].astype(str).tolist(), confidence=confidence)
+                   if same else None)
+        out["protocols"][str(protocol)] = {"models": models, "paired": paired, "delong": delong_}
     return out

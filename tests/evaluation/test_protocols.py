@@ -106,3 +106,79 @@ def test_protocol_report_refuses_predictions_that_miss_test_images(tmp_path):
         protocol_report(tmp_path / "out2", cfg)
     with pytest.raises(ConfigError, match="PROTOCOL:MODEL:PREDICTIONS"):
         protocol_report(tmp_path / "out3", protocols_config([f"splits=['published:{split}']", "inputs=['m']"]))
+
+
+def _scores(seed=0, n=60):
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1, 2], n // 3)
+    a = rng.dirichlet([1, 1, 1], size=n) + np.eye(3)[y] * 0.8
+    b = rng.dirichlet([1, 1, 1], size=n) + np.eye(3)[y] * 0.3
+    return y, a / a.sum(1, keepdims=True), b / b.sum(1, keepdims=True)
+
+
+def test_ovr_delong_one_class_is_delong():
+    from medeff.evaluation.protocols import ovr_delong
+    from medeff.evaluation.roc import delong, delong_paired_test
+
+    y, a, b = _scores()
+    r = ovr_delong(y, {"a": a, "b": b}, CLASSES)
+    ref = delong(y == 2, a[:, 2])
+    assert r["models"]["a"]["malignant"]["auc"] == pytest.approx(ref.auc[0], abs=1e-4)
+    lo, hi = ref.ci(0)
+    assert (r["models"]["a"]["malignant"]["ci_low"], r["models"]["a"]["malignant"]["ci_high"]) == \
+        pytest.approx((lo, hi), abs=1e-4)
+    test = delong_paired_test(y == 2, a[:, 2], b[:, 2])
+    row = next(p for p in r["paired"] if p["auc"] == "malignant")
+    assert (row["a"], row["b"]) == ("a", "b")
+    assert row["p"] == pytest.approx(test["p"], rel=1e-3) and row["difference"] == pytest.approx(test["difference"],
+                                                                                                  abs=1e-4)
+    macro = r["models"]["a"]["macro"]
+    per_class = [delong(y == c, a[:, c]).auc[0] for c in range(3)]
+    assert macro["auc"] == pytest.approx(np.mean(per_class), abs=1e-4)
+    assert macro["ci_low"] < macro["auc"] < macro["ci_high"]
+    assert next(p for p in r["paired"] if p["auc"] == "macro")["p"] < 0.05  # a is clearly the better model
+
+
+def test_ovr_delong_clustered_counts_copies_once():
+    from medeff.evaluation.protocols import ovr_delong
+
+    y, a, b = _scores(1, n=30)
+    single = ovr_delong(y, {"a": a, "b": b}, CLASSES, groups=list(range(30)))
+    m = single["models"]["a"]["macro"]
+    assert (m["clustered_ci_low"], m["clustered_ci_high"]) == pytest.approx((m["ci_low"], m["ci_high"]), abs=2e-3)
+    # every image twice, each pair one group: image-level DeLong narrows (it believes in 60 images), the clustered
+    # interval stays near the 30-image one
+    y2, a2, b2 = np.repeat(y, 2), np.repeat(a, 2, axis=0), np.repeat(b, 2, axis=0)
+    twice = ovr_delong(y2, {"a": a2, "b": b2}, CLASSES, groups=np.repeat(np.arange(30), 2))
+    t = twice["models"]["a"]["macro"]
+    width = lambda lo, hi: hi - lo  # noqa: E731
+    assert width(t["ci_low"], t["ci_high"]) < 0.8 * width(m["ci_low"], m["ci_high"])
+    assert width(t["clustered_ci_low"], t["clustered_ci_high"]) == pytest.approx(
+        width(m["ci_low"], m["ci_high"]), rel=0.1)
+    pm = next(p for p in twice["paired"] if p["auc"] == "macro")
+    assert pm["clustered_p"] > pm["p"]
+
+
+def test_compare_protocols_reports_delong_for_all_models():
+    y, a, b = _scores(2, n=30)
+    rows = []
+    for name, prob in (("net", a), ("knn", b)):
+        for i in range(30):
+            rows.append({"file": f"f{i}", "protocol": "p", "model": name, "label": int(y[i]), "group": f"g{i // 3}",
+                         **{f"prob_{c}": prob[i, j] for j, c in enumerate(CLASSES)}})
+    out = compare_protocols(pd.DataFrame(rows), CLASSES, reference_model="knn", n_resamples=50)
+    d = out["protocols"]["p"]["delong"]
+    assert set(d["models"]) == {"net", "knn"} and d["n_groups"] == 10
+    assert {p["auc"] for p in d["paired"]} == {"macro", *CLASSES}
+
+
+def test_report_shows_the_delong_tables():
+    from medeff.evaluation.protocol_report import _delong_html
+    from medeff.evaluation.protocols import ovr_delong
+
+    y, a, b = _scores(3, n=30)
+    d = ovr_delong(y, {"net": a, "knn": b}, CLASSES, groups=[i // 3 for i in range(30)])
+    text = "".join(_delong_html(d, CLASSES))
+    assert "Paired DeLong tests" in text and "(clustered)" in text and "10 groups" in text
+    assert f"{d['models']['net']['macro']['auc']:.3f}" in text
+    assert _delong_html(None, CLASSES) == []
