@@ -176,6 +176,100 @@ def monai_reference_dataset(dm: Any) -> tuple[Any, Any]:
     return ds, loader
 
 
+def batchgenerators_reference(dm: Any, path: str | None = None, seed: int = 0) -> tuple[Any, int] | str:
+    """nnU-Net's batchgenerators chain doing the recipe's augmentation, over ``dm``'s training records.
+
+    The deterministic preprocessing (medeff's, item by item) makes the arrays; every batch then draws ``batch``
+    items (volumes: ``batch * num_samples`` patches) and runs batchgenerators' transforms on the NumPy batch:
+    ``SpatialTransform`` (random crop for 3D patches, rotation; no elastic deformation, no scaling),
+    ``MirrorTransform``, ``Rot90Transform``, multiplicative and additive brightness, Gaussian noise (its additive brightness is Gaussian,
+    MONAI's shift uniform; its crops are uniform, nnU-Net's own loader adds foreground oversampling).
+
+    Args:
+        path: a folder to put on ``sys.path`` first (batchgenerators installed outside the environment).
+
+    Returns:
+        ``(make_loader, epoch_samples)``, or the reason (text) when batchgenerators does not import.
+    """
+    import math
+    import sys
+
+    import numpy as np
+    import torch
+
+    if path and str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    try:
+        from batchgenerators.transforms.abstract_transforms import Compose as BGCompose
+        from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
+                                                                 BrightnessTransform)
+        from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
+        from batchgenerators.transforms.spatial_transforms import MirrorTransform, Rot90Transform, SpatialTransform
+    except ImportError as exc:
+        return f"batchgenerators does not import ({exc}); install it or set peers.batchgenerators_path"
+    from monai.transforms import Compose
+
+    from medeff.data.datamodule import archive_items
+    from medeff.data.transforms import preprocessing_transforms
+
+    common = dict(spatial_dims=dm.spatial_dims, has_label=dm.has_label_image, patch_size=dm.patch_size)
+    load = dm.kind != "archive"
+    det = Compose(preprocessing_transforms(dm.preprocessing, load=load, **common))
+    raw = [dict(r) for r in dm.train_ds.data] if load else \
+        archive_items(dm.index.records(fold=dm.fold, split="train"), context_slices=dm.context_slices)
+    items = [det(r) for r in raw]
+    images = [np.asarray(it["image"], dtype=np.float32) for it in items]
+    segs = [np.asarray(it["label"], dtype=np.float32) for it in items] if dm.has_label_image else None
+    labels = [int(it.get("label", 0)) for it in items] if not dm.has_label_image else None
+    aug = dict(dm.augmentation)
+    crop = dict(aug.get("crop") or {})
+    cropping = crop.get("mode", "none") != "none"
+    per_item = int(crop.get("num_samples", 1)) if cropping else 1
+    rad = math.radians(float(aug.get("rotate_deg", 15.0)))
+    patch = list(dm.patch_size) if cropping else list(images[0].shape[1:])
+    chain = [SpatialTransform(patch, patch_center_dist_from_border=[p // 2 for p in patch], do_elastic_deform=False,
+                              do_rotation=float(aug.get("rotate_prob", 0)) > 0, angle_x=(-rad, rad),
+                              angle_y=(-rad, rad), angle_z=(-rad, rad), do_scale=False, border_mode_data="nearest",
+                              order_data=1, order_seg=0, random_crop=cropping,
+                              p_rot_per_sample=float(aug.get("rotate_prob", 0)))]
+    if float(aug.get("flip_prob", 0)) > 0:
+        chain.append(MirrorTransform(axes=tuple(int(a) for a in aug.get("flip_axes", range(dm.spatial_dims)))))
+    if float(aug.get("rot90_prob", 0)) > 0:
+        chain.append(Rot90Transform((1, 2, 3), axes=tuple(int(a) for a in aug.get("rot90_axes", [0, 1])),
+                                    p_per_sample=float(aug["rot90_prob"])))
+    ip = float(aug.get("intensity_prob", 0))
+    if ip > 0 and float(aug.get("scale", 0)) > 0:
+        chain.append(BrightnessMultiplicativeTransform((1 - float(aug["scale"]), 1 + float(aug["scale"])),
+                                                       per_channel=False, p_per_sample=ip))
+    if ip > 0 and float(aug.get("shift", 0)) > 0:
+        chain.append(BrightnessTransform(0.0, float(aug["shift"]), per_channel=False, p_per_sample=ip))
+    if float(aug.get("noise_prob", 0)) > 0:
+        chain.append(GaussianNoiseTransform((0, float(aug.get("noise_std", 0.02)) ** 2),
+                                            p_per_sample=float(aug["noise_prob"])))
+    transform = BGCompose(chain)
+    rng = np.random.default_rng(seed)
+    n_batches = max(len(images) // dm.batch_size, 1)
+
+    def batches():
+        for _ in range(n_batches):
+            idx = rng.integers(0, len(images), dm.batch_size * per_item)
+            shape = np.max([images[i].shape for i in idx], axis=0)
+            pad = [[(0, int(m - d)) for m, d in zip(shape, images[i].shape)] for i in idx]
+            data = np.stack([np.pad(images[i], w, mode="edge") for i, w in zip(idx, pad)])
+            d = {"data": data}
+            if segs is not None:
+                d["seg"] = np.stack([np.pad(segs[i], w) for i, w in zip(idx, pad)])
+            d = transform(**d)
+            batch = {"image": torch.from_numpy(np.ascontiguousarray(d["data"], dtype=np.float32))}
+            if segs is not None:
+                batch["label"] = torch.from_numpy(np.ascontiguousarray(d["seg"])).long()
+            else:
+                batch["label"] = torch.tensor([labels[i] for i in idx])
+            yield batch
+
+    return batches, len(images) * per_item
+
+
 # ---- timing ------------------------------------------------------------------------------------------------------
 def _passes(make_loader, epochs: int, max_batches: int | None, augment=None,
             between=None) -> list[dict[str, Any]]:
@@ -299,6 +393,17 @@ def _run_case(name: str, case: Mapping[str, Any], cfg: Mapping[str, Any], shared
         peer_passes = _passes(lambda: loader, epochs, max_batches, between=model)
         result["monai"] = _summary(peer_setup, peer_cpu, peer_passes, len(ds) * per_item)
         del ds, loader
+    if cfg.get("peers", {}).get("batchgenerators", False):
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        peer = batchgenerators_reference(dm, (cfg.get("peers") or {}).get("batchgenerators_path"),
+                                         int(cfg.get("seed", 0)))
+        if isinstance(peer, str):
+            log.warning("bench data: no batchgenerators peer for %s: %s", name, peer)
+            result["batchgenerators"] = {"status": "skipped", "reason": peer}
+        else:
+            bg_setup, bg_cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+            bg_passes = _passes(peer[0], epochs, max_batches, between=model)
+            result["batchgenerators"] = _summary(bg_setup, bg_cpu, bg_passes, peer[1])
     rounds = model.rounds
     result["model"] = {**rounds[0], "samples_per_s": statistics.median(r["samples_per_s"] for r in rounds),
                        "samples_per_cpu_s": statistics.median(r["samples_per_cpu_s"] or 0.0 for r in rounds),
@@ -376,8 +481,8 @@ def format_data_report(report: Mapping[str, Any]) -> str:
         if c.get("status") != "ok":
             lines.append(f"| {name} |" + " - |" * 11 + f" {c.get('status')}: {c.get('reason')} |")
             continue
-        for side in ("medeff", "monai"):
-            if side not in c:
+        for side in ("medeff", "monai", "batchgenerators"):
+            if side not in c or "ratio" not in c[side]:
                 continue
             s = c[side]
             ratio, model = s["ratio"], s["model_samples_per_s"]

@@ -52,6 +52,7 @@ def test_phantom_cases_report_pipeline_model_and_monai(phantom_indexes, tmp_path
                                         "data.preprocessing.spacing=[10.0,12.0,12.0]",
                                         "augmentation.crop.num_samples=2", "+model.width=0.25", "+model.depth=0.25"]},
                "missing": {"experiment": "lidc_nodule", "source": {"folder": "lidc_nodule_slices_64"}}}}
+    cfg["peers"] = {"monai": True, "batchgenerators": True, "batchgenerators_path": str(tmp_path / "nothing")}
     report = run_data_bench(cfg)
     slices, organs, missing = (report["cases"][k] for k in ("slices", "organs", "missing"))
     assert missing["status"] == "skipped" and "MEDEFF_SHARED_DATA" in missing["reason"]
@@ -68,6 +69,10 @@ def test_phantom_cases_report_pipeline_model_and_monai(phantom_indexes, tmp_path
         later = case["medeff"]["epochs"][1]
         assert case["ratio"] == pytest.approx(later["samples_per_s"] / later["model"]["samples_per_s"])
         assert case["passed"] == (case["ratio"] >= case["goal"])
+    for case in (slices, organs):  # nnU-Net's batchgenerators: measured when it imports, else a stated skip
+        bg = case["batchgenerators"]
+        assert bg.get("status") == "skipped" and "batchgenerators" in bg["reason"] or \
+            [p["samples"] for p in bg["epochs"]] == [p["samples"] for p in case["medeff"]["epochs"]]
     assert slices["model"]["input_shape"] == [8, 3, 48, 48]  # the recipe's 2.5D stacks, centre-cropped
     assert organs["model"]["input_shape"] == [2, 1, 16, 16, 16]
     assert json.loads((tmp_path / "report.json").read_text())["cases"]["organs"]["status"] == "ok"
