@@ -172,7 +172,8 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         for (c2, v2, peer), ref in ok.items():
             if (c2, v2) == (case, variant) and peer != "medeff":
-                out.append({"case": case, "variant": variant, "peer": peer, "time_ratio": row["median_s"] / ref["median_s"],
+                out.append({"case": case, "variant": variant, "peer": peer,
+                            "time_ratio": row["median_s"] / ref["median_s"],
                             "flops_ratio": row["forward_flops"] / ref["forward_flops"]})
     return out
 
@@ -182,7 +183,8 @@ def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [f"torch {env['torch']}, device {env['device']} {env.get('gpu', '')}, tiny={env['tiny']}, "
              f"load {env['load_average_start']} -> {env['load_average_end']}", "",
-             "| case | variant | side | status | median step (ms) | TFLOP/s | peak memory (MiB) |", "|---|---|---|---|---|---|---|"]
+             "| case | variant | side | status | median step (ms) | TFLOP/s | peak memory (MiB) |",
+             "|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         if r["status"] == "ok":
             mem = "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.0f}"

@@ -16,7 +16,8 @@ and the report gives the time per train-step GFLOP of every side and, beside eve
 the two sides (1.0: equal work) and the time ratio per FLOP.
 
 Every worker gets ``threads`` torch/OpenMP threads (``auto``: the cores the process may use, never more),
-``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (:mod:`medeff.utils.threads`) and the same glibc malloc settings on every side: timing workers
+``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (:mod:`medeff.utils.threads`) and the same glibc
+malloc settings on every side: timing workers
 ``allocator_env`` (large buffers stay in the heap: fresh buffers would otherwise pay page faults on every step,
 which would be measured as model time), memory workers ``memory_allocator_env`` (large buffers are mapped and given
 back when freed, so the RSS high-water mark follows the memory the step holds rather than heap fragmentation: under
@@ -222,7 +223,8 @@ def run_bench(cfg: Mapping[str, Any], *, write: bool = True) -> dict[str, Any]:
     Returns:
         ``{"environment": ..., "settings": ..., "cases": {name: result}}``; each case has ``status``
         (``ok``/``skipped``/``error``), per-side times (``min_s``/``median_s``/``max_s`` and every ``times_s``),
-        ``peak_delta_bytes``, ``alloc_peak_bytes``, ``saved_bytes``, and ``checks`` with ``ratio``, ``target`` and ``passed``.
+        ``peak_delta_bytes``, ``alloc_peak_bytes``, ``saved_bytes``, FLOPs and ``ms_per_gflop``, and ``checks``
+        with ``ratio``, ``target`` and ``passed`` (time checks also ``flops_ratio`` and ``per_flop_ratio``).
 
     Raises:
         ConfigError: invalid configuration.
