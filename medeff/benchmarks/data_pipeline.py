@@ -182,8 +182,8 @@ def batchgenerators_reference(dm: Any, path: str | None = None, seed: int = 0) -
     The deterministic preprocessing (medeff's, item by item) makes the arrays; every batch then draws ``batch``
     items (volumes: ``batch * num_samples`` patches) and runs batchgenerators' transforms on the NumPy batch:
     ``SpatialTransform`` (random crop for 3D patches, rotation; no elastic deformation, no scaling),
-    ``MirrorTransform``, ``Rot90Transform``, multiplicative and additive brightness, Gaussian noise (its additive brightness is Gaussian,
-    MONAI's shift uniform; its crops are uniform, nnU-Net's own loader adds foreground oversampling).
+    ``MirrorTransform``, ``Rot90Transform``, multiplicative and additive brightness, Gaussian noise (its additive
+    brightness is Gaussian, MONAI's shift uniform; its crops are uniform, nnU-Net's loader oversamples foreground).
 
     Args:
         path: a folder to put on ``sys.path`` first (batchgenerators installed outside the environment).
@@ -432,6 +432,7 @@ def run_data_bench(cfg: Mapping[str, Any], *, write: bool = True) -> dict[str, A
     Raises:
         ConfigError: an unknown case, or epochs/model_steps below 1.
     """
+    import monai
     import torch
 
     cfg = copy.deepcopy(dict(cfg))
@@ -448,8 +449,8 @@ def run_data_bench(cfg: Mapping[str, Any], *, write: bool = True) -> dict[str, A
     torch.set_num_threads(int(cfg.get("threads", 2)))
     shared_data, work_dir = Path(str(cfg["shared_data"])).absolute(), Path(str(cfg["work_dir"]))
     report: dict[str, Any] = {
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_model": cpu_model(),
-                        "load_average_start": load_average()},
+        "environment": {"torch": torch.__version__, "monai": monai.__version__, "threads": torch.get_num_threads(),
+                        "cpu_model": cpu_model(), "load_average_start": load_average()},
         "settings": {k: cfg.get(k) for k in ("epochs", "max_batches", "model_steps", "model_warmup", "threads",
                                              "num_workers", "overrides")},
         "cases": {},
@@ -472,8 +473,9 @@ def _fmt(v: Any, digits: int = 1) -> str:
 def format_data_report(report: Mapping[str, Any]) -> str:
     """Markdown tables of a :func:`run_data_bench` report (pipelines, model, ratios and goals)."""
     env = report.get("environment", {})
-    lines = [f"torch {env.get('torch')}, {env.get('threads')} threads, {env.get('cpu_model')}, load average at "
-             f"start {env.get('load_average_start')}, at end {env.get('load_average_end')}", "",
+    lines = [f"torch {env.get('torch')}, MONAI {env.get('monai')}, {env.get('threads')} threads, "
+             f"{env.get('cpu_model')}, load average at start {env.get('load_average_start')}, at end "
+             f"{env.get('load_average_end')}", "",
              "| case | workers | pipeline | setup (s) | first epoch (samples/s) | later epochs (samples/s) | "
              "later (samples/CPU-s) | model step (samples/s) | ratio | first-epoch ratio | CPU-s ratio | goal | "
              "result |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
