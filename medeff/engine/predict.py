@@ -4,9 +4,11 @@
   predicted class, the triage score (summed probability of the positive classes) and the decision at the
   threshold (``flag`` when score >= threshold, else ``routine``). Slices of one nodule (archive rows sharing a
   ``nodule_key`` or one index case) are averaged into one case.
-* segmentation: Gaussian sliding-window inference, predictions mapped back through the inverse of the
-  preprocessing, one ``<case>_seg.nii.gz`` per input whose affine equals the input's; joint models also write
-  the classification table.
+* segmentation (:mod:`medeff.engine.predict_segment`): Gaussian sliding-window inference, class probabilities (or
+  labels, ``resample``) mapped back through the inverse of the preprocessing, the post-processing plan beside the
+  model applied (:mod:`medeff.engine.predict_postprocess`), one ``<case>_seg.nii.gz`` per input whose affine equals
+  the input's (plus probability maps on request); the next case is read in a loader worker meanwhile
+  (:mod:`medeff.engine.predict_loader`); joint models also write the classification table.
 
 Cases and their ids: :mod:`medeff.engine.predict_inputs` (inputs named after a patient give pseudonyms). The output
 folder, resumed reruns and stale outputs: :mod:`medeff.engine.predict_outputs`. Every file is written atomically;
@@ -25,11 +27,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medeff.config import check_values
-from medeff.data.transforms import LoadImageDatad, eval_transforms
+from medeff.data.transforms import eval_transforms
 from medeff.engine.case_errors import CaseFailures, check_finite
 from medeff.engine.checkpoint import load_checkpoint
 from medeff.engine.dicom_seg import check_output_formats, organ_code_table, write_seg_outputs
-from medeff.engine.inference import first_output, inference_context, sliding_window
+from medeff.engine.inference import first_output, inference_context
 from medeff.engine.metrics import class_probabilities
 from medeff.engine.predict_inputs import (CaseNaming, check_duplicates, check_output_dir, discover, fingerprint,
                                           json_bytes, list_inputs)
@@ -37,12 +39,13 @@ from medeff.engine.predict_loader import case_loader, resolve_predict_workers
 from medeff.engine.predict_outputs import RunManifest, finish_run
 from medeff.engine.predict_postprocess import plan_for_predict
 from medeff.engine.predict_resample import check_resample_mode
+from medeff.engine.predict_segment import Segmenter, probability_map_names, raw_load
 from medeff.errors import CheckpointError, ConfigError, InputError, OutputExistsError, OutputWriteError
-from medeff.utils.atomic import atomic_path
 from medeff.utils.logging import get_logger
 from medeff.utils.progress import track
 
-__all__ = ["predict", "load_model", "load_models", "resolve_checkpoints", "classification_table", "list_inputs"]
+__all__ = ["predict", "load_model", "load_models", "resolve_checkpoints", "classification_table", "list_inputs",
+           "probability_map_names"]
 
 log = get_logger(__name__)
 
@@ -165,13 +168,6 @@ def _settings_digest(c: dict[str, Any], ckpts: Sequence[str], threshold: float, 
     return h.hexdigest()
 
 
-def _raw_load(path: Any, what: str):
-    """Load an image as the preprocessing would, and refuse NaN/inf voxels before any window could clip them."""
-    d = LoadImageDatad(["image"])({"image": path})
-    check_finite(d["image"], what)
-    return d["image"]
-
-
 @torch.no_grad()
 def _classify(net, meta, kind: str, todo, device: str, batch_size: int, failures: CaseFailures,
               done: Callable[[dict[str, Any], str, np.ndarray, int], None],
@@ -237,7 +233,7 @@ def _classify(net, meta, kind: str, todo, device: str, batch_size: int, failures
     tf = eval_transforms(data["preprocessing"], load=True, **common)
     for rec, fp in todo:
         with failures.case(rec):
-            raw = _raw_load(rec["image"], f"The image of case '{rec['case_id']}'")
+            raw = raw_load(rec["image"], f"The image of case '{rec['case_id']}'")
             x = check_finite(torch.as_tensor(tf({"image": raw})["image"])[None].float(),
                              f"The preprocessed image of case '{rec['case_id']}'")
             with inference_context(device):
@@ -246,116 +242,6 @@ def _classify(net, meta, kind: str, todo, device: str, batch_size: int, failures
             done(rec, fp, check_finite(p, f"The network output for case '{rec['case_id']}'").cpu().numpy()[0], 1)
         if failures.last is not None:
             failed(rec, fp)
-
-
-class _Segmenter:
-    """Sliding-window segmentation of one case at a time, mask written back on the input's grid
-    (:mod:`medeff.engine.predict_resample`)."""
-
-    def __init__(self, net, meta, device: str, sw_cfg: dict[str, Any], *, resample: str = "probabilities",
-                 memory_mb: float = 2048.0, plan: dict[str, Any] | None = None,
-                 probability_maps: bool = False) -> None:
-        from medeff.engine.predict_resample import SourceGrid, check_resample_mode
-
-        self.net, self.meta, self.device = net, meta, device
-        data, tcfg = meta["data"], meta["config"]["task"]
-        self.joint = meta["task"] == "joint"
-        self.roi = tcfg["roi_size"]
-        self.pre = eval_transforms(data["preprocessing"], spatial_dims=3, has_label=False,
-                                   patch_size=data.get("patch_size"), load=True, track_meta=True)
-        self.resample = check_resample_mode(resample)
-        self.grid = SourceGrid(self.pre, memory_mb=memory_mb)
-        self.plan = plan
-        self.probability_maps = bool(probability_maps)
-        self.sw = {"sw_batch_size": int(sw_cfg.get("sw_batch_size") or tcfg.get("sw_batch_size", 2)),
-                   "overlap": float(sw_cfg.get("overlap") if sw_cfg.get("overlap") is not None
-                                    else tcfg.get("overlap", 0.5)),
-                   "mode": str(sw_cfg.get("mode") or tcfg.get("sw_mode", "gaussian"))}
-
-    def prepare(self, rec: dict[str, Any]) -> dict[str, Any]:
-        """Read and preprocess the image of ``rec`` (what a case loader runs ahead of the network)."""
-        return self.pre({"image": _raw_load(rec["image"], f"The image of case '{rec['case_id']}'")})
-
-    @torch.no_grad()
-    def __call__(self, rec: dict[str, Any], out_dir: Path,
-                 d: dict[str, Any] | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
-        """Segment ``rec`` (preprocessed ``d``, read now when None) and write its outputs into ``out_dir``:
-        ``(mask entry, class probabilities or None)``."""
-        from monai.data import MetaTensor
-
-        cid = rec["case_id"]
-        out_path = out_dir / f"{cid}_seg.nii.gz"
-        d = self.prepare(rec) if d is None else d
-        affine = np.asarray(d["image"].meta["original_affine"], dtype=np.float64)  # the input's own geometry
-        in_shape = tuple(int(n) for n in d["image"].meta["spatial_shape"])
-        x = check_finite(d["image"][None], f"The preprocessed image of case '{cid}'").to(self.device)
-        with inference_context(self.device):
-            out = sliding_window(self.net, x.as_tensor() if isinstance(x, MetaTensor) else x, roi_size=self.roi,
-                                 joint=self.joint, **self.sw)
-        seg, cls = out if self.joint else (out, None)
-        seg, cls = seg.float(), None if cls is None else cls.float()
-        check_finite(seg, f"The network output for case '{cid}'")
-        probs = None
-        if cls is not None:
-            probs = check_finite(class_probabilities(cls), f"The class output for case '{cid}'").cpu().numpy()[0]
-        maps: list[str] = []
-
-        def write_map(k: int, p: np.ndarray) -> None:  # foreground classes only, on the input's geometry
-            if k == 0:
-                return
-            name = probability_map_names(cid, self.meta["label_names"])[k - 1]
-            # NIfTI-1 has no float16: 16-bit integers with the header's scale factor (nibabel fits it to the
-            # values; readers that apply scl_slope/scl_inter, as nibabel, ITK and 3D Slicer do, see 0..1 floats)
-            _write_nifti(out_dir / name, np.asarray(p, dtype=np.float32), affine, on_disk=np.uint16)
-            maps.append(name)
-
-        on_class = write_map if self.probability_maps else None
-        if self.resample == "labels":
-            mask = self.grid.labels(d["image"], seg[0])
-            if on_class is not None:
-                self.grid.probabilities(d["image"], seg[0], on_class=on_class)
-        else:
-            mask = self.grid.probabilities(d["image"], seg[0], on_class=on_class)
-        del seg
-        changed = None
-        if self.plan is not None:
-            from medeff.evaluation.postprocess import apply_plan
-
-            mask, changed = apply_plan(mask, self.plan)
-        if mask.shape != in_shape:
-            raise RuntimeError(f"inverted mask shape {mask.shape} differs from the input {in_shape}")
-        _write_nifti(out_path, mask.astype(np.uint8 if mask.max() < 256 else np.int16), affine)
-        log.info("Wrote %s", out_path)
-        entry = {"case_id": cid, "mask": str(out_path),
-                 "voxels_per_label": {n: int((mask == i).sum()) for i, n in enumerate(self.meta["label_names"])}}
-        if changed is not None:
-            entry["postprocessing_voxels_changed"] = changed
-        if self.probability_maps:
-            entry["probability_maps"] = maps
-        return entry, probs
-
-
-def probability_map_names(case_id: str, label_names: Sequence[str]) -> list[str]:
-    """File names of the probability maps of a case: ``<case>_prob_<k>_<label>.nii.gz`` per foreground class ``k``
-    (the label name reduced to letters, digits, ``-`` and ``_``)."""
-    import re
-
-    return [f"{case_id}_prob_{k}_{re.sub(r'[^A-Za-z0-9_-]+', '-', str(n)).strip('-') or 'class'}.nii.gz"
-            for k, n in enumerate(label_names) if k > 0]
-
-
-def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, on_disk: Any = None) -> None:
-    """Write ``array`` on the grid ``affine`` (qform and sform both set), atomically; ``on_disk``: stored data type
-    (scaled by the header's slope and intercept when it differs from the array's)."""
-    import nibabel as nib
-
-    img = nib.Nifti1Image(array, affine)
-    if on_disk is not None:
-        img.set_data_dtype(on_disk)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    with atomic_path(path, overwrite=True) as tmp:  # the run manifest allowed this name (see plan)
-        nib.save(img, str(tmp))
 
 
 def predict(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
@@ -466,7 +352,7 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
 
         _classify(net, meta, kind, todo, device, int(c.get("batch_size", 16)), failures, done, failed)
     else:
-        segment = _Segmenter(net, meta, device, c.get("sliding_window") or {}, resample=c.get("resample"),
+        segment = Segmenter(net, meta, device, c.get("sliding_window") or {}, resample=c.get("resample"),
                              memory_mb=float(c.get("resample_memory_mb") or 2048), plan=plan,
                              probability_maps=bool(c.get("probability_maps")))
         # the next case is read and preprocessed (in a worker) while this one is segmented
