@@ -12,15 +12,17 @@
 #   OUT_DIR           output folder (default: iq_othnccd_out)
 #   train overrides   Hydra overrides appended to `medeff train` (also read from $MEDEFF_PIPELINE_OVERRIDES)
 #
-# Environment: MEDEFF (the medeff command), MEDEFF_PREDICT_OVERRIDES and every variable of pipelines/iq_othnccd.conf.
+# Environment: MEDEFF (the medeff command), MEDEFF_PREDICT_OVERRIDES, IQ_OTHNCCD_CONF (another settings file, e.g.
+# pipelines/iq_othnccd_paper.conf: the paper's B0-B4 table) and every variable of pipelines/iq_othnccd.conf.
 # Outputs: OUT_DIR/splits.csv, predictions.csv, results.json, report.html, timings.txt; work/ holds the index, the
 # split folders, the runs and the per-model predictions.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
+# settings: pipelines/iq_othnccd.conf, or the file named by IQ_OTHNCCD_CONF (e.g. pipelines/iq_othnccd_paper.conf)
 # shellcheck source=iq_othnccd.conf
-source "$HERE/iq_othnccd.conf"
+source "${IQ_OTHNCCD_CONF:-$HERE/iq_othnccd.conf}"
 # shellcheck source=common.sh
 source "$HERE/common.sh"
 
@@ -56,8 +58,9 @@ for pair in published:random patient_safe:grouped; do
   INPUTS+=("$NAME:thumbnail_knn:$WORK/knn_$NAME/predictions.csv")
   # 4. the EfficientNets: same recipe and budget in both protocols
   for MODEL in $MODELS; do
+    read -r -a MODEL_OVERRIDES <<< "$(model_overrides "$MODEL")"
     step "train_${NAME}_$MODEL"
-    "$MEDEFF" train experiment=iq_othnccd "model=$MODEL" "data.index=$SPLIT/train.json" data.fold=0 \
+    "$MEDEFF" train experiment=iq_othnccd "${MODEL_OVERRIDES[@]}" "data.index=$SPLIT/train.json" data.fold=0 \
       "run_dir=$WORK/run_${NAME}_$MODEL" trainer.accelerator=cpu "${TRAIN_OVERRIDES[@]}" "${ENV_OVERRIDES[@]}" "$@"
     done_step
     step "predict_${NAME}_$MODEL"

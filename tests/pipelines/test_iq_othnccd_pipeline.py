@@ -1,5 +1,6 @@
-"""Bounded smoke run of pipelines/iq_othnccd.sh on a few IQ-OTH/NCCD slices per class (tiny model, one epoch): every
-output file exists with its columns, both protocols and both models are reported, test sets match the splits."""
+"""Bounded smoke run of pipelines/iq_othnccd.sh on a few IQ-OTH/NCCD slices per class (ImageNet Lite0 on 32x32 inputs,
+one epoch): every output file exists with its columns, both protocols and both models are reported, test sets match
+the splits, a NAME_imagenet model trains from its ImageNet weights."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "pipelines" / "iq_othnccd.sh"
 FOLDERS = ["Normal cases", "Bengin cases", "Malignant cases"]
 CLASSES = ["normal", "benign", "malignant"]
-TINY = ["trainer.max_epochs=1", "data.patch_size=[32,32]", "data.batch_size=4", "+model.width=0.25",
-        "+model.depth=0.34"]
+TINY = ["trainer.max_epochs=1", "data.patch_size=[32,32]", "data.batch_size=4"]
+MODEL = "efficientnet_lite0_imagenet"  # model=efficientnet_lite0 model.pretrained=true (the installed weights)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def run(shared_data, tmp_path_factory):
         for f in sorted((src / folder).iterdir())[:6]:
             shutil.copy(f, data / folder / f.name)
     env = dict(os.environ, FRACTIONS="fractions.train=0.5 fractions.val=0.25 fractions.test=0.25", N_RESAMPLES="50",
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", MODELS=MODEL)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     r = subprocess.run(["bash", str(SCRIPT), str(data), "out", *TINY], cwd=tmp, env=env, capture_output=True,
                        text=True, timeout=1800)
@@ -56,7 +57,7 @@ def test_outputs_and_columns(run):
     preds = _rows(out / "predictions.csv")
     assert list(preds[0]) == ["file", "protocol", "model", "label", "prob_normal", "prob_benign", "prob_malignant"]
     test = {(r["protocol"], r["file"]) for r in splits if r["split"] == "test"}
-    for model in ("thumbnail_knn", "efficientnet_b0"):
+    for model in ("thumbnail_knn", MODEL):
         got = {(r["protocol"], r["file"]) for r in preds if r["model"] == model}
         assert got == test, model  # one row per test image per model
     for r in preds:
@@ -66,15 +67,26 @@ def test_outputs_and_columns(run):
     assert res["grouping"]["n_cases"] == 18 and sum(int(k) * v for k, v in res["grouping"]["size_counts"].items()) == 18
     for p in ("published", "patient_safe"):
         part = res["protocols"][p]
-        assert set(part["models"]) == {"thumbnail_knn", "efficientnet_b0"}
-        m = part["models"]["efficientnet_b0"]["metrics"]
+        assert set(part["models"]) == {"thumbnail_knn", MODEL}
+        m = part["models"][MODEL]["metrics"]
         for key in ("accuracy", "balanced_accuracy", "macro_auc", "sensitivity_benign", "specificity_malignant"):
             assert set(m[key]) >= {"value", "ci_low", "ci_high"}
-        assert part["paired"]["efficientnet_b0"]["versus"] == "thumbnail_knn"
+        assert part["paired"][MODEL]["versus"] == "thumbnail_knn"
         assert part["leakage"]["leakage"]["n_test"] == sum(1 for q, _ in test if q == p)
     assert res["protocols"]["patient_safe"]["leakage"]["leakage"]["n_leaked"] == 0
     html = (out / "report.html").read_text()
     assert "patient_safe" in html and "99.1%" in html and "Confusion matrix" in html and "Near-duplicate groups" in html
+    assert "Paired DeLong tests" in html and res["protocols"]["patient_safe"]["delong"]["n"] == len(
+        [q for q, _ in test if q == "patient_safe"])
     timings = (out / "timings.txt").read_text()
-    for step in ("index", "split_published", "knn_patient_safe", "train_published_efficientnet_b0", "report"):
+    for step in ("index", "split_published", "knn_patient_safe", f"train_published_{MODEL}", "report"):
         assert step in timings
+
+
+def test_imagenet_label_trains_from_the_imagenet_weights(run):
+    out, _ = run
+    from omegaconf import OmegaConf
+
+    for p in ("published", "patient_safe"):
+        cfg = OmegaConf.load(out / "work" / f"run_{p}_{MODEL}" / "config.yaml")
+        assert cfg.model.name == "efficientnet_lite0" and cfg.model.pretrained is True
