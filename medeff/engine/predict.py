@@ -38,7 +38,7 @@ from medeff.engine.predict_inputs import (CaseNaming, check_duplicates, check_ou
 from medeff.engine.predict_loader import case_loader, resolve_predict_workers
 from medeff.engine.predict_outputs import RunManifest, finish_run
 from medeff.engine.predict_postprocess import plan_for_predict
-from medeff.engine.predict_resample import check_resample_mode
+from medeff.engine.predict_resample import check_memory_mb, check_resample_mode
 from medeff.engine.predict_segment import Segmenter, probability_map_names, raw_load
 from medeff.errors import CheckpointError, ConfigError, InputError, OutputExistsError, OutputWriteError
 from medeff.utils.logging import get_logger
@@ -299,6 +299,7 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
     plan, workers = None, 0
     if task != "classification":
         c["resample"] = check_resample_mode(c.get("resample"))
+        c["resample_memory_mb"] = check_memory_mb(c.get("resample_memory_mb"))
         plan, c["postprocess_plan_sha256"] = plan_for_predict(c, meta["label_names"])
         workers = resolve_predict_workers(c.get("num_workers", "auto"))
     if "dicom_seg" in formats:
@@ -353,7 +354,7 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
         _classify(net, meta, kind, todo, device, int(c.get("batch_size", 16)), failures, done, failed)
     else:
         segment = Segmenter(net, meta, device, c.get("sliding_window") or {}, resample=c.get("resample"),
-                             memory_mb=float(c.get("resample_memory_mb") or 2048), plan=plan,
+                             memory_mb=c["resample_memory_mb"], plan=plan,
                              probability_maps=bool(c.get("probability_maps")))
         # the next case is read and preprocessed (in a worker) while this one is segmented
         loader = case_loader([rec for rec, _ in todo], segment.prepare, workers)

@@ -26,7 +26,7 @@ import torch
 
 from medeff.errors import ConfigError
 
-__all__ = ["RESAMPLE_MODES", "SourceGrid", "check_resample_mode"]
+__all__ = ["RESAMPLE_MODES", "SourceGrid", "check_resample_mode", "check_memory_mb"]
 
 RESAMPLE_MODES = ("probabilities", "labels")
 
@@ -43,6 +43,24 @@ def check_resample_mode(value: Any) -> str:
                           hint="use resample=probabilities (interpolate class probabilities, then argmax; the "
                                "default) or resample=labels (argmax, then nearest neighbour).")
     return mode
+
+
+def check_memory_mb(value: Any) -> float:
+    """``resample_memory_mb`` of the predict config: a number > 0 (null: 2048).
+
+    Raises:
+        ConfigError: not a positive number.
+    """
+    if value is None:
+        return 2048.0
+    try:
+        mb = float(value)
+    except (TypeError, ValueError):
+        mb = float("nan")
+    if isinstance(value, bool) or not np.isfinite(mb) or mb <= 0:
+        raise ConfigError(f"resample_memory_mb must be a number of megabytes > 0, got {value!r}.",
+                          hint="e.g. resample_memory_mb=2048; a small value maps the classes back one at a time.")
+    return mb
 
 
 def _float32_operations(ops: list[Mapping[str, Any]]) -> list[dict[str, Any]]:

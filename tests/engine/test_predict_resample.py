@@ -61,9 +61,11 @@ def test_probability_groups_do_not_change_the_mask(tmp_path):
     assert len(np.unique(small)) == 4
 
 
-def test_unknown_resample_mode_is_refused(monkeypatch, tmp_path):
+@pytest.mark.parametrize("key,value", [("resample", "cubic"), ("resample_memory_mb", 0),
+                                       ("resample_memory_mb", "lots")])
+def test_bad_resample_settings_are_refused_before_inference(monkeypatch, tmp_path, key, value):
     src = F.write_volume(tmp_path / "plate.nii.gz", F.thin_plate())
     ckpt = F.install(monkeypatch, tmp_path)
-    with pytest.raises(ConfigError, match="resample"):
-        _run(ckpt, src, tmp_path / "out", resample="cubic")
+    with pytest.raises(ConfigError, match=key):
+        _run(ckpt, src, tmp_path / "out", **{key: value})
     assert not (tmp_path / "out" / "plate_seg.nii.gz").exists()
