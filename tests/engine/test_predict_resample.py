@@ -69,3 +69,17 @@ def test_bad_resample_settings_are_refused_before_inference(monkeypatch, tmp_pat
     with pytest.raises(ConfigError, match=key):
         _run(ckpt, src, tmp_path / "out", **{key: value})
     assert not (tmp_path / "out" / "plate_seg.nii.gz").exists()
+
+
+def test_both_paths_agree_when_the_network_grid_is_the_input_grid(tmp_path):
+    """No resampling (only the reorientation): interpolating probabilities changes nothing (e.g. the demo's CT)."""
+    from medeff.data.transforms import eval_transforms
+    from medeff.engine.predict_resample import SourceGrid
+
+    src = F.write_volume(tmp_path / "v.nii.gz", F.thin_plate())
+    spec = dict(F.meta()["data"]["preprocessing"], spacing=list(F.SPACING))
+    pre = eval_transforms(spec, spatial_dims=3, has_label=False, load=True, track_meta=True)
+    image = pre({"image": str(src)})["image"]
+    logits = torch.randn((5, *image.shape[1:]), generator=torch.Generator().manual_seed(1))
+    grid = SourceGrid(pre)
+    np.testing.assert_array_equal(grid.labels(image, logits), grid.probabilities(image, logits))
