@@ -10,6 +10,10 @@ writes the mask on the grid of the input. Two ways to get there:
 * ``labels``: the label map is taken on the network's grid first and mapped back with nearest-neighbour
   interpolation (blocky where the input grid is finer than the network's).
 
+Preprocessing that crops (``crop_foreground``, ``resize_to_patch``) is inverted by padding with zeros; the
+background probability is therefore mapped back as ``1 - p`` (linear interpolation commutes with it), so the padded
+region is background with probability 1, as the label path makes it, and never the class of the nearest crop edge.
+
 Memory: the classes are mapped back a group at a time, sized so one group fits ``memory_mb`` (float32 on the input
 grid), and reduced into a running maximum and argmax; the probabilities never exist for all classes at once on the
 input grid. Interpolation runs in float32 (MONAI's resampling would otherwise use the preprocessing's float64).
@@ -135,8 +139,11 @@ class SourceGrid:
         group = max(1, min(n_classes, int(self.memory_mb // max(2.0 * per_class_mb, 1e-9))))
         best: torch.Tensor | None = None
         label: torch.Tensor | None = None
+        probs[0] = 1.0 - probs[0]  # background travels as 1 - p: where the inverse pads (crops), it is background
         for start in range(0, n_classes, group):
             chunk = self._invert(image, probs[start:start + group], nearest=False).float()
+            if start == 0:
+                chunk[0] = 1.0 - chunk[0]
             for j in range(chunk.shape[0]):
                 k = start + j
                 p = chunk[j]

@@ -83,3 +83,27 @@ def test_both_paths_agree_when_the_network_grid_is_the_input_grid(tmp_path):
     logits = torch.randn((5, *image.shape[1:]), generator=torch.Generator().manual_seed(1))
     grid = SourceGrid(pre)
     np.testing.assert_array_equal(grid.labels(image, logits), grid.probabilities(image, logits))
+
+
+def test_cropped_preprocessing_maps_background_back_outside_the_crop(tmp_path):
+    """crop_foreground is inverted by zero padding: the background must come back as background there."""
+    from medeff.data.transforms import eval_transforms
+    from medeff.engine.predict_resample import SourceGrid
+
+    block = np.zeros((40, 36, 20), np.float32)
+    block[10:30, 8:28, 4:16] = 1.0
+    src = F.write_volume(tmp_path / "block.nii.gz", block)
+    spec = {"spacing": [1.6, 1.6, 3.0], "intensity": {"mode": "none"}, "crop_foreground": True,
+            "foreground_threshold": 0.5}
+    pre = eval_transforms(spec, spatial_dims=3, has_label=False, load=True, track_meta=True)
+    image = pre({"image": str(src)})["image"]
+    p = image.as_tensor()[0].clamp(1e-3, 1 - 1e-3)  # a calibrated stand-in network
+    logits = torch.stack([torch.log1p(-p), torch.log(p)])
+    grid = SourceGrid(pre)
+    prob, lab = grid.probabilities(image, logits), grid.labels(image, logits)
+    assert prob.shape == block.shape
+    d_prob, d_lab = F.dice(prob, block), F.dice(lab, block)
+    assert d_prob >= d_lab, (d_prob, d_lab)  # measured 0.949 vs 0.902 (0.865 when the padding was left at 0)
+    outside = np.ones(block.shape, bool)
+    outside[9:31, 7:29, 3:17] = False  # a voxel's margin around the crop
+    assert not prob[outside].any()
