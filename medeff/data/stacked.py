@@ -40,7 +40,7 @@ def preprocess_stacked(items: Sequence[Mapping[str, Any]], transforms: Sequence[
         chunk: items per call (bounds the temporary memory).
 
     Returns:
-        New item dictionaries with the preprocessed ``image`` (a :class:`monai.data.MetaTensor`), or None when a
+        New item dictionaries with the preprocessed ``image`` (a ``torch.Tensor``), or None when a
         transform may mix channels, the images differ in shape, or an image holds NaN/inf (the per-item path then
         names the case).
     """
@@ -64,6 +64,7 @@ def preprocess_stacked(items: Sequence[Mapping[str, Any]], transforms: Sequence[
         img = data["image"]
         img = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(np.asarray(img))
         img = img.reshape(len(part), channels, *img.shape[1:])
-        # own storage per item: a view would carry the whole chunk into every copy the dataset makes of an item
-        out += [{**it, "image": MetaTensor(x.clone())} for it, x in zip(part, img)]
+        # own storage per item: a view would carry the whole chunk into every copy the dataset makes of an item;
+        # plain tensors (no metadata: archive slices have no geometry), which MONAI transforms take as they are
+        out += [{**it, "image": x.clone()} for it, x in zip(part, img)]
     return out
