@@ -169,12 +169,13 @@ def _settings_digest(c: dict[str, Any], ckpts: Sequence[str], threshold: float, 
 
 
 @torch.no_grad()
-def _classify(net, meta, kind: str, todo, device: str, batch_size: int, failures: CaseFailures,
+def _classify(net, meta, kind: str, todo: list, device: str, batch_size: int, workers: int, failures: CaseFailures,
               done: Callable[[dict[str, Any], str, np.ndarray, int], None],
               failed: Callable[[dict[str, Any], str], None]) -> None:
     """Classify every ``(record, fingerprint)`` of ``todo``; ``done(rec, fp, mean probabilities, n_items)`` per
     predicted case, ``failed(rec, fp)`` per failed one. Archive cases are batched (whole cases, up to
-    ``batch_size`` slices per forward pass); one case's failure never touches the others."""
+    ``batch_size`` slices per forward pass); volumes are read ahead by ``workers`` loader processes; one case's
+    failure never touches the others."""
     data = meta["data"]
     common = dict(spatial_dims=int(data["spatial_dims"]), has_label=False, patch_size=data.get("patch_size"))
     if kind == "archive":
@@ -212,7 +213,7 @@ def _classify(net, meta, kind: str, todo, device: str, batch_size: int, failures
                 if failures.last is not None:
                     failed(rec, fp)
 
-        for rec, fp in todo:
+        for rec, fp in track(todo, "Predicting cases"):  # a bar on a terminal (case count only)
             xs = None
             with failures.case(rec):
                 items = archive_items([rec], context_slices=int(data.get("context_slices", 0)))
@@ -231,11 +232,18 @@ def _classify(net, meta, kind: str, todo, device: str, batch_size: int, failures
         raise InputError("This checkpoint classifies 2D archive slices; the input is a volume.",
                          hint="pass a .npz slice archive or an index of archive cases.")
     tf = eval_transforms(data["preprocessing"], load=True, **common)
-    for rec, fp in todo:
+
+    def prepare(rec: dict[str, Any]) -> torch.Tensor:  # in a loader worker while the previous case is classified
+        raw = raw_load(rec["image"], f"The image of case '{rec['case_id']}'")
+        return check_finite(torch.as_tensor(tf({"image": raw})["image"])[None].float(),
+                            f"The preprocessed image of case '{rec['case_id']}'")
+
+    loader = case_loader([rec for rec, _ in todo], prepare, workers)
+    for i, x, error in track(loader, "Predicting cases", total=len(todo)):  # a bar on a terminal
+        rec, fp = todo[i]
         with failures.case(rec):
-            raw = raw_load(rec["image"], f"The image of case '{rec['case_id']}'")
-            x = check_finite(torch.as_tensor(tf({"image": raw})["image"])[None].float(),
-                             f"The preprocessed image of case '{rec['case_id']}'")
+            if error is not None:
+                raise error
             with inference_context(device):
                 logits = first_output(net(x.to(device)))
             p = class_probabilities(logits.float())
@@ -296,12 +304,11 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
                                    trusted_targets=c.get("trusted_targets"))
     task = meta["task"]
     formats = check_output_formats(c.get("output_format"), task)  # before any inference
-    plan, workers = None, 0
+    plan, workers = None, resolve_predict_workers(c.get("num_workers", "auto"))
     if task != "classification":
         c["resample"] = check_resample_mode(c.get("resample"))
         c["resample_memory_mb"] = check_memory_mb(c.get("resample_memory_mb"))
         plan, c["postprocess_plan_sha256"] = plan_for_predict(c, meta["label_names"])
-        workers = resolve_predict_workers(c.get("num_workers", "auto"))
     if "dicom_seg" in formats:
         organ_code_table((c.get("dicom_seg") or {}).get("organ_codes"))
     if task != "classification" and kind != "volume":
@@ -345,13 +352,12 @@ def _run(c: dict[str, Any], kind: str, records: list[dict[str, Any]], fps: list[
                                     threshold=threshold)[0]
 
     if task == "classification":
-        todo = track(todo, "Predicting cases")  # a bar on a terminal (case count only)
 
         def done(rec: dict[str, Any], fp: str, p: np.ndarray, n: int) -> None:
             results[rec["case_id"]] = row = row_of(rec["case_id"], p, n)
             manifest.finish_case("done", rec["case_id"], fp, [], result=row)
 
-        _classify(net, meta, kind, todo, device, int(c.get("batch_size", 16)), failures, done, failed)
+        _classify(net, meta, kind, todo, device, int(c.get("batch_size", 16)), workers, failures, done, failed)
     else:
         segment = Segmenter(net, meta, device, c.get("sliding_window") or {}, resample=c.get("resample"),
                              memory_mb=c["resample_memory_mb"], plan=plan,

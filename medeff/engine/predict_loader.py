@@ -4,7 +4,9 @@ segmented, through a torch ``DataLoader`` over the cases (``num_workers`` of ``c
 Each item is ``(position, preprocessed case or None, error or None)``: a case that cannot be read yields its error
 instead of stopping the loader, so it fails on its own (``on_error``) in the predicting process, in case order.
 With ``num_workers=0`` the cases are read in the predicting process, one after the other; the masks are the same
-either way (the preprocessing is deterministic).
+either way (the preprocessing is deterministic). Workers are forked (also on macOS, whose default is spawn), so the
+preprocessing needs no pickling and the redaction of names in log lines carries over; where a platform cannot fork
+(Windows), cases are read in the predicting process.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from typing import Any
 from torch.utils.data import DataLoader, Dataset
 
 from medeff.errors import ConfigError
+from medeff.utils.logging import get_logger
 
 __all__ = ["resolve_predict_workers", "case_loader"]
+
+log = get_logger(__name__)
 
 
 def resolve_predict_workers(value: Any) -> int:
@@ -82,6 +87,16 @@ def case_loader(records: Sequence[dict[str, Any]], prepare: Callable[[dict[str, 
         prepare: reads and preprocesses one case (runs in a worker process when ``num_workers`` > 0).
         num_workers: worker processes; 0 reads in this process. Each worker reads one case ahead.
     """
-    extra = {"prefetch_factor": 1, "persistent_workers": False} if num_workers > 0 else {}
+    import multiprocessing
+
+    extra: dict[str, Any] = {}
+    if num_workers > 0:
+        if "fork" in multiprocessing.get_all_start_methods():
+            # forked workers inherit the preprocessing (which need not pickle) and the log handlers' redaction
+            extra = {"prefetch_factor": 1, "persistent_workers": False, "multiprocessing_context": "fork"}
+        else:  # no fork (Windows): the cases are read in this process
+            log.info("num_workers=%d: this platform cannot fork; cases are read in the predicting process.",
+                     num_workers)
+            num_workers = 0
     return DataLoader(_Cases(records, prepare), batch_size=None, shuffle=False, num_workers=num_workers,
                       collate_fn=_one, **extra)

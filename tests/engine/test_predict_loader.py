@@ -49,3 +49,44 @@ def test_num_workers_values():
     for bad in (-1, "many", 1.5):
         with pytest.raises(ConfigError, match="num_workers"):
             resolve_predict_workers(bad)
+
+
+class _MeanNet:
+    """A 'classifier' whose malignant logit is the mean windowed intensity of the crop."""
+
+    def __call__(self, x):
+        import torch
+
+        m = x.mean(dim=tuple(range(1, x.ndim)))
+        return torch.stack([-m, m], dim=1) * 10
+
+    def eval(self):
+        return self
+
+
+def test_volume_classification_reads_ahead_with_the_same_rows(monkeypatch, tmp_path):
+    import medeff.engine.predict as P
+
+    meta = {"task": "classification", "label_names": [], "class_names": ["benign", "malignant"],
+            "positive_classes": [1], "threshold": 0.5, "versions": {},
+            "data": {"spatial_dims": 3, "kind": "volume", "patch_size": [8, 8, 4],
+                     "preprocessing": {"intensity": {"mode": "window", "window": [0.0, 1.0]}, "normalize": None}},
+            "config": {"task": {}}}
+    ckpt = tmp_path / "c.ckpt"
+    ckpt.write_bytes(b"placeholder")
+    monkeypatch.setattr(P, "load_model", lambda path, **kw: (_MeanNet(), meta))
+    inputs = tmp_path / "crops"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        F.write_volume(inputs / f"n{k}.nii.gz", rng.uniform(0, 0.3 * (k + 1), size=(8, 8, 4)))
+    (inputs / "n9.nii.gz").write_bytes(b"broken")
+    rows = {}
+    for n in (0, 1):
+        res = predict({"ckpt": str(ckpt), "input": str(inputs), "output_dir": str(tmp_path / f"w{n}"),
+                       "device": "cpu", "case_ids": {"naming": "input"}, "num_workers": n})
+        rows[n] = res
+    assert rows[0]["cases"] == rows[1]["cases"] and [r["case_id"] for r in rows[1]["cases"]] == ["n0", "n1", "n2"]
+    assert [f["case_id"] for f in rows[1]["failed"]] == ["n9"] and rows[0]["failed"] == rows[1]["failed"]
+    scores = [r["score"] for r in rows[1]["cases"]]
+    assert scores == sorted(scores) and scores[0] < scores[-1]  # brighter crops score higher: real inputs were read
