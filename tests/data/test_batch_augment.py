@@ -147,3 +147,27 @@ def test_num_workers_auto_leaves_a_core(monkeypatch):
     assert D.resolve_num_workers("auto") == 0
     with pytest.raises(ConfigError, match="num_workers"):
         D.resolve_num_workers("many")
+
+
+def test_training_run_augments_batches_through_the_hook(nodule_index, tmp_path, monkeypatch):
+    """`medeff train ... data.batch_augmentation=true`: the trainer's training batches pass the augmenter, the
+    validation batches do not."""
+    from medeff.config import compose
+    from medeff.data.batch_augment import BatchAugment
+    from medeff.engine.train import train
+
+    calls: list[int] = []
+    real = BatchAugment.__call__
+
+    def counting(self, x):
+        calls.append(int(x.shape[0]))
+        return real(self, x)
+
+    monkeypatch.setattr(BatchAugment, "__call__", counting)
+    cfg = compose("train", ["experiment=lidc_nodule", f"data.index={nodule_index}", "data.batch_size=4",
+                            "data.batch_augmentation=true", "model.width=0.25", "model.depth=0.34",
+                            "debug=fast", f"run_dir={tmp_path}", "trainer.accelerator=cpu",
+                            "+trainer.enable_model_summary=false", "trainer.gradient_clip_val=null"])
+    result = train(cfg)
+    assert calls == [4, 4]  # limit_train_batches=2; the two validation batches are not augmented
+    assert result["last_checkpoint"]
