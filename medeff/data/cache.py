@@ -79,8 +79,8 @@ def cache_key(record: Mapping[Hashable, Any], keys: Sequence[str], fingerprint: 
     """The cache key of a record (hex), or None when a key holds an in-memory array instead of file paths.
 
     Raises:
-        FileNotFoundError: an input file vanished between listing and ``stat`` (the caller reads it anyway and
-            gets the reader's error).
+        OSError: an input file is missing or cannot be examined (:class:`DiskCached` then runs the reader, whose
+            error names the file).
     """
     h = hashlib.sha256(fingerprint.encode())
     for key in keys:
@@ -140,7 +140,10 @@ class DiskCached(Transform):
         self._lock = threading.Lock()
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        key = cache_key(data, self.keys, self.fingerprint)
+        try:
+            key = cache_key(data, self.keys, self.fingerprint)
+        except OSError:  # a missing or unreadable input: the reader raises medeff's error naming the file
+            key = None
         if key is None:
             return self.transform(data)
         entry = self.cache_dir / key

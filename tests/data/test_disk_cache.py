@@ -157,3 +157,25 @@ def test_data_module_decodes_each_volume_once(organ_cases, tmp_path, monkeypatch
                                    if hasattr(c, "as_tensor") else c)
         torch.testing.assert_close(b.as_tensor() if hasattr(b, "as_tensor") else b, c.as_tensor()
                                    if hasattr(c, "as_tensor") else c)
+
+
+def test_folder_inputs_and_missing_files(organ_cases, tmp_path):
+    """A DICOM-style folder is keyed by every file in it; a missing input gets the reader's error, not a raw OSError."""
+    from medeff.data.cache import input_files
+    from medeff.errors import ImageReadError
+
+    folder = tmp_path / "series"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("b.dcm", "a.dcm", "sub/c.dcm"):
+        (folder / name).write_bytes(b"x")
+    assert [Path(f).relative_to(folder).as_posix() for f in input_files(str(folder))] == ["a.dcm", "b.dcm",
+                                                                                          "sub/c.dcm"]
+    fp = preprocessing_fingerprint(SPEC, spatial_dims=3, has_label=False, patch_size=None)
+    before = cache_key({"image": str(folder)}, ["image"], fp)
+    (folder / "sub" / "c.dcm").write_bytes(b"xy")
+    assert cache_key({"image": str(folder)}, ["image"], fp) != before
+    _, recs = organ_cases
+    builds: list[str] = []
+    missing = {**recs[0], "image": [str(tmp_path / "gone.nii.gz")]}
+    with pytest.raises(ImageReadError, match="gone.nii.gz"):
+        _cached(tmp_path / "cache", SPEC, builds)(missing)
