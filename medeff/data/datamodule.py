@@ -27,7 +27,6 @@ process per usable core but one (cgroup and affinity aware; 0 on a single core).
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -73,24 +72,11 @@ def resolve_num_workers(value: int | str) -> int:
 
 
 def usable_cpus() -> int:
-    """Cores this process may use: CPU affinity, capped by a cgroup CPU quota (``cpu.max``) when one is set."""
-    try:
-        from medeff.utils.threads import usable_cpus as shared  # type: ignore[import-not-found,attr-defined]
-    except ImportError:
-        shared = None
-    if shared is not None:
-        return int(shared())
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(float(quota) / float(period))))
-    except (OSError, ValueError):
-        pass
-    return max(n, 1)
+    """Cores this process may use: its CPU affinity capped by a cgroup CPU quota
+    (:func:`medeff.utils.threads.available_cores`)."""
+    from medeff.utils.threads import available_cores
+
+    return available_cores()
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
