@@ -14,7 +14,8 @@ For every case of ``conf/bench_data.yaml`` (an experiment, its data and override
    samples/s = batch / median step time of the round;
 5. **peer**: the same records through MONAI's own per-sample chain (``LoadImaged`` for files, then the same
    MONAI preprocessing and augmentation transforms, in a MONAI ``CacheDataset`` and ``DataLoader`` with the same
-   batch size and workers), timed the same way, each pass again followed by model steps.
+   batch size and workers), timed the same way, each pass again followed by model steps; with
+   ``peers.batchgenerators`` also nnU-Net's batchgenerators transforms (:func:`batchgenerators_reference`).
 
 ``ratio`` = the median over the later rounds of (pipeline samples/s of the pass) / (model samples/s of the same
 round): how many train steps the pipeline could feed per step the model takes. Pipeline and model alternate, so a
@@ -45,7 +46,8 @@ from medeff.utils.atomic import check_writable, write_json_atomic
 from medeff.utils.logging import get_logger
 from medeff.utils.options import look_up
 
-__all__ = ["run_data_bench", "format_data_report", "build_case_index", "monai_reference_dataset"]
+__all__ = ["run_data_bench", "format_data_report", "build_case_index", "monai_reference_dataset",
+           "batchgenerators_reference"]
 
 log = get_logger(__name__)
 
