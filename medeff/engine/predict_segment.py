@@ -14,7 +14,7 @@ import torch
 
 from medeff.data.transforms import LoadImageDatad, eval_transforms
 from medeff.engine.case_errors import check_finite
-from medeff.engine.inference import inference_context, sliding_window
+from medeff.engine.inference import check_pad, inference_context, sliding_window
 from medeff.engine.metrics import class_probabilities
 from medeff.utils.atomic import atomic_path
 from medeff.utils.logging import get_logger
@@ -53,7 +53,8 @@ class Segmenter:
         self.sw = {"sw_batch_size": int(sw_cfg.get("sw_batch_size") or tcfg.get("sw_batch_size", 2)),
                    "overlap": float(sw_cfg.get("overlap") if sw_cfg.get("overlap") is not None
                                     else tcfg.get("overlap", 0.5)),
-                   "mode": str(sw_cfg.get("mode") or tcfg.get("sw_mode", "gaussian"))}
+                   "mode": str(sw_cfg.get("mode") or tcfg.get("sw_mode", "gaussian")),
+                   "pad": check_pad(tcfg.get("sw_pad", "min"))}
 
     def prepare(self, rec: dict[str, Any]) -> dict[str, Any]:
         """Read and preprocess the image of ``rec`` (what a case loader runs ahead of the network)."""
