@@ -39,7 +39,7 @@ read -r -a FRAC <<< "$FRACTIONS"
 # 1. index: one case per image, near-duplicate groups (identical files + similar slices, joined transitively)
 step index
 "$MEDEFF" index "$DATA" "$WORK/index.json" groups.near_duplicates=true "${NEAR[@]}" "class_names=$CLASSES" \
-  "folders.class_map=$CLASS_MAP" overwrite=true
+  "folders.class_map=$CLASS_MAP" "pseudonym.salt=$GROUP_SALT" overwrite=true
 done_step
 
 SPLITS=() INPUTS=()

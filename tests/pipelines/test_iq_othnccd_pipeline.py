@@ -90,3 +90,25 @@ def test_imagenet_label_trains_from_the_imagenet_weights(run):
     for p in ("published", "patient_safe"):
         cfg = OmegaConf.load(out / "work" / f"run_{p}_{MODEL}" / "config.yaml")
         assert cfg.model.name == "efficientnet_lite0" and cfg.model.pretrained is True
+
+
+def test_index_groups_and_grouped_split_repeat_across_builds(run, tmp_path):
+    """The pipeline's index settings (fixed pseudonym salt) give the same group ids, hence the same grouped split,
+    on every build: with the random default salt the ids, and the split, changed from one build to the next."""
+    _, data = run
+    conf = ROOT / "pipelines" / "iq_othnccd.conf"
+    script = (f'ROOT="{ROOT}"; source "{conf}"; read -r -a NEAR <<< "$NEAR_DUPLICATE"; '
+              'medeff index "$1" "$2/index.json" groups.near_duplicates=true "${NEAR[@]}" "class_names=$CLASSES" '
+              '"folders.class_map=$CLASS_MAP" "pseudonym.salt=$GROUP_SALT" && '
+              'medeff split "$2/index.json" "$2/split" protocol=grouped seed=0 '
+              'fractions.train=0.5 fractions.val=0.25 fractions.test=0.25')
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    got = []
+    for k in range(2):
+        r = subprocess.run(["bash", "-c", script, "x", str(data), str(tmp_path / f"b{k}")], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        rows = _rows(tmp_path / f"b{k}" / "split" / "splits.csv")
+        got.append([(row["file"], row["group"], row["split"]) for row in rows])
+    assert got[0] == got[1] and len(got[0]) == 18
