@@ -66,7 +66,7 @@ $MEDEFF predict ckpt="$WORK/train/lidc" input="$TEST_DIR/$ARCHIVE" output_dir="$
 # 5. baselines on the same folds, the out-of-fold table and OUT_DIR/predictions.csv
 step "baselines and predictions.csv"
 $MEDEFF lidc assemble "$TRAIN_DIR" "$WORK/index.json" "$WORK/oof/fold*/predictions.csv" "$TEST_DIR" \
-    "$WORK/test/predictions.csv" "$OUT_DIR" "$WORK" --pipeline "$PIPELINE" "${OVERRIDES[@]}"
+    "$WORK/test/predictions.csv" "$OUT_DIR" "$WORK" "${OVERRIDES[@]}" --pipeline "$PIPELINE"
 
 # 6. evaluation of the test set (triage listing when it has no labels) + cross-validation section -> report.html
 step "evaluate and report"
@@ -78,7 +78,7 @@ $MEDEFF evaluate kind=classification classification.predictions="$WORK/test_eval
     classification.target_sensitivities="$TARGET_SENS" bootstrap.n_resamples="$N_RESAMPLES" \
     bootstrap.confidence="$CONFIDENCE" bootstrap.seed="$BOOT_SEED" \
     output_dir="$WORK/eval" render=false overwrite=true
-$MEDEFF lidc cv-section "$WORK/eval/results.json" "$WORK/cv_predictions.csv" --pipeline "$PIPELINE" \
-    "${OVERRIDES[@]}"
+$MEDEFF lidc cv-section "$WORK/eval/results.json" "$WORK/cv_predictions.csv" "${OVERRIDES[@]}" \
+    --pipeline "$PIPELINE"  # overrides before --pipeline: argparse reads positionals only in one run
 $MEDEFF report results="$WORK/eval/results.json" output_dir="$OUT_DIR" 'formats=[html]' overwrite=true
 step "done: $OUT_DIR/predictions.csv $OUT_DIR/report.html"

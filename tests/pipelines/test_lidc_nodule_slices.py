@@ -45,8 +45,10 @@ def smoke(shared_data, tmp_path_factory):
               "test_nodules": len(lidc.nodule_table(tmp / "test"))}
     lidc.split_by_exam(src, tmp / "train_again", tmp / "test_labelled", test_fraction=0.3, max_exams=24, seed=3)
     out = tmp / "out"
+    env = _env("lidc_smoke")
+    env["MEDEFF_LIDC_OVERRIDES"] = "report.n_resamples=100"  # overrides reach every `medeff lidc` step
     proc = subprocess.run(["bash", str(SCRIPT), str(tmp / "train"), str(tmp / "test"), str(out)],
-                          env=_env("lidc_smoke"), capture_output=True, text=True, timeout=900)
+                          env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"src": src, "tmp": tmp, "out": out, "work": out / "work", "counts": counts}
 
