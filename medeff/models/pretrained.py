@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from medeff.errors import CheckpointError, ConfigError
@@ -38,6 +39,7 @@ __all__ = [
     "load_pretrained",
     "package_weights",
     "resolve_pretrained",
+    "zero_new_heads",
 ]
 
 log = get_logger(__name__)
@@ -296,6 +298,7 @@ def load_pretrained(model: nn.Module, model_name: str, pretrained: bool | str | 
     path, kind, source = resolve_pretrained(model_name, pretrained)
     log.info("pretrained weights for %s: %s (%s)", model_name, source, path)
     report = load_weights(model, path, convention=convention, in_channels_mode=in_channels_mode, inflate=inflate_mode)
+    zeroed = zero_new_heads(model, report.missing)
     conv = dict(report.convention or {})
     hub = _hub_config(path)
     channels = _in_channels(model)
@@ -314,6 +317,30 @@ def load_pretrained(model: nn.Module, model_name: str, pretrained: bool | str | 
         "in_channels_mode": in_channels_mode,
         "inflate_mode": inflate_mode if getattr(model, "spatial_dims", 2) == 3 else None,
         "convention": conv,
+        "new_heads_zeroed": zeroed,
     }
     model.pretrained_cfg = cfg
     return report
+
+
+def zero_new_heads(model: nn.Module, missing: list[str]) -> list[str]:
+    """Start every linear classification layer that the weights did not provide at zero (weight and bias).
+
+    The EfficientNet initialisation draws a new linear head from ``U(-1/sqrt(classes), 1/sqrt(classes))``
+    (+-0.58 for 3 classes), made for features that start near zero. Pretrained features do not: with 1,280
+    pooled ImageNet features the first logits reach +-40 and the first epochs of fine-tuning spend themselves
+    undoing the head. A zero head starts at uniform class probabilities (loss ``ln(classes)``) and still receives a
+    full gradient, since the features are not zero. Returns the names of the zeroed heads.
+    """
+    missing_keys = set(missing)
+    zeroed = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and f"{name}.weight" in missing_keys:
+            with torch.no_grad():
+                module.weight.zero_()
+                if module.bias is not None:
+                    module.bias.zero_()
+            zeroed.append(name)
+    if zeroed:
+        log.info("new classification head(s) %s start at zero on the pretrained features", ", ".join(zeroed))
+    return zeroed

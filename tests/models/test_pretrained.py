@@ -118,6 +118,25 @@ def test_joint_3d_one_channel_from_the_2d_package(lite0):
     assert seg.shape == (1, 2, 4, 32, 32) and cls.shape == (1, 2)
 
 
+def test_new_heads_start_at_zero_on_pretrained_features(lite0, photos):
+    """A head the weights do not provide starts at zero (uniform probabilities); the encoder is untouched, the
+    head still learns, and a head the weights do provide (1,000 classes) is loaded, not zeroed."""
+    x = torch.cat(list(photos.values()))
+    model = create_model("efficientnet_lite0", num_classes=3, pretrained=True)
+    assert model.pretrained_cfg["new_heads_zeroed"] == ["classifier"]
+    assert not model.classifier.weight.any() and not model.classifier.bias.any()
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), torch.zeros(len(x), 3))
+    loss = torch.nn.functional.cross_entropy(model.train()(x), torch.arange(len(x)) % 3)
+    loss.backward()
+    assert model.classifier.weight.grad.abs().sum() > 0
+    joint = create_model("efficientnet_lite0", task="joint", num_classes=2, pretrained=True)
+    assert joint.pretrained_cfg["new_heads_zeroed"] == ["cls_head.fc"]
+    full = create_model("efficientnet_lite0", pretrained=True)  # 1,000 classes: the ImageNet head itself
+    assert full.pretrained_cfg["new_heads_zeroed"] == []
+    assert torch.equal(full.classifier.weight, lite0.classifier.weight)
+
+
 def test_not_pretrained_has_no_pretrained_cfg():
     from medeff.models import EfficientNet
     from medeff.models.arch import ARCH_DEFS
