@@ -29,7 +29,7 @@ MAX_GROWTH_PER_CASE = VOLUME_BYTES / 4
 MAX_ONE_TIME_GROWTH = 16 * 2 ** 20
 
 RSS_PRELUDE = """
-import medeff.engine.predict as P
+import medeff.engine.predict_segment as P  # the module that segments each case
 def rss_bytes():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):

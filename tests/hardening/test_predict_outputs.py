@@ -23,6 +23,7 @@ import pytest
 from engine_helpers import FAST, SHAPE, SMALL_NET, SPACING, nodule_index, phantom_niftis, train_in_process
 
 import medeff.engine.predict as P
+import medeff.engine.predict_segment as PS  # the module that segments each case
 from medeff.cli.main import main
 from medeff.errors import InputError, MedeffError
 from medeff.utils.text_scan import decoded_texts
@@ -83,7 +84,7 @@ class _Counter:
 
     def __init__(self, monkeypatch, stop_at: int | None = None, exc: type[BaseException] = KeyboardInterrupt):
         self.n, self.stop_at, self.exc = 0, stop_at, exc
-        real = P.sliding_window
+        real = PS.sliding_window
 
         def hook(*a, **k):
             self.n += 1
@@ -91,7 +92,7 @@ class _Counter:
                 raise self.exc("stopped here")
             return real(*a, **k)
 
-        monkeypatch.setattr(P, "sliding_window", hook)
+        monkeypatch.setattr(PS, "sliding_window", hook)
 
 
 # ----------------------------------------------------------------------------------------------- item 7
