@@ -20,12 +20,16 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Deselect ``@pytest.mark.slow`` tests unless a ``-m`` expression is given (``pytest -m slow`` runs them)."""
+    """Deselect ``@pytest.mark.slow`` tests, and ``@pytest.mark.gpu`` tests on a machine without CUDA, unless a
+    ``-m`` expression is given (``pytest -m slow`` / ``pytest -m gpu`` runs them)."""
     if config.getoption("-m"):
         return
-    keep = [item for item in items if "slow" not in item.keywords]
+    import torch
+
+    left_out = {"slow"} if torch.cuda.is_available() else {"slow", "gpu"}
+    keep = [item for item in items if not left_out & set(item.keywords)]
     if len(keep) != len(items):
-        config.hook.pytest_deselected(items=[item for item in items if "slow" in item.keywords])
+        config.hook.pytest_deselected(items=[item for item in items if left_out & set(item.keywords)])
         items[:] = keep
 
 
