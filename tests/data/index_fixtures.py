@@ -102,3 +102,13 @@ def write_dicom_series(folder: Path, *, series_uid: str, study_uid: str, patient
         ds.PixelData = r.integers(0, 2000, size=(size, size), dtype=np.uint16).tobytes()
         ds.save_as(folder / f"slice{i:03d}.dcm", enforce_file_format=True)
     return folder
+
+
+def phantom_nodule_index(root: Path, *, n_exams: int, malignant_fraction: float, folds: int = 2) -> Path:
+    """A phantom LIDC-style nodule archive in ``root`` and its dataset index (folds by exam); returns the index."""
+    from medeff.data.index_build import build_index
+    from medeff.demo.phantom import make_nodule_archive
+
+    make_nodule_archive(root, n_exams=n_exams, malignant_fraction=malignant_fraction, seed=1)
+    build_index(root, root / "index.json", overrides=[f"folds.k={folds}", "class_names=[benign,malignant]"])
+    return root / "index.json"

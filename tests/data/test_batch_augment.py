@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from index_fixtures import phantom_nodule_index
 
 from medeff.data.batch_augment import BatchAugment
 from medeff.errors import ConfigError
@@ -83,13 +84,7 @@ def test_unsupported_settings_are_config_errors():
 
 @pytest.fixture(scope="module")
 def nodule_index(tmp_path_factory):
-    from medeff.data.index_build import build_index
-    from medeff.demo.phantom import make_nodule_archive
-
-    root = tmp_path_factory.mktemp("nodules")
-    make_nodule_archive(root, n_exams=8, malignant_fraction=0.45, seed=1)
-    build_index(root, root / "index.json", overrides=["folds.k=2", "class_names=[benign,malignant]"])
-    return root / "index.json"
+    return phantom_nodule_index(tmp_path_factory.mktemp("nodules"), n_exams=8, malignant_fraction=0.45)
 
 
 def _module(index, batch_aug, **kw):

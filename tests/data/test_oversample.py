@@ -3,6 +3,7 @@
 from collections import Counter
 
 import pytest
+from index_fixtures import phantom_nodule_index
 
 from medeff.data.datamodule import EpochSeededSampler, oversampled_indices
 from medeff.errors import ConfigError
@@ -37,13 +38,7 @@ def test_epoch_sampler_permutes_the_repeated_positions_per_epoch():
 
 @pytest.fixture(scope="module")
 def nodule_index(tmp_path_factory):
-    from medeff.data.index_build import build_index
-    from medeff.demo.phantom import make_nodule_archive
-
-    root = tmp_path_factory.mktemp("nodules")
-    make_nodule_archive(root, n_exams=6, malignant_fraction=0.3, seed=1)
-    build_index(root, root / "index.json", overrides=["folds.k=2", "class_names=[benign,malignant]"])
-    return root / "index.json"
+    return phantom_nodule_index(tmp_path_factory.mktemp("nodules"), n_exams=6, malignant_fraction=0.3)
 
 
 @pytest.mark.parametrize("seed", [3, None])
