@@ -20,7 +20,7 @@ import numpy as np
 from medeff.errors import ImageReadError, InputError
 from medeff.io.base import ImageData
 
-__all__ = ["MAX_LABEL", "SegFrames", "read_mask", "read_dicom_seg", "check_labels", "masks_on_one_grid",
+__all__ = ["MAX_LABEL", "SegFrames", "binary_dice", "read_mask", "read_dicom_seg", "check_labels", "masks_on_one_grid",
            "is_dicom_seg"]
 
 #: Largest label value accepted in a mask. Label maps of CT atlases stay far below it; a larger value is a corrupt
@@ -263,3 +263,9 @@ def masks_on_one_grid(pred: ImageData | SegFrames, ref: ImageData | SegFrames,
     if isinstance(ref, SegFrames):
         return pred, _draw(ref, pred, where)
     return pred, ref
+
+
+def binary_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks of one shape; NaN when both are empty."""
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else float("nan")

@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from medeff.errors import ConfigError, InputError
+from medeff.evaluation.masks import binary_dice
 from medeff.utils.atomic import write_text_atomic
 from medeff.utils.logging import get_logger
 from medeff.utils.progress import track
@@ -106,13 +107,6 @@ def apply_plan(mask: np.ndarray, plan: Mapping[str, Any]) -> tuple[np.ndarray, d
     return out, changed
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    sa, sb = int(a.sum()), int(b.sum())
-    if sa + sb == 0:
-        return float("nan")
-    return 2.0 * int((a & b).sum()) / (sa + sb)
-
-
 def case_scores(pred: np.ndarray, ref: np.ndarray, labels: Iterable[int],
                 connectivity: int | None = None) -> dict[int, dict[str, float]]:
     """Dice of each label in one case: as predicted (``none``), after ``keep_largest_component`` (``klc``), after
@@ -122,14 +116,14 @@ def case_scores(pred: np.ndarray, ref: np.ndarray, labels: Iterable[int],
     for k in labels:
         binary, r = pred == k, ref == k
         if not binary.any():
-            d = _dice(binary, r)
+            d = binary_dice(binary, r)
             out[int(k)] = {"none": d, "klc": d, "fh": d, "klc+fh": d}
             continue
         largest = _largest(binary, connectivity)
         filled = binary | _holes(binary, background)
         both = largest | _holes(largest, background | (binary & ~largest))
-        out[int(k)] = {"none": _dice(binary, r), "klc": _dice(largest, r), "fh": _dice(filled, r),
-                       "klc+fh": _dice(both, r)}
+        out[int(k)] = {"none": binary_dice(binary, r), "klc": binary_dice(largest, r),
+                       "fh": binary_dice(filled, r), "klc+fh": binary_dice(both, r)}
     return out
 
 

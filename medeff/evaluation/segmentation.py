@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from medeff.errors import InputError
 from medeff.evaluation.bootstrap import NON_NEGATIVE, UNIT, cluster_bootstrap, interval_method
-from medeff.evaluation.masks import MAX_LABEL, masks_on_one_grid, read_mask
+from medeff.evaluation.masks import MAX_LABEL, binary_dice, masks_on_one_grid, read_mask
 from medeff.evaluation.postprocess import report_record
 from medeff.evaluation.privacy import evaluation_pseudonymiser
 from medeff.evaluation.provenance import collect_provenance
@@ -97,11 +97,6 @@ def _reorient_onto(ref: np.ndarray, aff_r: np.ndarray, shape: tuple, aff_p: np.n
     return None
 
 
-def _foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else float("nan")
-
-
 def _mirror_axes(pred: np.ndarray, ref: np.ndarray) -> tuple[tuple[int, ...], float, float] | None:
     """Array axes along which the reference matches the prediction far better reversed than as placed.
 
@@ -111,11 +106,11 @@ def _mirror_axes(pred: np.ndarray, ref: np.ndarray) -> tuple[tuple[int, ...], fl
     fp, fr = pred > 0, ref > 0
     if not fp.any() or not fr.any():
         return None
-    placed = _foreground_dice(fp, fr)
+    placed = binary_dice(fp, fr)
     if placed >= 0.5:
         return None
     combos = [c for n in range(1, fr.ndim + 1) for c in itertools.combinations(range(fr.ndim), n)]
-    best = max(((axes, _foreground_dice(fp, np.flip(fr, axis=axes))) for axes in combos), key=lambda t: t[1])
+    best = max(((axes, binary_dice(fp, np.flip(fr, axis=axes))) for axes in combos), key=lambda t: t[1])
     if best[1] >= 0.5 and best[1] >= 2.0 * placed + 0.25:
         return best[0], placed, best[1]
     return None
