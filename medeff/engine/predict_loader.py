@@ -11,7 +11,6 @@ preprocessing needs no pickling and the redaction of names in log lines carries 
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,11 +33,9 @@ def resolve_predict_workers(value: Any) -> int:
         ConfigError: neither a count >= 0 nor ``auto``.
     """
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            cores = os.cpu_count() or 1
-        return min(2, max(cores - 1, 0))
+        from medeff.utils.threads import available_cores
+
+        return min(2, max(available_cores() - 1, 0))  # affinity capped by the cgroup quota
     try:
         n = int(value)
     except (TypeError, ValueError):
