@@ -39,6 +39,7 @@ from monai.data import CacheDataset, DataLoader
 from monai.transforms import Compose
 from torch.utils.data import Sampler, SubsetRandomSampler
 
+from medeff.data.soft_labels import SOFT_LABEL_KEY, attach_soft_labels, check_soft_label_spec
 from medeff.data.transforms import (eval_transforms, hu_windows_spec, normalization_spec,
                                     preprocessing_transforms, train_transforms)
 from medeff.errors import ConfigError, IndexValidationError
@@ -176,6 +177,8 @@ def archive_items(records: Sequence[Mapping[str, Any]], *, context_slices: int =
                     "slice": pos}
             if rec.get(class_key) is not None:
                 item["label"] = int(rec[class_key])
+            if rec.get(SOFT_LABEL_KEY) is not None:
+                item[SOFT_LABEL_KEY] = float(rec[SOFT_LABEL_KEY])
             items.append(item)
     return items
 
@@ -243,6 +246,8 @@ class MedeffDataModule(L.LightningDataModule):
             each image in the loader.
         oversample: ``{class: factor}`` (classification): every training image of that class is drawn ``factor``
             times per epoch (minority-class oversampling, each copy augmented anew); None: each image once.
+        soft_label: ``{column, map}``: graded targets of the training cases from a metadata column
+            (:mod:`medeff.data.soft_labels`); None: the hard labels.
     """
 
     def __init__(self, index: str, *, name: str = "data", kind: str = "volume", task: str = "classification",
@@ -252,7 +257,8 @@ class MedeffDataModule(L.LightningDataModule):
                  preprocessing: Mapping[str, Any] | None = None, augmentation: Mapping[str, Any] | None = None,
                  batch_size: int = 2, val_batch_size: int = 1, num_workers: int | str = 0, cache_rate: float = 1.0,
                  class_key: str = "meta_class", seed: int | None = None, cache_dir: str | None = None,
-                 batch_augmentation: bool = False, oversample: Mapping[Any, Any] | None = None) -> None:
+                 batch_augmentation: bool = False, oversample: Mapping[Any, Any] | None = None,
+                 soft_label: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ConfigError(f"Unknown data.kind {kind!r}.", hint=f"use one of {KINDS}.")
@@ -294,6 +300,7 @@ class MedeffDataModule(L.LightningDataModule):
         if self.oversample and self.task != "classification":
             raise ConfigError(f"data.oversample repeats images by class; this data's task is {self.task}.",
                               hint="set data.oversample=null.")
+        self.soft_label = check_soft_label_spec(soft_label, self.num_classes, self.task)
         self.batch_augment = None
         self.disk_cache = None
         self._stacked = 0  # deterministic transforms already applied to the archive items in setup()
@@ -374,6 +381,8 @@ class MedeffDataModule(L.LightningDataModule):
                                            path=self.index_path)
             for r in recs:
                 r["class"] = int(r[self.class_key])
+        if self.soft_label and split == "train":
+            attach_soft_labels(recs, self.soft_label, index_path=self.index_path)
         return recs
 
     def setup(self, stage: str | None = None) -> None:

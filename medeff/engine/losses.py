@@ -78,12 +78,39 @@ class ClassificationLoss(nn.Module):
         else:
             self.fn = nn.BCEWithLogitsLoss(pos_weight=w)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of ``logits`` against class indices ``target``, or against ``soft`` when given.
+
+        ``soft`` (binary tasks, ``data.soft_label``) is the target probability of the positive class per item: the
+        cross-entropy (or binary cross-entropy) against ``[1 - p, p]``, with the class weights and label smoothing.
+        """
+        if soft is not None:
+            return self._soft(logits, soft.float().reshape(-1))
         if self.name != "bce":
             return self.fn(logits.float(), target.long())
         if self.num_classes == 1:
             return self.fn(logits.float().reshape(-1), target.float().reshape(-1))
         return self.fn(logits.float(), F.one_hot(target.long(), self.num_classes).float())
+
+
+    def _soft(self, logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        if self.name == "focal":
+            raise ConfigError("data.soft_label trains on graded targets; task.loss=focal takes class indices only.",
+                              hint="use task.loss=ce (or bce) with data.soft_label, or set data.soft_label=null.")
+        if self.num_classes == 1:
+            return self.fn(logits.float().reshape(-1), p)
+        if self.num_classes != 2:
+            raise ConfigError(f"data.soft_label grades a binary task; the network has {self.num_classes} logits.",
+                              hint="set data.num_classes=2, or data.soft_label=null.")
+        # the weighted, smoothed cross-entropy of nn.CrossEntropyLoss with class indices, generalised to a target
+        # distribution: equal to it for targets of 0 and 1 (same normaliser: the summed weight of the targets)
+        t = torch.stack([1.0 - p, p], dim=1)
+        w = self.fn.weight if self.fn.weight is not None else torch.ones(2, device=logits.device)
+        w = w.to(device=logits.device, dtype=torch.float32)
+        nll = -F.log_softmax(logits.float(), dim=1) * w
+        eps = float(self.fn.label_smoothing)
+        total = (1.0 - eps) * (t * nll).sum() + eps / 2.0 * nll.sum()
+        return total / (t * w).sum().clamp_min(1e-12)
 
 
 def _resize_target(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -192,7 +192,7 @@ class ClassificationTask(BaseTask):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self._step_logits(batch)
-        loss = self.loss_fn(logits, batch["label"])
+        loss = self.loss_fn(logits, batch["label"], soft=batch.get("soft_label"))  # graded targets: data.soft_label
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=logits.shape[0])
         return loss
 
