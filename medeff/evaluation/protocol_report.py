@@ -123,6 +123,40 @@ def _delong_html(d: dict | None, names: Sequence[str]) -> list[str]:
     return out
 
 
+def margin_in_words(model: str, diff: dict, versus: str, delong: dict | None = None) -> str:
+    """One plain sentence on a model's paired margin over the reference (accuracy and, when present, macro AUC:
+    ``delong["macro"]`` with ``difference`` as model minus reference, :func:`_macro_delong_vs`).
+
+    The verdict follows the 95% interval of the accuracy difference: above the reference only when the whole
+    interval is above zero, below it only when the whole interval is below, otherwise "cannot be told apart".
+    """
+    acc = diff["accuracy"]
+    v, lo, hi = 100 * acc["value"], 100 * acc["ci_low"], 100 * acc["ci_high"]
+    if lo > 0:
+        verdict = f"does better than {versus}"
+    elif hi < 0:
+        verdict = f"does worse than {versus}"
+    else:
+        verdict = f"cannot be told apart from {versus} on this test set (the interval includes zero)"
+    text = (f"{model} {verdict}: accuracy {v:+.1f} points (95% CI {lo:+.1f} to {hi:+.1f})")
+    auc = (delong or {}).get("macro")
+    if auc is not None:
+        p = auc.get("clustered_p", auc.get("p"))
+        text += (f", macro AUC {auc['difference'] + 0.0:+.3f} (paired DeLong p = {auc['p']:.2g}; with the "
+                 f"near-duplicate groups as clusters p = {p:.2g})")
+    return text + "."
+
+
+def _macro_delong_vs(delong: dict | None, model: str, versus: str) -> dict | None:
+    """The macro-AUC DeLong comparison of ``model`` against ``versus`` (difference: model minus versus), if held."""
+    for r in (delong or {}).get("paired", []):
+        if r.get("auc") != "macro" or {r.get("a"), r.get("b")} != {model, versus}:
+            continue
+        sign = 1.0 if r["a"] == model else -1.0
+        return {"macro": dict(r, difference=sign * r["difference"])}
+    return None
+
+
 def _render(res: dict, root: Path | None) -> str:
     e = html.escape
     names = res["class_names"]
@@ -178,7 +212,9 @@ def _render(res: dict, root: Path | None) -> str:
             for m, d in part["paired"].items():
                 out.append(f"<tr><td>{e(m)}</td><td>{e(d['versus'])}</td>"
                            + "".join(f"<td>{_fmt(d[h])}</td>" for h in HEADLINE) + "</tr>")
-            out.append("</table>")
+            out.append("</table><p><b>In plain words.</b> " + " ".join(
+                e(margin_in_words(m, d, d["versus"], _macro_delong_vs(part.get("delong"), m, d["versus"])))
+                for m, d in part["paired"].items()) + "</p>")
         out.extend(_delong_html(part.get("delong"), names))
         leak = (part.get("leakage") or {}).get("leakage") or {}
         if leak:

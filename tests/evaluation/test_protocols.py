@@ -182,3 +182,25 @@ def test_report_shows_the_delong_tables():
     assert "Paired DeLong tests" in text and "(clustered)" in text and "10 groups" in text
     assert f"{d['models']['net']['macro']['auc']:.3f}" in text
     assert _delong_html(None, CLASSES) == []
+
+
+def test_margin_over_the_lookup_in_plain_words():
+    from medeff.evaluation.protocol_report import _macro_delong_vs, margin_in_words
+
+    def diff(v, lo, hi):
+        return {"accuracy": {"value": v, "ci_low": lo, "ci_high": hi}}
+
+    assert "does better than knn" in margin_in_words("net", diff(0.2, 0.05, 0.4), "knn")
+    assert "does worse than knn" in margin_in_words("net", diff(-0.2, -0.4, -0.05), "knn")
+    text = margin_in_words("net", diff(0.218, -0.038, 0.464), "knn")
+    assert "cannot be told apart from knn" in text and "+21.8 points (95% CI -3.8 to +46.4)" in text
+    y, a, b = _scores(4, n=30)
+    out = compare_protocols(pd.DataFrame([
+        {"file": f"f{i}", "protocol": "p", "model": name, "label": int(y[i]), "group": f"g{i // 3}",
+         **{f"prob_{c}": prob[i, j] for j, c in enumerate(CLASSES)}}
+        for name, prob in (("net", a), ("knn", b)) for i in range(30)]), CLASSES, reference_model="knn",
+        n_resamples=50)["protocols"]["p"]
+    auc = _macro_delong_vs(out["delong"], "net", "knn")
+    words = margin_in_words("net", out["paired"]["net"], "knn", auc)
+    net, knn = (out["delong"]["models"][m]["macro"]["auc"] for m in ("net", "knn"))
+    assert f"macro AUC {net - knn:+.3f}" in words and "clustered" not in words and "as clusters p =" in words
