@@ -298,6 +298,7 @@ def load_pretrained(model: nn.Module, model_name: str, pretrained: bool | str | 
     path, kind, source = resolve_pretrained(model_name, pretrained)
     log.info("pretrained weights for %s: %s (%s)", model_name, source, path)
     report = load_weights(model, path, convention=convention, in_channels_mode=in_channels_mode, inflate=inflate_mode)
+    _refuse_unused_blocks(report, model_name)
     zeroed = zero_new_heads(model, report.missing)
     conv = dict(report.convention or {})
     hub = _hub_config(path)
@@ -321,6 +322,23 @@ def load_pretrained(model: nn.Module, model_name: str, pretrained: bool | str | 
     }
     model.pretrained_cfg = cfg
     return report
+
+
+def _refuse_unused_blocks(report: LoadReport, model_name: str) -> None:
+    """Raise when the weights hold network blocks the model has no place for.
+
+    That happens when the model was built narrower or shallower than the variant the weights belong to (e.g.
+    ``model.name=efficientnet_lite1`` with ``model.depth=1.0`` from a Lite0 config): every layer that exists
+    would load and the rest of the pretrained network would be dropped with only a warning per tensor.
+    """
+    unused = [k for k, why in report.skipped.items() if why == "not in the model" and ".blocks." in f".{k}"]
+    if unused:
+        raise ConfigError(
+            f"The pretrained weights of {model_name} hold {len(unused)} block tensors that this model has no place "
+            f"for (first: {unused[:3]}): the model was built with other width or depth multipliers than "
+            f"{model_name}.",
+            hint="drop the model.width / model.depth overrides (or set them to the variant's own), or set "
+                 "model.pretrained=false to train this shape from scratch.")
 
 
 def zero_new_heads(model: nn.Module, missing: list[str]) -> list[str]:

