@@ -92,7 +92,6 @@ class ClassificationLoss(nn.Module):
             return self.fn(logits.float().reshape(-1), target.float().reshape(-1))
         return self.fn(logits.float(), F.one_hot(target.long(), self.num_classes).float())
 
-
     def _soft(self, logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         if self.name == "focal":
             raise ConfigError("data.soft_label trains on graded targets; task.loss=focal takes class indices only.",
@@ -102,9 +101,11 @@ class ClassificationLoss(nn.Module):
         if self.num_classes != 2:
             raise ConfigError(f"data.soft_label grades a binary task; the network has {self.num_classes} logits.",
                               hint="set data.num_classes=2, or data.soft_label=null.")
+        t = torch.stack([1.0 - p, p], dim=1)
+        if self.name == "bce":  # one-vs-rest on the two logits, as with one-hot hard targets
+            return self.fn(logits.float(), t)
         # the weighted, smoothed cross-entropy of nn.CrossEntropyLoss with class indices, generalised to a target
         # distribution: equal to it for targets of 0 and 1 (same normaliser: the summed weight of the targets)
-        t = torch.stack([1.0 - p, p], dim=1)
         w = self.fn.weight if self.fn.weight is not None else torch.ones(2, device=logits.device)
         w = w.to(device=logits.device, dtype=torch.float32)
         nll = -F.log_softmax(logits.float(), dim=1) * w

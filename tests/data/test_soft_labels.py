@@ -63,6 +63,10 @@ def test_soft_loss_matches_hard_loss_at_0_and_1_and_grades_between():
     assert not torch.allclose(ce(logits, hard, soft=p), ce(logits, hard))
     one = ClassificationLoss("bce", num_classes=1)
     assert torch.allclose(one(logits[:, 1:], hard, soft=p), F.binary_cross_entropy_with_logits(logits[:, 1], p))
+    two = ClassificationLoss("bce", num_classes=2)
+    assert torch.allclose(two(logits, hard, soft=hard.float()), two(logits, hard))
+    assert torch.allclose(two(logits, hard, soft=p),
+                          F.binary_cross_entropy_with_logits(logits, torch.stack([1 - p, p], 1)))
     with pytest.raises(ConfigError, match="focal"):
         ClassificationLoss("focal", num_classes=2)(logits, hard, soft=p)
 
