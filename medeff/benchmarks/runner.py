@@ -13,7 +13,9 @@ Per case (all settings come from ``conf/bench.yaml``):
 
 The timing worker also counts each side's FLOPs (:mod:`medeff.benchmarks.flops`: forward, train step = 3x forward)
 and the report gives the time per train-step GFLOP of every side and, beside every time ratio, the FLOPs ratio of
-the two sides (1.0: equal work) and the time ratio per FLOP.
+the two sides (1.0: equal work) and the time ratio per FLOP. Before the cases, one worker times a large float32
+matrix product (:mod:`medeff.benchmarks.gemm`, ``cfg.gemm``); every side's train-step FLOP rate is reported as a
+fraction of it (``peak_fraction``), which a check can hold to a floor.
 
 Every worker gets ``threads`` torch/OpenMP threads (``auto``: the cores the process may use, never more),
 ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (:mod:`medeff.utils.threads`) and the same glibc
@@ -52,7 +54,10 @@ _log = get_logger(__name__)
 
 #: Check metric -> (what it compares, unit).
 METRICS = {"time": "median of per-round step-time ratios", "memory": "peak RSS growth ratio",
-           "alloc": "peak allocator growth ratio (tensors only)", "saved": "autograd saved-bytes ratio"}
+           "alloc": "peak allocator growth ratio (tensors only)", "saved": "autograd saved-bytes ratio",
+           "peak_fraction": "train-step FLOP rate / the machine's measured GEMM rate (passed when >= target)"}
+#: Metrics passed when the value is at least the target (the others: at most); they need no ``ref`` side.
+AT_LEAST = frozenset({"peak_fraction"})
 _MEMORY_KEYS = {"memory": "peak_delta_bytes", "alloc": "alloc_peak_bytes", "saved": "saved_bytes"}
 
 
@@ -71,9 +76,9 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         case = defs[name]
         for check in case.get("checks", []):
             look_up(check["metric"], METRICS, what="check metric", key=f"case_defs.{name}.checks.metric")
-            for role in ("side", "ref"):
-                if check[role] not in case["sides"]:
-                    raise ConfigError(f"bench config: case '{name}' has a check on side '{check[role]}', but its "
+            for role in ("side",) if check["metric"] in AT_LEAST else ("side", "ref"):
+                if check.get(role) not in case["sides"]:
+                    raise ConfigError(f"bench config: case '{name}' has a check on side '{check.get(role)}', but its "
                                       f"sides are {sorted(case['sides'])}.",
                                       hint=f"name one of the sides in case_defs.{name}.sides")
     cores = available_cores()
@@ -147,13 +152,17 @@ def check_ratio(metric: str, side: dict[str, Any], ref: dict[str, Any], side_nam
     return a / b
 
 
-def flops_per_time(flops: Mapping[str, Any] | None, median_s: float) -> dict[str, Any]:
-    """A side's FLOPs (from the worker) with its median step time per train-step GFLOP (``ms_per_gflop``)."""
+def flops_per_time(flops: Mapping[str, Any] | None, median_s: float,
+                   peak_gflops: float | None = None) -> dict[str, Any]:
+    """A side's FLOPs (from the worker) with its median step time per train-step GFLOP (``ms_per_gflop``), its
+    FLOP rate (``gflops_per_s``) and, given the machine's GEMM rate, the fraction of it (``peak_fraction``)."""
     if not flops:
         return {}
     out = dict(flops)
     gflop = flops.get("train_step_flops", 0) / 1e9
     out["ms_per_gflop"] = median_s * 1000 / gflop if gflop > 0 else None
+    out["gflops_per_s"] = gflop / median_s if gflop > 0 and median_s > 0 else None
+    out["peak_fraction"] = out["gflops_per_s"] / peak_gflops if out["gflops_per_s"] and peak_gflops else None
     return out
 
 
@@ -167,7 +176,7 @@ def work_ratios(side: Mapping[str, Any], ref: Mapping[str, Any], time_ratio: flo
 
 
 def _run_case(name: str, case: dict[str, Any], cfg: dict[str, Any], env: dict[str, str],
-              memory_env: dict[str, str]) -> dict[str, Any]:
+              memory_env: dict[str, str], peak_gflops: float | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"description": case.get("description", ""), "input": case["input"],
                               "sides": {k: {"builder": v["builder"], "kwargs": v.get("kwargs") or {}}
                                         for k, v in case["sides"].items()}}
@@ -188,7 +197,7 @@ def _run_case(name: str, case: dict[str, Any], cfg: dict[str, Any], env: dict[st
         for side_name, side in result["sides"].items():
             side.update(summarise_times(times[side_name]))
             side["times_s"] = times[side_name]
-            side.update(flops_per_time(timed.get("flops", {}).get(side_name), side["median_s"]))
+            side.update(flops_per_time(timed.get("flops", {}).get(side_name), side["median_s"], peak_gflops))
         if cfg.get("memory", True):
             for side_name, side in case["sides"].items():
                 mem = run_worker({**base, "mode": "memory", "side": side, "steps": int(cfg.get("memory_steps", 2))},
@@ -200,10 +209,16 @@ def _run_case(name: str, case: dict[str, Any], cfg: dict[str, Any], env: dict[st
         return result
     checks = []
     for check in case.get("checks", []):
-        ratio = check_ratio(check["metric"], result["sides"][check["side"]], result["sides"][check["ref"]],
-                            check["side"], check["ref"], times)
+        if check["metric"] in AT_LEAST:
+            ratio = result["sides"][check["side"]].get(check["metric"])
+        else:
+            ratio = check_ratio(check["metric"], result["sides"][check["side"]], result["sides"][check["ref"]],
+                                check["side"], check["ref"], times)
         target = check.get("target")
-        passed = None if target is None or ratio is None else bool(ratio <= float(target))
+        if target is None or ratio is None:
+            passed = None
+        else:
+            passed = bool(ratio >= float(target)) if check["metric"] in AT_LEAST else bool(ratio <= float(target))
         entry = {**check, "ratio": ratio, "passed": passed}
         if check["metric"] == "time":  # informational: the least-disturbed step of each side, and the work
             entry["min_ratio"] = min(times[check["side"]]) / min(times[check["ref"]])
@@ -211,6 +226,22 @@ def _run_case(name: str, case: dict[str, Any], cfg: dict[str, Any], env: dict[st
         checks.append(entry)
     result.update(status="ok", checks=checks, wall_s=time.perf_counter() - t0)
     return result
+
+
+def _gemm_peak(cfg: Mapping[str, Any], env: dict[str, str]) -> dict[str, Any] | None:
+    """The machine's float32 GEMM rate in a timing worker (``cfg.gemm``: size, repeats; size 0 turns it off)."""
+    gemm = dict(cfg.get("gemm") or {})
+    if not int(gemm.get("size", 0)):
+        return None
+    try:
+        peak = run_worker({"mode": "gemm", "threads": int(cfg["threads"]), "size": int(gemm["size"]),
+                           "repeats": int(gemm.get("repeats", 5))}, env, cfg.get("worker_timeout_s"))
+    except RuntimeError as exc:
+        _log.error("bench: GEMM peak not measured (peak_fraction checks report no value): %s", exc)
+        return None
+    _log.info("bench: GEMM peak %.1f GFLOP/s (%dx%d float32, %d threads)", peak["gflops"], peak["size"],
+              peak["size"], peak["threads"])
+    return peak
 
 
 def run_bench(cfg: Mapping[str, Any], *, write: bool = True) -> dict[str, Any]:
@@ -223,8 +254,9 @@ def run_bench(cfg: Mapping[str, Any], *, write: bool = True) -> dict[str, Any]:
     Returns:
         ``{"environment": ..., "settings": ..., "cases": {name: result}}``; each case has ``status``
         (``ok``/``skipped``/``error``), per-side times (``min_s``/``median_s``/``max_s`` and every ``times_s``),
-        ``peak_delta_bytes``, ``alloc_peak_bytes``, ``saved_bytes``, FLOPs and ``ms_per_gflop``, and ``checks``
-        with ``ratio``, ``target`` and ``passed`` (time checks also ``flops_ratio`` and ``per_flop_ratio``).
+        ``peak_delta_bytes``, ``alloc_peak_bytes``, ``saved_bytes``, FLOPs, ``ms_per_gflop``, ``gflops_per_s`` and
+        ``peak_fraction`` (of ``environment.gemm_peak``), and ``checks`` with ``ratio``, ``target`` and ``passed``
+        (time checks also ``flops_ratio`` and ``per_flop_ratio``; ``peak_fraction`` checks pass at or above target).
 
     Raises:
         ConfigError: invalid configuration.
@@ -241,9 +273,12 @@ def run_bench(cfg: Mapping[str, Any], *, write: bool = True) -> dict[str, Any]:
         "settings": {k: cfg.get(k) for k in ("preset", "pairs", "warmup", "memory_steps", "threads", "seed")},
         "cases": {},
     }
+    peak = _gemm_peak(cfg, env)
+    report["environment"]["gemm_peak"] = peak
     for name in cfg["cases"]:
         _log.info("bench: case %s", name)
-        report["cases"][name] = _run_case(name, cfg["case_defs"][name], cfg, env, memory_env)
+        report["cases"][name] = _run_case(name, cfg["case_defs"][name], cfg, env, memory_env,
+                                          (peak or {}).get("gflops"))
         report["environment"]["load_average_end"] = load_average()
         if write and cfg.get("output"):  # after every case: an interrupted run keeps the finished cases
             overwrite = bool(cfg.get("overwrite", True)) or "output" in report  # later cases replace our own file

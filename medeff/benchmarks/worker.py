@@ -13,6 +13,8 @@ Jobs:
   the first step, runs ``warmup + steps`` train steps and returns the growth of the peak RSS; then counts the
   bytes autograd saves for backward in one forward pass (``torch.autograd.graph.saved_tensors_hooks``, unique
   storages), which does not depend on the allocator or on other processes.
+* ``{"mode": "gemm", "size": N, "repeats": R, ...}``: the FLOP rate of a large float32 matrix product on the
+  job's threads (:func:`medeff.benchmarks.gemm.gemm_peak`), the yardstick of every side's ``peak_fraction``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medeff.benchmarks.flops import side_flops
+from medeff.benchmarks.gemm import gemm_peak
 from medeff.benchmarks.peers import build_side
 
 __all__ = ["allocated_peak_bytes", "make_batch", "run_job", "saved_bytes", "train_step"]
@@ -156,7 +159,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         return _time_job(job)
     if job["mode"] == "memory":
         return _memory_job(job)
-    raise ValueError(f"unknown benchmark job mode {job['mode']!r}; expected 'time' or 'memory'.")
+    if job["mode"] == "gemm":
+        return gemm_peak(int(job["threads"]), int(job.get("size", 2048)), int(job.get("repeats", 5)))
+    raise ValueError(f"unknown benchmark job mode {job['mode']!r}; expected 'time', 'memory' or 'gemm'.")
 
 
 def main() -> int:

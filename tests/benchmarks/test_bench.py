@@ -42,6 +42,10 @@ def test_config_errors_name_the_key():
     cfg["case_defs"]["cls3d_b0"]["checks"][0]["ref"] = "peer"
     with pytest.raises(ConfigError, match="peer"):
         resolve_config(cfg)
+    cfg = _cfg()
+    cfg["case_defs"]["cls3d_b0"]["checks"].append({"metric": "peak_fraction", "side": "medef", "target": 0.1})
+    with pytest.raises(ConfigError, match="medef"):  # a floor check names its side, and no ref
+        resolve_config(cfg)
 
 
 def test_quick_preset_merges_tiny_sizes():
@@ -115,10 +119,20 @@ def test_cli_quick_run_writes_json_with_consistent_ratios(tmp_path, capsys):
         assert s["alloc_peak_bytes"] > 0
         assert s["forward_flops"] > 0 and s["train_step_flops"] == 3 * s["forward_flops"]
         assert s["ms_per_gflop"] == pytest.approx(s["median_s"] * 1000 / (s["train_step_flops"] / 1e9))
+        rate = s["train_step_flops"] / 1e9 / s["median_s"]
+        assert s["gflops_per_s"] == pytest.approx(rate)
+        assert s["peak_fraction"] == pytest.approx(rate / env["gemm_peak"]["gflops"])
+    peak = env["gemm_peak"]
+    assert peak["size"] == 256 and len(peak["times_s"]) == 2
+    assert peak["gflops"] == pytest.approx(2 * 256**3 / min(peak["times_s"]) / 1e9)
+    fractions = {c["side"]: c for c in case["checks"] if c["metric"] == "peak_fraction"}
+    assert fractions["medeff"]["ratio"] == pytest.approx(sides["medeff"]["peak_fraction"])
+    assert fractions["medeff"]["passed"] == (sides["medeff"]["peak_fraction"] >= 0.10)  # a floor, not a ceiling
+    assert fractions["monai"]["passed"] is None and "ref" not in fractions["monai"]
     by_metric = {c["metric"]: c for c in case["checks"]}
     expected_time = statistics.median(a / b for a, b in zip(sides["medeff"]["times_s"], sides["monai"]["times_s"]))
     assert by_metric["time"]["ratio"] == pytest.approx(expected_time)
-    assert by_metric["time"]["passed"] == (expected_time <= 0.75)
+    assert by_metric["time"]["passed"] == (expected_time <= 0.5)
     expected_min = min(sides["medeff"]["times_s"]) / min(sides["monai"]["times_s"])
     assert by_metric["time"]["min_ratio"] == pytest.approx(expected_min)
     assert by_metric["time"]["flops_ratio"] == 1.0  # the classifier comparison is equal work
@@ -130,10 +144,13 @@ def test_cli_quick_run_writes_json_with_consistent_ratios(tmp_path, capsys):
     assert by_metric["alloc"]["passed"] == (expected_alloc <= 0.8)
     assert "cls3d_b0" in capsys.readouterr().out
     table = markdown_report(report)
-    assert f"| cls3d_b0 | time | medeff / monai | {expected_time:.3f} | <= 0.75 |" in table
+    assert f"| cls3d_b0 | time | medeff / monai | {expected_time:.3f} | <= 0.5 |" in table
     assert f"| {expected_min:.3f} | 1.000 | {expected_time:.3f} |" in table  # FLOPs ratio beside the time ratio
     gflops = sides["medeff"]["forward_flops"] / 1e9
-    assert f"| {gflops:.2f} | {3 * gflops:.2f} | {sides['medeff']['ms_per_gflop']:.2f} |" in table
+    assert (f"| {gflops:.2f} | {3 * gflops:.2f} | {sides['medeff']['ms_per_gflop']:.2f} "
+            f"| {100 * sides['medeff']['peak_fraction']:.1f}% |") in table
+    assert f"| cls3d_b0 | peak_fraction | medeff | {fractions['medeff']['ratio']:.3f} | >= 0.1 |" in table
+    assert f"GEMM peak {peak['gflops']:.1f} GFLOP/s" in table
 
 
 def test_threads_auto_and_capped_at_the_usable_cores(monkeypatch):
@@ -150,11 +167,13 @@ def test_timing_and_memory_workers_get_their_own_allocator_settings(monkeypatch)
     seen = []
     monkeypatch.setattr(bench_runner, "run_worker", lambda job, env, timeout=None: seen.append((job["mode"], env)) or (
         {"times_s": {n: [1.0] for n in job["sides"]}} if job["mode"] == "time"
+        else {"gflops": 10.0, "size": 256, "threads": 1} if job["mode"] == "gemm"
         else {"peak_delta_bytes": 1, "alloc_peak_bytes": 1, "saved_bytes": 1}))
     bench_runner.run_bench(_cfg("bench_preset=quick", "cases=[cls3d_b0]"), write=False)
     modes = [mode for mode, _ in seen]
-    assert modes == ["time", "memory", "memory"]
-    time_env, memory_env = seen[0][1], seen[1][1]
+    assert modes == ["gemm", "time", "memory", "memory"]  # the GEMM yardstick runs in a timing worker
+    assert seen[0][1] == seen[1][1]
+    time_env, memory_env = seen[1][1], seen[2][1]
     assert time_env["MALLOC_MMAP_MAX_"] == "0" and "MALLOC_MMAP_THRESHOLD_" not in time_env
     assert memory_env["MALLOC_MMAP_THRESHOLD_"] == "1048576" and "MALLOC_MMAP_MAX_" not in memory_env
     assert time_env["OMP_NUM_THREADS"] == memory_env["OMP_NUM_THREADS"]

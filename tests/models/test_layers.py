@@ -88,3 +88,24 @@ def test_layer_kinds_cover_every_torch_class_under_the_private_bases():
         missing = sorted(c.__name__ for c in public_subclasses(base) if not issubclass(c, kinds))
         assert not missing, (base.__name__, missing)
         assert all(issubclass(k, base) for k in kinds)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_squeeze_excite_matrix_path_matches_the_convolutions(spatial_dims):
+    """3D SE runs its 1x1 layers as matrix products on the pooled vector: same output and gradients as the convs."""
+    from medeff.models.blocks import LayerConfig, SqueezeExcite
+
+    torch.manual_seed(0)
+    se = SqueezeExcite(LayerConfig(spatial_dims=spatial_dims), 12, 3).double()
+    assert se._as_linear == (spatial_dims == 3)
+    x = torch.randn(2, 12, *(5,) * spatial_dims, dtype=torch.float64, requires_grad=True)
+    out = se(x)
+    s = x.mean(tuple(range(2, 2 + spatial_dims)), keepdim=True)
+    ref = x * torch.sigmoid(se.conv_expand(se.act1(se.conv_reduce(s))))  # the convolutions themselves
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, se.conv_reduce.weight, se.conv_expand.bias), g)
+    ref_grads = torch.autograd.grad(ref, (x, se.conv_reduce.weight, se.conv_expand.bias), g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+    assert grads[1].shape == se.conv_reduce.weight.shape  # the checkpoint layout is unchanged
