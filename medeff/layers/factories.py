@@ -17,6 +17,7 @@ from monai.networks.layers.factories import Conv, Dropout
 from monai.networks.layers.utils import get_norm_layer
 from torch import nn
 
+from medeff.ops.dense import Conv3d as DenseConv3d
 from medeff.ops.modules import FastDepthwiseConv3d
 from medeff.utils.logging import get_logger
 from medeff.utils.options import look_up
@@ -130,6 +131,8 @@ def make_conv(
     cls = Conv[Conv.CONV, check_spatial_dims(spatial_dims)]
     if fast_depthwise and spatial_dims == 3 and groups == in_channels == out_channels and groups > 1:
         cls = FastDepthwiseConv3d
+    elif spatial_dims == 3 and groups == 1:
+        cls = DenseConv3d  # nn.Conv3d that keeps batch-1 inputs on oneDNN (medeff.ops.dense)
     return cls(in_channels, out_channels, kernel, strides, padding=tuple(k // 2 for k in kernel), groups=groups,
                bias=bias)
 

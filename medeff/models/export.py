@@ -1,8 +1,8 @@
 """Export a medeff model to TorchScript (by tracing) or ONNX, written atomically.
 
 Export always runs the model in eval mode, without autograd, and with every training-only custom op replaced
-by its native equivalent (:func:`native_layers`): :class:`medeff.layers.FastDepthwiseConv3d` becomes a plain
-``nn.Conv3d`` and :class:`medeff.layers.MemoryEfficientSiLU` a plain ``F.silu`` (same parameters, same
+by its native equivalent (:func:`native_layers`): :class:`medeff.layers.FastDepthwiseConv3d` and
+:class:`medeff.ops.Conv3d` become a plain ``nn.Conv3d`` and :class:`medeff.layers.MemoryEfficientSiLU` a plain ``F.silu`` (same parameters, same
 outputs). Their custom autograd functions cannot be exported to ONNX.
 
 The graphs are specialised to the example input's shape: the padding of inputs that are not multiples of the
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medeff.layers import FastDepthwiseConv3d, MemoryEfficientSiLU
+from medeff.ops.dense import Conv3d as DenseConv3d
 from medeff.utils.atomic import atomic_path
 from medeff.utils.logging import get_logger
 from medeff.utils.options import look_up
@@ -43,7 +44,7 @@ class _NativeSiLU(nn.Module):
         return F.silu(x)
 
 
-_NATIVE: dict[type, type] = {FastDepthwiseConv3d: nn.Conv3d, MemoryEfficientSiLU: _NativeSiLU}
+_NATIVE: dict[type, type] = {FastDepthwiseConv3d: nn.Conv3d, DenseConv3d: nn.Conv3d, MemoryEfficientSiLU: _NativeSiLU}
 
 
 @contextlib.contextmanager

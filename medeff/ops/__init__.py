@@ -2,16 +2,20 @@
 
 ``DepthwiseConv`` / ``convert_depthwise`` swap a faster-backward depthwise convolution into any model;
 ``depthwise_conv`` is the functional form; ``FastDepthwiseConv3d`` is the ``nn.Conv3d`` subclass medeff's
-models build with ``fast_depthwise=True``.
+models build with ``fast_depthwise=True``. ``Conv3d`` / ``conv3d`` keep batch-1 dense 3D convolutions on oneDNN
+(exactly the same result as ``F.conv3d``).
 """
 
+from medeff.ops.dense import Conv3d, conv3d
 from medeff.ops.depthwise import DepthwiseConvFunction, depthwise_conv
 from medeff.ops.modules import DepthwiseConv, FastDepthwiseConv3d, convert_depthwise, is_convertible
 
 __all__ = [
+    "Conv3d",
     "DepthwiseConv",
     "DepthwiseConvFunction",
     "FastDepthwiseConv3d",
+    "conv3d",
     "convert_depthwise",
     "depthwise_conv",
     "is_convertible",

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from medeff import ops as medeff_ops
 from medeff.errors import ConfigError
 from medeff.layers import FastDepthwiseConv3d, make_conv, make_norm
 
@@ -31,7 +32,7 @@ def test_fast_depthwise_gradcheck_selection_and_fallback():
     dw = make_conv(3, 2, 2, 3, 1, groups=2, fast_depthwise=True).double()
     x = torch.randn(1, 2, 4, 4, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(dw, (x,))
-    assert type(make_conv(3, 8, 16, 3, fast_depthwise=True)) is torch.nn.Conv3d  # not depthwise
+    assert type(make_conv(3, 8, 16, 3, fast_depthwise=True)) is medeff_ops.Conv3d  # dense: the batch-1 oneDNN conv
     assert type(make_conv(3, 8, 8, 3, groups=8, fast_depthwise=False)) is torch.nn.Conv3d
     assert type(make_conv(2, 8, 8, 3, groups=8, fast_depthwise=True)) is torch.nn.Conv2d  # 3D only
     with torch.no_grad():  # inference runs nn.Conv3d's own forward
