@@ -2,8 +2,8 @@
 
 Export always runs the model in eval mode, without autograd, and with every training-only custom op replaced
 by its native equivalent (:func:`native_layers`): :class:`medeff.layers.FastDepthwiseConv3d` and
-:class:`medeff.ops.Conv3d` become a plain ``nn.Conv3d`` and :class:`medeff.layers.MemoryEfficientSiLU` a plain ``F.silu`` (same parameters, same
-outputs). Their custom autograd functions cannot be exported to ONNX.
+:class:`medeff.ops.Conv3d` become a plain ``nn.Conv3d`` and :class:`medeff.layers.MemoryEfficientSiLU` a plain
+``F.silu`` (same parameters, same outputs). Their custom autograd functions cannot be exported to ONNX.
 
 The graphs are specialised to the example input's shape: the padding of inputs that are not multiples of the
 total stride, and TF "SAME" padding, are computed from the example shape and fixed in the graph. Export with the
