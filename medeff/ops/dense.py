@@ -1,4 +1,4 @@
-"""3D convolutions with batch 1 kept on oneDNN: a size rule in aten's CPU dispatch, side-stepped exactly.
+"""3D convolutions with batch 1 kept on oneDNN: a size rule in aten's CPU dispatch, side-stepped with zero channels.
 
 aten sends a CPU float convolution to oneDNN only when one of several size tests passes. For a dense (``groups=1``)
 3D convolution with batch 1 whose kernel is not larger than 3 on both of its last two axes, the deciding test is
@@ -7,9 +7,10 @@ Below it the layer runs aten's reference kernel, forward and backward: a ``32 ->
 118 ms forward + backward there against 12 ms per sample at batch 2 (docs/benchmarks.md).
 
 :func:`conv3d` appends zero input channels (and zero weight rows) until the test passes. The extra channels add
-zeros to every sum, so outputs and gradients are exactly those of ``F.conv3d``; the padding is taken only where the
-layer would otherwise fall under the rule and the extra channels are at most :data:`MAX_EXTRA_FRACTION` times the
-real ones (a few more FLOPs for a 2-10x faster kernel). CUDA, other dtypes, batches above 1 and grouped or 1x1
+zeros to every sum, so outputs and gradients are those of ``F.conv3d`` up to float32 rounding (oneDNN sums in
+another order than the reference kernel). The padding is taken only where the layer would otherwise fall under the
+rule and the extra channels are at most :data:`MAX_EXTRA_FRACTION` times the real ones (a few more FLOPs for a
+2-10x faster kernel). CUDA, other dtypes, batches above 1 and grouped or 1x1
 layers run ``F.conv3d`` unchanged. :class:`Conv3d` is the ``nn.Conv3d`` subclass medeff's models build for their
 dense 3D layers.
 """
@@ -44,7 +45,7 @@ def extra_channels(x: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> in
 
 def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
            dilation=1, groups: int = 1) -> torch.Tensor:
-    """``F.conv3d`` with the same result, run on oneDNN where aten's batch-1 size rule would not (module docstring)."""
+    """``F.conv3d`` (same result up to rounding) on oneDNN where aten's batch-1 size rule would not (module doc)."""
     extra = 0 if isinstance(padding, str) else extra_channels(x, weight, groups)
     if extra:
         x = torch.cat([x, x.new_zeros(1, extra, *x.shape[2:])], dim=1)
