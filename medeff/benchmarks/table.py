@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from medeff.benchmarks.runner import AT_LEAST
+
 __all__ = ["format_report", "markdown_report", "print_report"]
 
 
@@ -38,11 +40,11 @@ def _gflops(side: dict[str, Any]) -> tuple[str, str, str, str]:
 def _target(check: dict[str, Any]) -> str:
     if check.get("target") is None:
         return "-"
-    return f"{'>=' if check['metric'] == 'peak_fraction' else '<='} {check['target']}"
+    return f"{'>=' if check['metric'] in AT_LEAST else '<='} {check['target']}"
 
 
 def _side_ref(check: dict[str, Any]) -> str:
-    return check["side"] if check["metric"] == "peak_fraction" else f"{check['side']} / {check['ref']}"
+    return check["side"] if check["metric"] in AT_LEAST else f"{check['side']} / {check['ref']}"
 
 
 def _peak_line(env: dict[str, Any]) -> str:

@@ -3,7 +3,7 @@
 ``DepthwiseConv`` / ``convert_depthwise`` swap a faster-backward depthwise convolution into any model;
 ``depthwise_conv`` is the functional form; ``FastDepthwiseConv3d`` is the ``nn.Conv3d`` subclass medeff's
 models build with ``fast_depthwise=True``. ``Conv3d`` / ``conv3d`` keep batch-1 dense 3D convolutions on oneDNN
-(exactly the same result as ``F.conv3d``).
+(the result of ``F.conv3d`` up to float32 rounding).
 """
 
 from medeff.ops.dense import Conv3d, conv3d
