@@ -52,3 +52,48 @@ def test_tiny_run_writes_both_networks(uq, tmp_path):
         assert all(0.0 <= d <= 1.0 for d in runs[0]["dice"].values())
         assert report["summary"][name]["mean_dice"]["mean"] == pytest.approx(runs[0]["mean_dice"])
     assert "| liver |" in report["markdown"]
+
+
+def test_dice_leaves_out_organs_absent_from_a_real_reference(uq):
+    ref = torch.zeros(4, 4, dtype=torch.long)
+    ref[0, 0] = 4
+    pred = torch.zeros(4, 4, dtype=torch.long)
+    pred[0, 0], pred[3, 3] = 4, 1  # liver right, a spleen voxel where the scan has none
+    organs = {"spleen": 1, "liver": 4}
+    assert uq.dice_per_organ(pred, ref, organs, present_only=True) == {"liver": 1.0}
+    assert uq.dice_per_organ(pred, ref, organs) == {"spleen": 0.0, "liver": 1.0}
+
+
+def test_patches_stay_inside_and_half_of_them_hold_an_organ(uq):
+    x = torch.arange(10 * 12 * 8, dtype=torch.float32).reshape(1, 1, 10, 12, 8)
+    y = torch.zeros(1, 1, 10, 12, 8, dtype=torch.long)
+    y[0, 0, 9, 11, 7] = 3  # one organ voxel, in a corner: the window is clamped, not shifted out
+    px, py = uq.sample_patches(x, y, [4, 4, 4], 6, torch.Generator().manual_seed(0))
+    assert px.shape == (6, 1, 4, 4, 4) and py.shape == (6, 1, 4, 4, 4)
+    assert all(int(py[k].max()) == 3 for k in (0, 2, 4))
+    assert torch.equal(px[0], x[0, :, 6:, 8:, 4:])  # the patch is the volume's own window
+    again, _ = uq.sample_patches(x, y, [4, 4, 4], 6, torch.Generator().manual_seed(0))
+    assert torch.equal(px, again)  # same generator seed, same batches for both networks
+    with pytest.raises(ValueError, match="smaller than the patch"):
+        uq.sample_patches(x, y, [16, 4, 4], 1, torch.Generator())
+
+
+def test_real_organ_volumes_are_aligned_with_their_label_maps(uq, shared_data):
+    volumes = uq.load_real_organs(shared_data)
+    for part in ("train", "test"):
+        x, y = volumes[f"{part}_x"], volumes[f"{part}_y"]
+        assert x.shape == y.shape and x.shape[:2] == (1, 1)
+        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0  # HU window [-160, 240] scaled to [0, 1]
+        assert int(y.max()) <= max(uq.REAL["organs"].values())  # only the pipeline's 7 organs survive the remap
+        liver = y == uq.REAL["organs"]["liver"]
+        assert int(liver.sum()) > 1000
+        # soft tissue in the window: the liver is much brighter than the volume's mean, and a left-right flipped
+        # label map (a wrong orientation) would not be
+        assert float(x[liver].mean()) > float(x.mean()) + 0.2
+        assert float(x[liver].mean()) > float(x[liver.flip(2)].mean()) + 0.05
+    assert volumes["test_x"].shape[-1] < volumes["train_x"].shape[-1]  # the held-out series is the short DICOM one
+
+
+def test_missing_real_data_names_the_folder(uq, tmp_path):
+    with pytest.raises(FileNotFoundError, match="MEDEFF_SHARED_DATA"):
+        uq.load_real_organs(tmp_path)
