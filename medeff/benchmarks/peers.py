@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 from unittest import mock
 
+import torch
 from torch import nn
 
 from medeff.utils.options import look_up
@@ -119,10 +120,16 @@ def peer_available(builder: str) -> str | None:
 def build_side(side: dict[str, Any], in_channels: int, num_classes: int, spatial_dims: int) -> nn.Module:
     """Build one side of a case, ``{"builder": NAME, "kwargs": {...}}``, in training mode.
 
+    ``"channels_last": true`` in the side converts the built model's weights to ``channels_last`` (2D) or
+    ``channels_last_3d`` (3D): PyTorch's CPU convolutions then run channels-last from the first layer on, as a peer's
+    user opts in with ``model.to(memory_format=...)`` (timm's ``--channels-last``).
+
     Raises:
         ConfigError: unknown builder name.
         PeerUnavailable: the peer library does not import.
     """
     look_up(side["builder"], BUILDERS, what="benchmark model builder", key="builder")
     model = BUILDERS[side["builder"]](in_channels, num_classes, spatial_dims, **dict(side.get("kwargs") or {}))
+    if side.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last if spatial_dims == 2 else torch.channels_last_3d)
     return model.train()

@@ -178,7 +178,8 @@ def work_ratios(side: Mapping[str, Any], ref: Mapping[str, Any], time_ratio: flo
 def _run_case(name: str, case: dict[str, Any], cfg: dict[str, Any], env: dict[str, str],
               memory_env: dict[str, str], peak_gflops: float | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"description": case.get("description", ""), "input": case["input"],
-                              "sides": {k: {"builder": v["builder"], "kwargs": v.get("kwargs") or {}}
+                              "sides": {k: {"builder": v["builder"], "kwargs": v.get("kwargs") or {},
+                                            **({"channels_last": True} if v.get("channels_last") else {})}
                                         for k, v in case["sides"].items()}}
     for side in case["sides"].values():
         reason = peer_available(side["builder"])

@@ -191,3 +191,20 @@ def test_existing_output_without_overwrite_fails_before_measuring(tmp_path, monk
     with pytest.raises(OutputExistsError, match="bench.json"):
         bench_runner.run_bench(_cfg("bench_preset=quick", f"output={out}", "overwrite=false"))
     assert out.read_text() == "{}"
+
+
+def test_a_side_can_run_in_channels_last():
+    from medeff.benchmarks import build_side
+
+    side = {"builder": "medeff", "kwargs": {"name": "efficientnetv2_b0", "channels_last": False}}
+    plain = build_side(side, 3, 2, 2)
+    cl = build_side({**side, "channels_last": True}, 3, 2, 2)
+    assert plain.training and cl.training
+    assert plain.conv_stem.weight.is_contiguous()
+    assert cl.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not cl.conv_stem.weight.is_contiguous()
+    cl3d = build_side({**side, "channels_last": True}, 1, 2, 3)
+    assert cl3d.conv_stem.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    cfg = resolve_config(_cfg())  # the 2D case reports timm in both layouts
+    sides = cfg["case_defs"]["cls2d_b0"]["sides"]
+    assert sides["timm_cl"]["channels_last"] is True and not sides["timm"].get("channels_last")

@@ -249,6 +249,37 @@ def test_channels_last_3d_runs_and_matches():
     assert out.shape == (1, 2, 16, 24, 16)
 
 
+def test_2d_auto_layout_runs_channels_last_on_cpu_with_the_same_results():
+    torch.manual_seed(0)
+    plain = create_model(SMALL, spatial_dims=2, in_channels=3, num_classes=4, channels_last=False).double()
+    auto = create_model(SMALL, spatial_dims=2, in_channels=3, num_classes=4).double()  # default "auto"
+    auto.load_state_dict(plain.state_dict())
+    assert auto.channels_last == "auto" and auto.conv_stem.weight.is_contiguous()  # weights keep their layout
+    seen = []
+    hook = auto.conv_stem.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    x = torch.randn(2, 3, 32, 40, dtype=torch.float64)
+    results = []
+    for model in (plain, auto):
+        torch.manual_seed(1)  # same drop-path draws
+        out = model.train()(x)
+        out.square().mean().backward()
+        results.append((out, [p.grad.clone() for p in model.parameters()]))
+    hook.remove()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    torch.testing.assert_close(results[0][0], results[1][0])  # float64: only the summation order differs
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
+    # 3D inputs keep NCDHW under "auto" (the 3D depthwise op is written for it), and tracing keeps the input's layout
+    assert create_model(SMALL, spatial_dims=3, in_channels=1, num_classes=2).channels_last is False
+    seen.clear()
+    hook = auto.conv_stem.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    torch.jit.trace(auto.eval(), x[:1], check_trace=False)  # the check would rerun it eagerly
+    hook.remove()
+    assert seen and all(t.is_contiguous() for t in seen)
+    with pytest.raises(ValueError, match="'yes'"):
+        create_model(SMALL, spatial_dims=2, in_channels=3, num_classes=2, channels_last="yes")
+
+
 def test_same_tf_padding_runs_on_odd_sizes():
     model = create_model(SMALL, spatial_dims=3, in_channels=1, num_classes=2, padding="same_tf").eval()
     assert model(torch.randn(1, 1, 17, 19, 23)).shape == (1, 2)
