@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,12 +12,18 @@ from torch import nn
 from medeff.layers import norm_act
 from medeff.models.blocks import LayerConfig, recompute
 from medeff.models.features import FeatureInfo
+from medeff.ops.upsample_conv import nearest_scale, polyphase_ready, upsample_conv
 
-__all__ = ["DEFAULT_DECODER_CHANNELS", "DecoderBlock", "UNetDecoder", "default_decoder_channels"]
+__all__ = ["DEFAULT_DECODER_CHANNELS", "POLYPHASE_MIN_VOXELS", "DecoderBlock", "UNetDecoder", "default_decoder_channels"]
 
 #: Decoder widths, deepest level first. 3D halves the 2D widths: the full-resolution levels dominate the cost
 #: of a 3D U-Net (memory and FLOPs grow with the voxel count), so they are kept narrow.
 DEFAULT_DECODER_CHANNELS = {1: (256, 128, 64, 32, 16), 2: (256, 128, 64, 32, 16), 3: (128, 64, 32, 16, 8)}
+#: ``polyphase="auto"`` takes the polyphase path from this many coarse voxels (batch x spatial) up. Measured per
+#: block, forward + backward on 2 cores: 0.41-0.72x the plain block from 2048 voxels (96^3-128^3 3D U-Nets at batch
+#: 1-2, 2D at 224^2 x 8 and 512^2 x 2), 1.07-5x slower below (the deep levels: the 8x wider coarse convolution of a
+#: few hundred voxels, and aten's batch-1 reference kernel for small 3D convolutions); docs/benchmarks.md.
+POLYPHASE_MIN_VOXELS = 2048
 
 
 def default_decoder_channels(spatial_dims: int, num_blocks: int) -> tuple[int, ...]:
@@ -38,13 +45,22 @@ class _ConvNormAct(nn.Module):
         return norm_act(self.norm, self.act, self.conv(x))
 
 
+def _exporting() -> bool:
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def _decoder_layout(channels_last: bool | str, x: torch.Tensor) -> torch.memory_format | None:
     """The memory format a decoder block runs in, or None to leave the input's (always None while exporting)."""
-    if x.dim() != 5 or torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if x.dim() != 5 or _exporting():
         return None
     if channels_last == "auto":
         return torch.channels_last_3d if x.device.type == "cpu" else None
     return torch.channels_last_3d if channels_last else None
+
+
+def _check_switch(name: str, value: bool | str) -> None:
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ValueError(f"decoder {name} must be 'auto', True or False, got {value!r}.")
 
 
 class DecoderBlock(nn.Module):
@@ -59,17 +75,45 @@ class DecoderBlock(nn.Module):
         channels_last: run the convolutions of 3D inputs in ``channels_last_3d`` layout: ``"auto"`` (on CPU,
             where oneDNN's convolutions with few channels at full resolution are 25-40% faster in that layout),
             True or False.
+        polyphase: compute the upsampling and the first convolution as one polyphase convolution of the coarse
+            input (:func:`medeff.ops.upsample_conv.upsample_conv`: the same function up to float rounding, 8/27 of
+            the multiply-adds on the upsampled part of a 3x3x3 layer, no upsampled tensor): ``"auto"`` (on CPU,
+            where it was measured, for inputs of at least :data:`POLYPHASE_MIN_VOXELS` voxels over the batch),
+            True (every input) or False. It applies when the skip's size is an integer multiple of the input's and
+            the convolution is a plain zero-padded one; never while tracing, scripting or exporting.
     """
 
     def __init__(self, cfg: LayerConfig, in_channels: int, skip_channels: int, out_channels: int,
-                 kernel: Sequence[int] | int = 3, channels_last: bool | str = "auto") -> None:
+                 kernel: Sequence[int] | int = 3, channels_last: bool | str = "auto",
+                 polyphase: bool | str = "auto") -> None:
         super().__init__()
+        _check_switch("channels_last", channels_last)
+        _check_switch("polyphase", polyphase)
         self.channels_last = channels_last
+        self.polyphase = polyphase
         self.conv1 = _ConvNormAct(cfg, in_channels + skip_channels, out_channels, kernel)
         self.conv2 = _ConvNormAct(cfg, out_channels, out_channels, kernel)
 
+    def _polyphase_scale(self, x: torch.Tensor, size: Sequence[int]) -> tuple[int, ...] | None:
+        """The per-axis upsampling factor when the polyphase path applies, else None."""
+        use = self.polyphase
+        if use == "auto":
+            use = x.device.type == "cpu" and x.shape[0] * math.prod(x.shape[2:]) >= POLYPHASE_MIN_VOXELS
+        if not use or _exporting() or not polyphase_ready(self.conv1.conv):
+            return None
+        return nearest_scale(x.shape[2:], size)
+
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None, size: Sequence[int]) -> torch.Tensor:
         """Upsample ``x`` to ``size``, concatenate ``skip`` when given, convolve."""
+        scale = self._polyphase_scale(x, size)
+        if scale is not None:
+            layout = _decoder_layout(self.channels_last, x)
+            if layout is not None:
+                x = x.contiguous(memory_format=layout)
+                skip = None if skip is None else skip.contiguous(memory_format=layout)
+            c1 = self.conv1
+            y = upsample_conv(x, c1.conv.weight, c1.conv.bias, scale=scale, skip=skip)
+            return self.conv2(norm_act(c1.norm, c1.act, y))
         x = F.interpolate(x, size=tuple(size), mode="nearest")
         if skip is not None:
             x = torch.cat([x, skip], dim=1)
@@ -97,23 +141,26 @@ class UNetDecoder(nn.Module):
         checkpointing: activation checkpointing per decoder block in training.
         channels_last: layout of the blocks' convolutions for 3D inputs (see :class:`DecoderBlock`); the outputs
             keep that layout.
+        polyphase: upsampling and first convolution of each block as one polyphase convolution (see
+            :class:`DecoderBlock`): ``"auto"`` (CPU), True or False.
 
     Attributes:
         out_channels: channels of each block's output, deepest first.
         reductions: per-axis reduction of each block's output, deepest first.
 
     Raises:
-        ValueError: wrong number of decoder channels, or ``channels_last`` not ``"auto"``/True/False.
+        ValueError: wrong number of decoder channels, or ``channels_last``/``polyphase`` not ``"auto"``/True/False.
     """
 
     def __init__(self, feature_info: FeatureInfo, decoder_channels: Sequence[int] | None = None, *,
                  spatial_dims: int = 2, norm: Any = "batch", act: str = "silu",
                  memory_efficient: bool = False,
                  level_kernels: Sequence[Sequence[int | None] | None] | None = None,
-                 checkpointing: bool = False, channels_last: bool | str = "auto") -> None:
+                 checkpointing: bool = False, channels_last: bool | str = "auto",
+                 polyphase: bool | str = "auto") -> None:
         super().__init__()
-        if not (isinstance(channels_last, bool) or channels_last == "auto"):
-            raise ValueError(f"decoder channels_last must be 'auto', True or False, got {channels_last!r}.")
+        _check_switch("channels_last", channels_last)
+        _check_switch("polyphase", polyphase)
         self.checkpointing = checkpointing
         enc_ch = feature_info.channels()
         enc_red = feature_info.reduction()
@@ -134,7 +181,7 @@ class UNetDecoder(nn.Module):
         for skip, cout, level in zip(skips, decoder_channels, levels):
             override = level_kernels[level] if level_kernels is not None else None
             kernel = tuple(3 if o is None else int(o) for o in (override or (None,) * spatial_dims))
-            blocks.append(DecoderBlock(cfg, cin, skip, int(cout), kernel, channels_last))
+            blocks.append(DecoderBlock(cfg, cin, skip, int(cout), kernel, channels_last, polyphase))
             cin = int(cout)
         self.blocks = nn.ModuleList(blocks)
         self.out_channels = [int(c) for c in decoder_channels]

@@ -49,7 +49,7 @@ ENCODER_OPTIONS = (
 PRETRAINED_OPTIONS = ("pretrained", "weights", "in_channels_mode", "inflate_mode")
 #: Extra options of the segmentation and joint tasks (passed to :class:`EfficientNetUNet`).
 UNET_OPTIONS = ("decoder_channels", "deep_supervision", "deep_supervision_levels", "aux_classes", "aux_dropout",
-                "pad_mode", "decoder_channels_last")
+                "pad_mode", "decoder_channels_last", "decoder_polyphase")
 
 _PHI_NAME = re.compile(r"efficientnet_phi(\d+(?:\.\d+)?)")
 

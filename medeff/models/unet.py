@@ -36,6 +36,9 @@ class EfficientNetUNet(nn.Module):
         pad_mode: ``F.pad`` mode for inputs that are not multiples of the total stride.
         decoder_channels_last: layout of the decoder's 3D convolutions: ``"auto"`` (``channels_last_3d`` on CPU,
             faster there), True or False. The logits are returned in the default (contiguous) layout either way.
+        decoder_polyphase: each decoder block's nearest upsampling and first convolution as one polyphase
+            convolution of the coarse input (same function up to float rounding, fewer multiply-adds, no upsampled
+            tensor; :mod:`medeff.ops.upsample_conv`): ``"auto"`` (on CPU), True or False.
 
     Raises:
         ValueError: an encoder that is not ``features_only``, or ``deep_supervision_levels`` out of range.
@@ -56,6 +59,7 @@ class EfficientNetUNet(nn.Module):
         aux_dropout: float = 0.2,
         pad_mode: str = "constant",
         decoder_channels_last: bool | str = "auto",
+        decoder_polyphase: bool | str = "auto",
     ) -> None:
         super().__init__()
         if not encoder.features_only:
@@ -67,7 +71,7 @@ class EfficientNetUNet(nn.Module):
         self.decoder = UNetDecoder(encoder.feature_info, decoder_channels, spatial_dims=dims, norm=cfg.norm,
                                    act=cfg.act, memory_efficient=cfg.memory_efficient,
                                    level_kernels=encoder.level_kernels, checkpointing=encoder.checkpointing,
-                                   channels_last=decoder_channels_last)
+                                   channels_last=decoder_channels_last, polyphase=decoder_polyphase)
         self.seg_head = SegmentationHead(dims, self.decoder.out_channels[-1], num_classes)
         self.deep_supervision = deep_supervision
         if deep_supervision and not 2 <= deep_supervision_levels <= len(self.decoder.blocks):
