@@ -55,6 +55,10 @@ CASES: dict[str, dict[str, Any]] = {
         "input": {"batch": 2, "channels": 1, "size": [128, 128, 128], "classes": 2, "task": "segmentation"},
         "tiny": {"batch": 2, "size": [32, 32, 32]},
         "sides": {"medeff": {"builder": "medeff", "kwargs": {"name": "efficientnet_b0", "task": "segmentation"}},
+                  # the polyphase decoder forced on: "auto" keeps GPUs on the plain path until this has measured it
+                  "medeff_polyphase": {"builder": "medeff", "kwargs": {"name": "efficientnet_b0",
+                                                                       "task": "segmentation",
+                                                                       "decoder_polyphase": True}},
                   "monai": {"builder": "monai_flexible_unet", "kwargs": {"backbone": "efficientnet-b0"}}},
     },
 }

@@ -51,3 +51,24 @@ def test_compile_fullgraph_on_cuda_matches_eager(task):
     out = torch.compile(model, fullgraph=True)(x)
     out.float().mean().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_polyphase_decoder_on_cuda_matches_the_plain_path(dtype):
+    """``decoder_polyphase=True`` on CUDA (``"auto"`` keeps GPUs plain): same logits and gradients, also under AMP."""
+    torch.manual_seed(0)
+    kw = dict(spatial_dims=3, in_channels=1, num_classes=2, task="segmentation")
+    plain = create_model("efficientnet_b0", decoder_polyphase=False, **kw).cuda()
+    poly = create_model("efficientnet_b0", decoder_polyphase=True, **kw).cuda()
+    poly.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 1, 64, 64, 64, device="cuda")
+    outs = []
+    for model in (plain, poly):
+        torch.manual_seed(1)
+        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = model.train()(x).float()
+        out.square().mean().backward()
+        outs.append((out, model.seg_head.conv.weight.grad))
+    tol = dict(rtol=5e-2, atol=5e-2) if dtype else dict(rtol=1e-2, atol=1e-2)  # cuDNN may use TF32
+    torch.testing.assert_close(outs[0][0], outs[1][0], **tol)
+    torch.testing.assert_close(outs[0][1], outs[1][1], **tol)
