@@ -36,6 +36,7 @@ def _count_calls(monkeypatch) -> list[tuple[int, ...]]:
 @pytest.mark.parametrize(("dims", "size", "extra"), [
     (3, (24, 40, 32), dict(deep_supervision=True)),  # padded to multiples of 32 first
     (3, (32, 32, 32), dict(checkpointing=True)),  # recomputed decoder blocks
+    (3, (16, 64, 64), dict(spacing=(5.0, 0.8, 0.8))),  # anisotropic: (1, 2, 2) upsampling, (1, 3, 3) kernels
     (2, (64, 96), dict(aux_classes=2, task="joint")),
 ])
 def test_same_outputs_gradients_and_statistics(monkeypatch, dims, size, extra):
