@@ -14,7 +14,8 @@ from medeff.models.blocks import LayerConfig, recompute
 from medeff.models.features import FeatureInfo
 from medeff.ops.upsample_conv import nearest_scale, polyphase_ready, upsample_conv
 
-__all__ = ["DEFAULT_DECODER_CHANNELS", "POLYPHASE_MIN_VOXELS", "DecoderBlock", "UNetDecoder", "default_decoder_channels"]
+__all__ = ["DEFAULT_DECODER_CHANNELS", "POLYPHASE_MIN_VOXELS", "DecoderBlock", "UNetDecoder",
+           "default_decoder_channels"]
 
 #: Decoder widths, deepest level first. 3D halves the 2D widths: the full-resolution levels dominate the cost
 #: of a 3D U-Net (memory and FLOPs grow with the voxel count), so they are kept narrow.
@@ -22,7 +23,7 @@ DEFAULT_DECODER_CHANNELS = {1: (256, 128, 64, 32, 16), 2: (256, 128, 64, 32, 16)
 #: ``polyphase="auto"`` takes the polyphase path from this many coarse voxels (batch x spatial) up. Measured per
 #: block, forward + backward on 2 cores: 0.41-0.72x the plain block from 2048 voxels (96^3-128^3 3D U-Nets at batch
 #: 1-2, 2D at 224^2 x 8 and 512^2 x 2), 1.07-5x slower below (the deep levels: the 8x wider coarse convolution of a
-#: few hundred voxels, and aten's batch-1 reference kernel for small 3D convolutions); docs/benchmarks.md.
+#: few hundred voxels, and aten's batch-1 reference kernel for small 3D convolutions); docs/ops.md.
 POLYPHASE_MIN_VOXELS = 2048
 
 

@@ -168,7 +168,7 @@ class _Interleave(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):  # noqa: D102
         shape, layout, cout, scale, shifts, size, has_base = ctx.meta
-        grad_coarse = torch.zeros(shape, dtype=grad.dtype, device=grad.device).contiguous(memory_format=layout)
+        grad_coarse = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=layout).zero_()
         for block, view in _phase_pairs(grad_coarse, grad, cout, scale, shifts, size):
             block.copy_(view)
         return grad_coarse, (grad if has_base else None), None, None, None, None
