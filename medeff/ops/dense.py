@@ -13,6 +13,12 @@ rule and the extra channels are at most :data:`MAX_EXTRA_FRACTION` times the rea
 2-10x faster kernel). CUDA, other dtypes, batches above 1 and grouped or 1x1
 layers run ``F.conv3d`` unchanged. :class:`Conv3d` is the ``nn.Conv3d`` subclass medeff's models build for their
 dense 3D layers.
+
+A second CPU repair, for bfloat16: under CPU bfloat16 autocast (or with bfloat16 tensors), oneDNN's 3D convolution
+backward sometimes returns non-finite weight gradients when an input axis is shorter than the kernel (a 432 -> 128
+3x3x3 layer at 2^3, the deepest decoder level of a U-Net on 32^3 patches: 5 of 200 backward passes, at random;
+4^3 and larger never did in 150). :func:`conv3d` runs such a layer in float32 and returns bfloat16, as autocast
+would have; it is a few thousand voxels, so the cost is nil.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MAX_EXTRA_FRACTION", "ONEDNN_MIN_ELEMENTS", "Conv3d", "conv3d", "extra_channels"]
+__all__ = ["MAX_EXTRA_FRACTION", "ONEDNN_MIN_ELEMENTS", "Conv3d", "bf16_needs_float32", "conv3d", "extra_channels"]
 
 #: aten's threshold on ``batch * channels * D * H`` (the first four sizes) below which such a layer leaves oneDNN.
 ONEDNN_MIN_ELEMENTS = 20480
@@ -43,9 +49,25 @@ def extra_channels(x: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> in
     return extra if extra <= MAX_EXTRA_FRACTION * channels else 0
 
 
+def bf16_needs_float32(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`conv3d` runs this layer in float32: CPU, bfloat16 (tensors or autocast), gradients enabled and
+    an input axis shorter than the kernel along it (module doc)."""
+    if x.dim() != 5 or x.device.type != "cpu" or not torch.is_grad_enabled():
+        return False
+    bf16 = x.dtype == torch.bfloat16 or weight.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    return bf16 and any(s < k for s, k in zip(x.shape[2:], weight.shape[2:]))
+
+
 def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
            dilation=1, groups: int = 1) -> torch.Tensor:
-    """``F.conv3d`` (same result up to rounding) on oneDNN where aten's batch-1 size rule would not (module doc)."""
+    """``F.conv3d`` (same result up to rounding) on oneDNN where aten's batch-1 size rule would not, and in float32
+    where oneDNN's bfloat16 backward is unreliable (module doc)."""
+    if bf16_needs_float32(x, weight):
+        with torch.autocast("cpu", enabled=False):
+            out = F.conv3d(x.float(), weight.float(), None if bias is None else bias.float(), stride, padding,
+                           dilation, groups)
+        return out.to(torch.bfloat16)
     extra = 0 if isinstance(padding, str) else extra_channels(x, weight, groups)
     if extra:
         x = torch.cat([x, x.new_zeros(1, extra, *x.shape[2:])], dim=1)

@@ -10,7 +10,7 @@ from torch.profiler import profile
 
 from medeff.layers import make_conv
 from medeff.ops import Conv3d, conv3d
-from medeff.ops.dense import ONEDNN_MIN_ELEMENTS, extra_channels
+from medeff.ops.dense import ONEDNN_MIN_ELEMENTS, bf16_needs_float32, extra_channels
 
 
 def _kernels(fn) -> set[str]:
@@ -68,3 +68,33 @@ def test_models_build_it_for_dense_3d_layers_with_the_plain_state_dict():
     x = torch.randn(1, 8, 20, 20, 20)
     torch.testing.assert_close(conv(x), plain(x), rtol=1e-4, atol=1e-4)
     assert type(make_conv(2, 8, 16, 3)) is torch.nn.Conv2d
+
+
+def test_bf16_layers_shorter_than_their_kernel_run_in_float32():
+    """oneDNN's bfloat16 3D backward at random gave non-finite weight gradients for inputs shorter than the kernel:
+    conv3d computes those layers in float32 and hands back bfloat16."""
+    w = torch.zeros(8, 16, 3, 3, 3)
+    small, large = torch.zeros(2, 16, 2, 2, 2), torch.zeros(2, 16, 4, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert bf16_needs_float32(small, w)
+        assert not bf16_needs_float32(large, w)
+        with torch.no_grad():
+            assert not bf16_needs_float32(small, w)  # inference: no backward to protect
+    assert not bf16_needs_float32(small, w)  # float32 outside autocast
+    assert bf16_needs_float32(small.bfloat16(), w.bfloat16())
+    assert not bf16_needs_float32(torch.zeros(2, 16, 2, 2), torch.zeros(8, 16, 3, 3))  # 2D is not affected
+
+    torch.manual_seed(0)
+    conv = make_conv(3, 432, 128, 3)  # the deepest decoder layer of a U-Net on 32^3 patches
+    assert isinstance(conv, Conv3d)
+    for _ in range(30):
+        x = torch.randn(2, 432, 2, 2, 2, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv(x)
+        assert out.dtype == torch.bfloat16
+        with torch.autocast("cpu", enabled=False):
+            expected = F.conv3d(x.float(), conv.weight, None, 1, 1).to(torch.bfloat16)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        conv.weight.grad = None
+        out.float().square().mean().backward()
+        assert torch.isfinite(conv.weight.grad).all() and torch.isfinite(x.grad).all()
