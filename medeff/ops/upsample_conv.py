@@ -19,7 +19,9 @@ groups, odd kernels, ``k // 2`` zero padding).
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,8 +58,9 @@ class AxisPlan:
     mix: tuple[tuple[tuple[int, ...], ...], ...]
 
 
+@functools.lru_cache(maxsize=64)
 def axis_plan(scale: int, kernel: int) -> AxisPlan:
-    """The phase decomposition of one axis (see the module docstring).
+    """The phase decomposition of one axis (see the module docstring); cached, as every forward asks again.
 
     Output ``o = scale * i + a`` of a ``padding=kernel // 2`` convolution over the upsampled axis reads upsampled
     positions ``o + t - kernel // 2``, i.e. coarse samples ``i + (a + t - kernel // 2) // scale``.
@@ -86,9 +89,7 @@ def phase_weight(weight: torch.Tensor, plans: Sequence[AxisPlan]) -> torch.Tenso
     equation = f"oi{kernel_idx},{terms}->{phase_idx}oi{tap_idx}"
     mixes = [torch.tensor(p.mix, dtype=weight.dtype, device=weight.device) for p in plans]
     out = torch.einsum(equation, weight, *mixes)
-    phases = 1
-    for p in plans:
-        phases *= p.scale
+    phases = math.prod(p.scale for p in plans)
     return out.reshape(phases * weight.shape[0], weight.shape[1], *[p.taps for p in plans])
 
 
