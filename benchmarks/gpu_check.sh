@@ -14,7 +14,10 @@ PY="${PYTHON:-$HERE/../.venv/bin/python}"
 [ -x "$PY" ] || PY=python
 mkdir -p "$OUT"
 if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  (cd "$HERE/.." && timeout 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests) > "$OUT/gpu_tests.log" 2>&1
+  # --continue-on-collection-errors: a test module that does not import here (a dependency missing from a bare GPU
+  # image) is reported in the log and the exit status, but does not stop the gpu-marked tests from running
+  (cd "$HERE/.." && timeout 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu --continue-on-collection-errors tests) \
+    > "$OUT/gpu_tests.log" 2>&1
   TESTS=$?
   echo "gpu_check: gpu-marked tests exit status $TESTS (log: $OUT/gpu_tests.log)"
 else

@@ -29,8 +29,10 @@ __all__ = [
     "LayerConfig",
     "MBConv",
     "SqueezeExcite",
+    "check_recompute",
     "frozen_norm_stats",
     "recompute",
+    "recompute_active",
 ]
 
 
@@ -47,7 +49,9 @@ class LayerConfig:
         fast_depthwise: 3D depthwise convs use :class:`medeff.ops.FastDepthwiseConv3d` (faster CPU backward).
         recompute: MBConv blocks recompute their expansion (1x1 conv, norm, act) in backward instead of keeping
             two hidden-width tensors for it (see :func:`recompute`); same outputs and gradients, about a third
-            less memory saved for backward in a 3D B0.
+            less memory saved for backward in a 3D B0. ``"auto"``: only for inputs on the CPU (on a GPU the
+            recomputation's extra kernel launches cost more time than the memory is worth; see
+            :func:`recompute_active`).
     """
 
     spatial_dims: int = 2
@@ -56,7 +60,7 @@ class LayerConfig:
     memory_efficient: bool = False
     padding: str = "same"
     fast_depthwise: bool = True
-    recompute: bool = False
+    recompute: bool | str = False
 
     def conv(self, cin: int, cout: int, kernel: int | Sequence[int] = 1, stride: int | Sequence[int] = 1,
              groups: int = 1, bias: bool = False) -> nn.Module:
@@ -128,11 +132,36 @@ def frozen_norm_stats(modules: Sequence[nn.Module]):
                 m.num_batches_tracked.copy_(tracked)
 
 
+def check_recompute(mode: Any) -> bool | str:
+    """The ``recompute`` option checked: ``True``, ``False`` or ``"auto"`` (``None`` is read as ``"auto"``)."""
+    if mode is None or mode == "auto":
+        return "auto"
+    if isinstance(mode, bool):
+        return mode
+    raise ValueError(f"recompute must be true, false or 'auto' (on for inputs on the CPU), got {mode!r}.")
+
+
+def recompute_active(mode: bool | str, x: torch.Tensor) -> bool:
+    """Whether a block built with ``recompute=mode`` recomputes its expansion for the input ``x`` (in training).
+
+    ``True``: always; ``"auto"``: for CPU inputs only. A CUDA train step of a 3D B0 is bound by kernel launches
+    at the sizes medeff trains at, and the recomputation adds launches (docs/benchmarks.md, "GPU check").
+    Never while ``torch.compile`` traces the model: the compiler chooses what to keep for backward itself.
+    """
+    if mode is False or torch.compiler.is_compiling():
+        return False
+    return mode is True or x.device.type == "cpu"
+
+
 def recompute(fn: Any, modules: Sequence[nn.Module], *inputs: Any) -> Any:
     """``fn(*inputs)`` that saves only its inputs for backward and runs ``fn`` again in backward (checkpointing).
 
     Unlike a plain ``torch.utils.checkpoint``, the batch norms in ``modules`` update their running statistics
     once (in the forward), not again in the recomputation.
+
+    Inside ``torch.compile`` it runs ``fn(*inputs)`` as it is: the compiler cannot trace a checkpoint with
+    these contexts, and its own partitioner decides what is saved for backward and what is recomputed. Outputs,
+    gradients and running statistics are the same; the memory is what the compiler chooses.
 
     Args:
         fn: the function to recompute (deterministic, or using only torch's RNG).
@@ -146,6 +175,8 @@ def recompute(fn: Any, modules: Sequence[nn.Module], *inputs: Any) -> Any:
     def contexts() -> tuple[AbstractContextManager, AbstractContextManager]:
         return nullcontext(), frozen_norm_stats(modules)
 
+    if torch.compiler.is_compiling():
+        return fn(*inputs)
     return checkpoint(fn, *inputs, use_reentrant=False, context_fn=contexts)
 
 
@@ -233,7 +264,7 @@ class MBConv(_Block):
         return self.bn3(self.conv_pwl(self.se(norm_act(self.bn2, self.act2, y))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        if self.recompute and self.training and torch.is_grad_enabled():
+        if self.training and torch.is_grad_enabled() and recompute_active(self.recompute, x):
             # autograd keeps x instead of the 1x1 conv output and the norm output (two hidden-width tensors);
             # the expansion is recomputed in backward
             return self.residual(x, self._project(self.conv_dw(recompute(self._expand, (self.conv_pw, self.bn1), x))))

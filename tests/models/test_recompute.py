@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+from unittest import mock
 
+import pytest
 import torch
 
 from medeff.benchmarks.worker import saved_bytes
 from medeff.models import create_model
-from medeff.models.blocks import MBConv
+from medeff.models.blocks import MBConv, check_recompute, recompute, recompute_active
 
 
 def _pair(**kwargs):
@@ -27,7 +29,7 @@ def test_recompute_default_on_in_3d_only():
     m2 = create_model("efficientnet_b0", spatial_dims=2, in_channels=1, num_classes=2, width=0.25, depth=0.25)
     ck = create_model("efficientnet_b0", spatial_dims=3, in_channels=1, num_classes=2, width=0.25, depth=0.25,
                       checkpointing=True)
-    assert all(b.recompute for b in m3.modules() if isinstance(b, MBConv))
+    assert all(b.recompute == "auto" for b in m3.modules() if isinstance(b, MBConv))
     assert not any(b.recompute for b in m2.modules() if isinstance(b, MBConv))
     assert not any(b.recompute for b in ck.modules() if isinstance(b, MBConv))  # stages are recomputed instead
 
@@ -76,3 +78,40 @@ def test_unet_checkpointing_updates_batchnorm_running_stats_once():
     assert tracked and all(int(t) == 1 for t in tracked)
     for (name, p), (_, q) in zip(plain.named_parameters(), ckpt.named_parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_recompute_auto_is_for_cpu_inputs_only():
+    """``"auto"`` recomputes for CPU inputs; on another device (a GPU step is launch-bound) only ``True`` does."""
+    cpu, gpu_like = torch.zeros(1), torch.zeros(1, device="meta")
+    assert recompute_active("auto", cpu) and not recompute_active("auto", gpu_like)
+    assert recompute_active(True, cpu) and recompute_active(True, gpu_like)
+    assert not recompute_active(False, cpu)
+    m = create_model("efficientnet_b0", spatial_dims=3, in_channels=1, num_classes=2, width=0.25, depth=0.25,
+                     recompute=True)
+    assert all(b.recompute is True for b in m.modules() if isinstance(b, MBConv))
+    for given, read in ((None, "auto"), ("auto", "auto"), (True, True), (False, False)):
+        assert check_recompute(given) == read
+    with pytest.raises(ValueError, match="recompute must be"):
+        create_model("efficientnet_b0", spatial_dims=3, in_channels=1, num_classes=2, recompute="yes")
+
+
+def test_recompute_runs_plainly_while_compiling():
+    """Under ``torch.compile`` (which cannot trace the checkpoint's contexts) blocks and ``recompute()`` run their
+    function as it is: same outputs and running statistics, nothing recomputed."""
+    ref, rec = _pair()
+    x = torch.randn(2, 1, 16, 16, 16, dtype=torch.float64)
+    calls = []
+
+    def counted(t):
+        calls.append(1)
+        return t * 2
+
+    with mock.patch("torch.compiler.is_compiling", return_value=True):
+        assert not recompute_active(True, x)
+        y = recompute(counted, (), x.requires_grad_())
+        y.sum().backward()
+        assert len(calls) == 1  # not run again in backward
+        outs = [model(x).sum() for model in (ref, rec)]
+    torch.testing.assert_close(outs[0], outs[1])
+    for (name, a), (_, b) in zip(ref.named_buffers(), rec.named_buffers()):
+        torch.testing.assert_close(a, b, msg=name)
