@@ -45,7 +45,7 @@ _TRAIN_NAMES = (
     "medeff.engine.tasks.ClassificationTask", "medeff.engine.tasks.SegmentationTask", "medeff.engine.tasks.JointTask",
     "medeff.engine.schedulers.warmup_cosine", "medeff.engine.schedulers.warmup_constant",
     "medeff.engine.progressive.ProgressiveLearning", "medeff.engine.finetune.Finetuning",
-    "medeff.engine.val_images.ValidationImages",
+    "medeff.engine.val_images.ValidationImages", "medeff.engine.norm_check.BatchNormCheck",
     "medeff.engine.mlflow_logger.mlflow_logger",
     "medeff.engine.loggers.AtomicCSVLogger", "medeff.engine.loggers.AtomicTensorBoardLogger",
     "lightning.Trainer", "lightning.pytorch.Trainer",

@@ -9,10 +9,14 @@ norm's output in forward (one buffer less). Outputs, gradients and running-stati
 :func:`norm_act` is what the blocks call: it takes the fused path when ``norm`` is a plain training-mode
 ``BatchNorm{1,2,3}d`` with running statistics and affine parameters, ``act`` a SiLU, on CPU with gradients
 enabled and an input of the parameters' dtype (not under mixed precision), and otherwise runs ``act(norm(x))``
-unchanged.
+unchanged. The fused path does not call the norm module, so its forward hooks do not run there: code that hooks
+batch norms (``medeff.engine.norm_check``) opens :func:`unfused` around the forward it watches.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -20,10 +24,23 @@ from torch.autograd.function import once_differentiable
 
 from medeff.layers.activations import MemoryEfficientSiLU
 
-__all__ = ["BatchNormSiLUFunction", "can_fuse", "norm_act"]
+__all__ = ["BatchNormSiLUFunction", "can_fuse", "norm_act", "unfused"]
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _SILUS = (nn.SiLU, MemoryEfficientSiLU)
+_unfused_depth = 0
+
+
+@contextmanager
+def unfused() -> Iterator[None]:
+    """Inside, :func:`norm_act` runs ``act(norm(x))``: the norm modules are called and their hooks run (same
+    outputs and gradients up to float rounding, one more tensor kept for backward per norm)."""
+    global _unfused_depth
+    _unfused_depth += 1
+    try:
+        yield
+    finally:
+        _unfused_depth -= 1
 
 
 def _channel_view(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -62,7 +79,8 @@ class BatchNormSiLUFunction(torch.autograd.Function):
 def can_fuse(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`norm_act` takes the fused path for this norm, activation and input."""
     return (
-        type(norm) in _BATCH_NORMS
+        not _unfused_depth
+        and type(norm) in _BATCH_NORMS
         and type(act) in _SILUS
         and norm.training
         and norm.track_running_stats

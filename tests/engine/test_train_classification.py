@@ -147,9 +147,13 @@ def test_predict_from_a_dataset_index(cls_run, nodule_index, tmp_path):
     assert [r["n_items"] for r in res["cases"]] == [len(c.archive.rows) for c in index.all_cases]
 
 
-def test_3d_crop_classification_trains_and_predicts(crop_index, tmp_path):
-    run = train(compose("train", ["experiment=nodule_3d", f"data.index={crop_index}", "data.patch_size=[32,32,32]",
-                                  "data.batch_size=2"] + fast_overrides(tmp_path / "run")))
+def test_3d_crop_classification_trains_and_predicts(crop_index, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="medeff.engine.norm_check"):
+        run = train(compose("train", ["experiment=nodule_3d", f"data.index={crop_index}",
+                                      "data.patch_size=[32,32,32]", "data.batch_size=2"]
+                            + fast_overrides(tmp_path / "run")))
+    # 32^3 with a batch of 2: the deepest batch norms see 2 values per channel (callbacks.batch_norm_check)
+    assert any("values per channel (fewest: 2" in r.getMessage() for r in caplog.records)
     meta = torch.load(run["last_checkpoint"], map_location="cpu", weights_only=True)["medeff"]
     assert meta["data"]["kind"] == "volume" and meta["data"]["patch_size"] == [32, 32, 32]
     res = predict({"ckpt": run["last_checkpoint"], "input": str(crop_index.parent), "output_dir": str(tmp_path / "o"),
