@@ -11,7 +11,8 @@ gradient scaler skips every step and the weights never move, without any error (
 training mode record the values per channel it receives, and a warning names the norms below ``min_values`` with
 the fixes (larger patches, a larger batch, or a precision that does not overflow).
 Nothing is changed; for that batch the fused BN+SiLU of :mod:`medeff.layers.fused` steps aside (it does not call
-the norm modules), and the hooks are removed after it. The count is ``numel / channels`` of the norm's input,
+the norm modules), and the hooks are removed after it. Checkpoints record that the batch was watched, so a resumed
+run does not watch (and run unfused) a batch that the uninterrupted run ran fused: resume stays bit-identical. The count is ``numel / channels`` of the norm's input,
 computed from shapes only (no device synchronisation).
 """
 
@@ -78,6 +79,15 @@ class BatchNormCheck(Callback):
         low = {name: n for name, n in self.seen.items() if n < self.min_values}
         if low:
             log.warning(self.message(low))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: a resumed run does not watch its first batch again. Resumed training stays
+        bit-identical to an uninterrupted run (the watched batch runs the unfused BN+SiLU, equal only up to
+        rounding)."""
+        return {"done": self.done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+        self.done = bool(state_dict.get("done", False))
 
     def on_exception(self, trainer: Any, pl_module: nn.Module, exception: BaseException) -> None:  # noqa: D102
         self._finish()

@@ -78,3 +78,16 @@ def test_on_in_the_default_training_callbacks():
     cfg = compose("train")
     assert cfg.callbacks.batch_norm_check._target_ == "medeff.engine.norm_check.BatchNormCheck"
     assert cfg.callbacks.batch_norm_check.min_values == 8
+
+
+def test_a_resumed_run_does_not_watch_again():
+    """The state travels in checkpoints: a resumed run's first batch runs fused, as in the uninterrupted run."""
+    net, check = _net(), BatchNormCheck()
+    _first_batch(check, net, torch.randn(2, 1, 64, 64, 64), torch.tensor([0, 1]))
+    resumed = BatchNormCheck()
+    resumed.load_state_dict(check.state_dict())
+    resumed.on_train_batch_start(None, net, None, 0)
+    assert can_fuse(net.bn1, net.act1, torch.zeros(2, 1, 2, 2, 2)) and resumed.seen == {}
+    fresh = BatchNormCheck()
+    fresh.load_state_dict({})
+    assert not fresh.done
