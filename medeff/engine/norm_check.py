@@ -8,12 +8,12 @@ a few blocks the gradients explode: in float16 mixed precision they pass float16
 gradient scaler skips every step and the weights never move, without any error (seen on an H200 and on CPU).
 
 :class:`BatchNormCheck` looks at the first training batch of a fit: forward pre-hooks on every batch norm in
-training mode record the values per channel it receives, and a warning names the norms below ``min_values`` with
-the fixes (larger patches, a larger batch, or a precision that does not overflow).
-Nothing is changed; for that batch the fused BN+SiLU of :mod:`medeff.layers.fused` steps aside (it does not call
-the norm modules), and the hooks are removed after it. Checkpoints record that the batch was watched, so a resumed
-run does not watch (and run unfused) a batch that the uninterrupted run ran fused: resume stays bit-identical. The count is ``numel / channels`` of the norm's input,
-computed from shapes only (no device synchronisation).
+training mode record the values per channel it receives (``numel / channels`` of its input, from shapes only: no
+device synchronisation), and a warning names the norms below ``min_values`` with the fixes (larger patches, a larger
+batch, or a precision that does not overflow). Nothing is changed. For that batch the fused BN+SiLU of
+:mod:`medeff.layers.fused` steps aside (it does not call the norm modules), and the hooks are removed after it.
+Checkpoints record that the batch was watched, so a resumed run does not watch (and run unfused) a batch that the
+uninterrupted run ran fused: resume stays bit-identical.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ class BatchNormCheck(Callback):
                 self.seen[name] = min(count, self.seen.get(name, count))
         return hook
 
-    def on_train_batch_start(self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int) -> None:  # noqa: D102
+    def on_train_batch_start(self, trainer: Any, pl_module: nn.Module, batch: Any,  # noqa: D102
+                             batch_idx: int) -> None:
         if self.done:
             return
         for name, module in pl_module.named_modules():
