@@ -1,13 +1,15 @@
 """The Python part of ``benchmarks/gpu_check.sh``: train steps of medeff and its peers on one GPU.
 
-For each case (2D B0 vs timm, 3D B0 vs MONAI EfficientNetBN, 3D U-Net vs MONAI FlexibleUNet) and each variant
-(float32; AMP bfloat16; AMP float16 with a gradient scaler; bfloat16 in channels-last layout; bfloat16 under
-``torch.compile``), every side runs warm-up steps, then timed train steps (forward, Dice-free cross-entropy,
+For each case (3D B0 vs MONAI EfficientNetBN, 3D U-Net vs MONAI FlexibleUNet, 2D B0 vs timm) and each variant
+(float32; AMP bfloat16; bfloat16 under ``torch.compile``; AMP float16 with a gradient scaler; bfloat16 in
+channels-last layout), every side runs warm-up steps, then timed train steps (forward, Dice-free cross-entropy,
 backward, SGD update, ``torch.cuda.synchronize`` around each), and reports the median step time, achieved TFLOP/s
 (3x the forward FLOPs of :func:`medeff.benchmarks.flops.side_flops`) and the peak memory
 (``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``). A side that fails (a peer that does not
 import, a compile error) is recorded with its error and the run goes on. A time budget stops the run before the
-script's limit, recording what was skipped.
+script's limit, recording what was skipped, and the report is written after every side, so a run killed by the
+limit keeps what it finished (marked incomplete). The A/B sides (``medeff_recompute``, ``medeff_polyphase``: one
+medeff option forced on) run in float32 and bfloat16 only.
 
 Without CUDA the script says so and runs the CPU fallback: tiny sizes, the CUDA-only variants (float16, compile)
 skipped with a reason, so the code paths are checked for syntax and CPU fallbacks (``tests/benchmarks``).
@@ -27,6 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,13 +41,8 @@ from medeff.benchmarks.peers import PeerUnavailable, build_side, peer_available
 from medeff.benchmarks.worker import make_batch
 from medeff.utils.atomic import write_json_atomic, write_text_atomic
 
+#: the 3D cases first: when the time budget runs out, the 2D case (the cheapest to re-run anywhere) is the one skipped
 CASES: dict[str, dict[str, Any]] = {
-    "cls2d_b0": {
-        "input": {"batch": 32, "channels": 3, "size": [224, 224], "classes": 2, "task": "classification"},
-        "tiny": {"batch": 2, "size": [64, 64]},
-        "sides": {"medeff": {"builder": "medeff", "kwargs": {"name": "efficientnet_b0"}},
-                  "timm": {"builder": "timm", "kwargs": {"name": "efficientnet_b0"}}},
-    },
     "cls3d_b0": {
         "input": {"batch": 4, "channels": 1, "size": [96, 96, 96], "classes": 2, "task": "classification"},
         "tiny": {"batch": 2, "size": [32, 32, 32]},
@@ -64,15 +62,25 @@ CASES: dict[str, dict[str, Any]] = {
                                                                        "decoder_polyphase": True}},
                   "monai": {"builder": "monai_flexible_unet", "kwargs": {"backbone": "efficientnet-b0"}}},
     },
+    "cls2d_b0": {
+        "input": {"batch": 32, "channels": 3, "size": [224, 224], "classes": 2, "task": "classification"},
+        "tiny": {"batch": 2, "size": [64, 64]},
+        "sides": {"medeff": {"builder": "medeff", "kwargs": {"name": "efficientnet_b0"}},
+                  "timm": {"builder": "timm", "kwargs": {"name": "efficientnet_b0"}}},
+    },
 }
 #: variant name -> (autocast dtype or None, channels-last layout, torch.compile)
+#: in the order they run: compiled steps before fp16 and channels-last (on an H200 both library's 3D steps ran 5-6x
+#: slower in channels-last, the least informative variant)
 VARIANTS: dict[str, tuple[torch.dtype | None, bool, bool]] = {
     "fp32": (None, False, False),
     "bf16": (torch.bfloat16, False, False),
+    "bf16_compile": (torch.bfloat16, False, True),
     "fp16": (torch.float16, False, False),
     "bf16_channels_last": (torch.bfloat16, True, False),
-    "bf16_compile": (torch.bfloat16, False, True),
 }
+#: variants that also run the A/B sides (``medeff_*``: one medeff option forced); the others run medeff and the peer
+AB_VARIANTS = ("fp32", "bf16")
 CUDA_ONLY = {"fp16": "float16 autocast is a GPU setting (slow or unsupported on CPU)",
              "bf16_compile": "torch.compile is only checked on the GPU here (minutes of compilation on CPU)"}
 
@@ -133,8 +141,13 @@ def run_side(side: dict[str, Any], spec: dict[str, Any], variant: str, device: t
 
 
 def run_check(*, tiny: bool, device: torch.device, steps: int, warmup: int, budget_s: float,
-              variants: list[str] | None = None, cases: list[str] | None = None) -> dict[str, Any]:
-    """Every case x variant x side within ``budget_s``; returns the report (rows, ratios, skipped)."""
+              variants: list[str] | None = None, cases: list[str] | None = None,
+              on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every case x variant x side within ``budget_s``; returns the report (rows, ratios, skipped).
+
+    ``on_row`` gets the report so far after every side (the script writes it to disk, so a run killed by its time
+    limit keeps every finished side).
+    """
     t0 = time.perf_counter()
     cuda = device.type == "cuda"
     env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
@@ -153,7 +166,7 @@ def run_check(*, tiny: bool, device: torch.device, steps: int, warmup: int, budg
             spec = {**case["input"], **(case["tiny"] if tiny else {})}
             # the side order alternates between variants: the first side to run a new dtype or layout pays the
             # first-touch costs (CUDA's lazy kernel loading, cuDNN's first plans) in its warm-up steps
-            sides = list(case["sides"].items())
+            sides = [(n, sd) for n, sd in case["sides"].items() if variant in AB_VARIANTS or not n.startswith("medeff_")]
             for side_name, side in (reversed(sides) if v_index % 2 else sides):
                 row = {"case": case_name, "variant": variant, "side": side_name, "input": spec}
                 if time.perf_counter() - t0 > budget_s:
@@ -175,9 +188,12 @@ def run_check(*, tiny: bool, device: torch.device, steps: int, warmup: int, budg
                 print(f"gpu_check: {case_name} {variant} {side_name}: {row['status']}"
                       + (f" {row['median_s'] * 1000:.1f} ms" if row["status"] == "ok" else f" ({row.get('reason')})"),
                       file=sys.stderr, flush=True)
+                if on_row is not None:
+                    on_row({"environment": env, "rows": rows, "ratios": ratios(rows), "skipped": skipped,
+                            "wall_s": time.perf_counter() - t0, "complete": False})
     env["load_average_end"] = load_average()
     return {"environment": env, "rows": rows, "ratios": ratios(rows), "skipped": skipped,
-            "wall_s": time.perf_counter() - t0}
+            "wall_s": time.perf_counter() - t0, "complete": True}
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -202,7 +218,8 @@ def markdown(report: dict[str, Any]) -> str:
     """The rows and ratios of a report as Markdown tables."""
     env = report["environment"]
     lines = [f"torch {env['torch']}, device {env['device']} {env.get('gpu', '')}, tiny={env['tiny']}, "
-             f"load {env['load_average_start']} -> {env['load_average_end']}", "",
+             f"load {env['load_average_start']} -> {env.get('load_average_end', '(running)')}"
+             + ("" if report.get("complete", True) else "; INCOMPLETE: the run stopped before its end"), "",
              "| case | variant | side | status | median step (ms) | TFLOP/s | peak memory (MiB) |",
              "|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
@@ -240,16 +257,20 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: no CUDA device: CPU fallback check (tiny sizes; float16 and torch.compile skipped). "
               "No GPU figures come from this run.", file=sys.stderr)
     tiny = args.tiny or device.type == "cpu"
-    report = run_check(tiny=tiny, device=device, steps=args.steps or (2 if tiny else 10),
-                       warmup=args.warmup or (1 if tiny else 3), budget_s=args.budget_s, variants=args.variants,
-                       cases=args.cases)
-    report["gpu_tests_exit_status"] = args.pytest_status
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "gpu_check.json", report, overwrite=True)
-    table = markdown(report)
-    write_text_atomic(out / "gpu_check.md", table, overwrite=True)
-    print(table)
+
+    def write(report: dict[str, Any]) -> str:
+        report["gpu_tests_exit_status"] = args.pytest_status
+        write_json_atomic(out / "gpu_check.json", report, overwrite=True)
+        table = markdown(report)
+        write_text_atomic(out / "gpu_check.md", table, overwrite=True)
+        return table
+
+    report = run_check(tiny=tiny, device=device, steps=args.steps or (2 if tiny else 10),
+                       warmup=args.warmup or (1 if tiny else 3), budget_s=args.budget_s, variants=args.variants,
+                       cases=args.cases, on_row=write)
+    print(write(report))
     failed = [r for r in report["rows"] if r["status"] == "error"]
     return 1 if failed else 0
 

@@ -68,3 +68,21 @@ def test_gpu_check_script_cpu_fallback(tmp_path):
     assert any(s.startswith("fp16: skipped without CUDA") for s in report["skipped"])
     assert any(s.startswith("bf16_compile: skipped without CUDA") for s in report["skipped"])
     assert "| cls3d_b0 | bf16 | medeff / monai |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_gpu_check_writes_after_every_side_and_runs_ab_sides_in_eager_variants_only(tmp_path):
+    """A run stopped by its time limit keeps the sides it finished; the A/B sides run in fp32 and bf16 only."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    seen = []
+    report = gpu_check.run_check(tiny=True, device=torch.device("cpu"), steps=1, warmup=1, budget_s=600,
+                                 variants=["bf16_channels_last"], cases=["cls3d_b0"],
+                                 on_row=lambda r: seen.append((len(r["rows"]), r["complete"])))
+    assert [r["side"] for r in report["rows"]] == ["medeff", "monai"]  # no medeff_recompute
+    assert seen == [(1, False), (2, False)] and report["complete"] is True
+    partial = {**report, "complete": False, "environment": {k: v for k, v in report["environment"].items()
+                                                             if k != "load_average_end"}}
+    assert "INCOMPLETE" in gpu_check.markdown(partial)
