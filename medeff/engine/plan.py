@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medeff.errors import ConfigError, IndexValidationError
+from medeff.layers.fused import unfused
 from medeff.utils.atomic import write_json_atomic
 from medeff.utils.logging import get_logger
 
@@ -79,15 +80,19 @@ def target_spacing(fingerprint: Mapping[str, Any], anisotropy_ratio: float = 3.0
 def _build(name: str, *, in_channels: int, num_classes: int, spacing: Sequence[float], task: str):
     from medeff.models import create_model
 
+    # the budget is usually a GPU's: build the network as it trains there, without the MBConv expansion recompute
+    # (recompute="auto" is CPU-only); on a CPU the step then keeps less than planned
     return create_model(name, spatial_dims=len(spacing), in_channels=in_channels, num_classes=num_classes,
-                        task=task, spacing=tuple(spacing))
+                        task=task, spacing=tuple(spacing), recompute=False)
 
 
 def probe_memory(net: torch.nn.Module, patch: Sequence[int], in_channels: int = 1) -> dict[str, float]:
     """Bytes saved for backward per sample by a training-mode forward at ``patch``, and the parameter count.
 
     The probe batch holds 2 samples (batch norm needs more than one value per channel at the deepest level);
-    ``saved_bytes`` is per sample.
+    ``saved_bytes`` is per sample. It runs on the CPU with the fused BN+SiLU off (:func:`medeff.layers.fused.unfused`):
+    a GPU step keeps the norm's output and the activation's separately, as the unfused path does, and a CPU step keeps
+    less than that.
 
     Returns:
         ``{"saved_bytes", "voxels", "bytes_per_voxel", "parameters"}``.
@@ -105,7 +110,7 @@ def probe_memory(net: torch.nn.Module, patch: Sequence[int], in_channels: int = 
     torch.manual_seed(0)
     net.train()
     x = torch.randn(2, in_channels, *patch)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with unfused(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = net(x)
     del out
     voxels = math.prod(patch)

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from medeff.engine.plan import parse_bytes, plan, probe_memory, target_spacing
 from medeff.errors import ConfigError
@@ -47,7 +48,7 @@ def test_plan_respects_the_budget_and_is_deterministic(thick_index, tmp_path):
     from medeff.models import create_model
 
     net = create_model(a["model"], spatial_dims=3, in_channels=1, num_classes=3, task="segmentation",
-                       spacing=tuple(a["target_spacing"]))
+                       spacing=tuple(a["target_spacing"]), recompute=False)  # as it trains on a GPU
     measured = probe_memory(net, a["patch_size"])
     params = sum(p.numel() for p in net.parameters())
     assert (measured["saved_bytes"] * a["batch_size"] + 16 * params) <= parse_bytes(budget)
@@ -98,3 +99,26 @@ def test_plan_on_the_real_ct_organs_index(shared_data, tmp_path):
     fp = json.loads(index.read_text())["fingerprint"]
     assert a["target_spacing"] == pytest.approx(fp["spacing"]["median"])  # isotropic 3 mm: the median
     assert all(p % r == 0 for p, r in zip(a["patch_size"], a["reduction"]))
+
+
+def test_the_probe_budgets_for_the_gpu_path():
+    """A GPU step keeps more than a CPU step (no expansion recompute there, BN and SiLU outputs kept separately):
+    the probe measures that, so a plan made on a CPU for a GPU's memory does not overshoot it."""
+    from medeff.models import create_model
+
+    torch.manual_seed(0)
+    kw = dict(spatial_dims=3, in_channels=1, num_classes=3, task="segmentation", width=0.5, depth=0.5)
+    cpu_default = create_model("efficientnet_b0", **kw)  # recompute="auto": on for CPU inputs
+    gpu_like = create_model("efficientnet_b0", recompute=False, **kw)
+    seen = {}
+
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        cpu_default.train()(x)
+    fused_recomputed = sum(seen.values()) / 2
+    probed = probe_memory(gpu_like, [32, 32, 32])["saved_bytes"]
+    assert probed > 1.2 * fused_recomputed  # the CPU path keeps markedly less than what the plan budgets
