@@ -30,6 +30,7 @@ __all__ = [
     "MBConv",
     "SqueezeExcite",
     "check_recompute",
+    "check_switch",
     "frozen_norm_stats",
     "recompute",
     "recompute_active",
@@ -132,13 +133,16 @@ def frozen_norm_stats(modules: Sequence[nn.Module]):
                 m.num_batches_tracked.copy_(tracked)
 
 
+def check_switch(name: str, value: Any) -> bool | str:
+    """``value`` if it is ``"auto"``, True or False (the three-way model options), else a ValueError naming it."""
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise ValueError(f"{name} must be 'auto', True or False, got {value!r}.")
+
+
 def check_recompute(mode: Any) -> bool | str:
     """The ``recompute`` option checked: ``True``, ``False`` or ``"auto"`` (``None`` is read as ``"auto"``)."""
-    if mode is None or mode == "auto":
-        return "auto"
-    if isinstance(mode, bool):
-        return mode
-    raise ValueError(f"recompute must be true, false or 'auto' (on for inputs on the CPU), got {mode!r}.")
+    return "auto" if mode is None else check_switch("recompute", mode)
 
 
 def recompute_active(mode: bool | str, x: torch.Tensor) -> bool:
@@ -172,11 +176,12 @@ def recompute(fn: Any, modules: Sequence[nn.Module], *inputs: Any) -> Any:
         ``fn(*inputs)``.
     """
 
+    if torch.compiler.is_compiling():
+        return fn(*inputs)
+
     def contexts() -> tuple[AbstractContextManager, AbstractContextManager]:
         return nullcontext(), frozen_norm_stats(modules)
 
-    if torch.compiler.is_compiling():
-        return fn(*inputs)
     return checkpoint(fn, *inputs, use_reentrant=False, context_fn=contexts)
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from medeff.layers import norm_act
-from medeff.models.blocks import LayerConfig, recompute
+from medeff.models.blocks import LayerConfig, check_switch, recompute
 from medeff.models.features import FeatureInfo
 from medeff.ops.upsample_conv import nearest_scale, polyphase_ready, upsample_conv
 
@@ -59,11 +59,6 @@ def _decoder_layout(channels_last: bool | str, x: torch.Tensor) -> torch.memory_
     return torch.channels_last_3d if channels_last else None
 
 
-def _check_switch(name: str, value: bool | str) -> None:
-    if not (isinstance(value, bool) or value == "auto"):
-        raise ValueError(f"decoder {name} must be 'auto', True or False, got {value!r}.")
-
-
 class DecoderBlock(nn.Module):
     """Upsample (nearest, to the skip's size), concatenate the skip, then two conv-norm-act layers.
 
@@ -88,8 +83,8 @@ class DecoderBlock(nn.Module):
                  kernel: Sequence[int] | int = 3, channels_last: bool | str = "auto",
                  polyphase: bool | str = "auto") -> None:
         super().__init__()
-        _check_switch("channels_last", channels_last)
-        _check_switch("polyphase", polyphase)
+        check_switch("decoder channels_last", channels_last)
+        check_switch("decoder polyphase", polyphase)
         self.channels_last = channels_last
         self.polyphase = polyphase
         self.conv1 = _ConvNormAct(cfg, in_channels + skip_channels, out_channels, kernel)
@@ -160,8 +155,8 @@ class UNetDecoder(nn.Module):
                  checkpointing: bool = False, channels_last: bool | str = "auto",
                  polyphase: bool | str = "auto") -> None:
         super().__init__()
-        _check_switch("channels_last", channels_last)
-        _check_switch("polyphase", polyphase)
+        check_switch("decoder channels_last", channels_last)
+        check_switch("decoder polyphase", polyphase)
         self.checkpointing = checkpointing
         enc_ch = feature_info.channels()
         enc_red = feature_info.reduction()

@@ -15,7 +15,7 @@ from torch import nn
 from medeff.layers import check_spatial_dims, make_dropout, norm_act, to_tuple
 from medeff.models.anisotropy import plan_levels
 from medeff.models.arch import ArchDef
-from medeff.models.blocks import BLOCKS, LayerConfig, check_recompute, recompute
+from medeff.models.blocks import BLOCKS, LayerConfig, check_recompute, check_switch, recompute
 from medeff.models.conventions import (
     WeightsConvention,
     apply_convention,
@@ -35,10 +35,8 @@ def _memory_format(spatial_dims: int) -> torch.memory_format | None:
 
 def _layout(channels_last: bool | str, spatial_dims: int) -> bool | str:
     """``True`` / ``False`` / ``"auto"`` from the ``channels_last`` argument (``"auto"`` only matters in 2D)."""
-    if channels_last == "auto":
+    if check_switch("channels_last", channels_last) == "auto":
         return "auto" if spatial_dims == 2 else False
-    if not isinstance(channels_last, bool):
-        raise ValueError(f"channels_last must be 'auto', True or False, got {channels_last!r}.")
     return channels_last and _memory_format(spatial_dims) is not None
 
 
