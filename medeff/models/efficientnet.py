@@ -34,9 +34,9 @@ def _memory_format(spatial_dims: int) -> torch.memory_format | None:
 
 
 def _layout(channels_last: bool | str, spatial_dims: int) -> bool | str:
-    """``True`` / ``False`` / ``"auto"`` from the ``channels_last`` argument (``"auto"`` only matters in 2D)."""
+    """``True`` / ``False`` / ``"auto"`` from the ``channels_last`` argument (``"auto"`` only matters in 2D/3D)."""
     if check_switch("channels_last", channels_last) == "auto":
-        return "auto" if spatial_dims == 2 else False
+        return "auto" if spatial_dims in (2, 3) else False
     return channels_last and _memory_format(spatial_dims) is not None
 
 
@@ -126,10 +126,10 @@ class EfficientNet(nn.Module):
             resolution level).
         checkpointing: activation checkpointing per stage in training (recomputes the stage in backward).
         channels_last: ``True``: channels_last / channels_last_3d for weights and inputs (2D/3D); ``"auto"``
-            (default): 2D inputs on CPU run in channels_last (oneDNN's NHWC depthwise and 1x1 convolutions: a 2D
-            B0 train step takes about 0.75x the time of NCHW on CPU); 3D inputs and other devices keep their
-            layout (the 3D depthwise op is written for NCDHW, where channels_last_3d measured slower); ``False``:
-            never.
+            (default): 2D and 3D inputs on CPU run in channels_last / channels_last_3d from the stem on (oneDNN's
+            channels-last depthwise and 1x1 convolutions: a 2D B0 train step takes about 0.75x the time of NCHW,
+            a 3D B0 train step about 0.85x and its inference 0.75x of NCDHW); other devices, tracing and export
+            keep the input's layout; ``False``: never.
         head_channels: channels of ``conv_head`` before width scaling (default from ``arch``).
         fast_depthwise: 3D depthwise convs use :class:`medeff.ops.FastDepthwiseConv3d`, whose CPU
             backward is several times faster than PyTorch's (same parameters and results).
@@ -284,10 +284,15 @@ class EfficientNet(nn.Module):
     def _to_format(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last is True:
             return x.contiguous(memory_format=_memory_format(self.spatial_dims))
-        if (self.channels_last == "auto" and x.device.type == "cpu" and x.dim() == 4
+        if (self.channels_last == "auto" and x.device.type == "cpu" and x.dim() in (4, 5)
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export()):
-            return x.contiguous(memory_format=torch.channels_last)  # weights stay as they are: oneDNN follows x
+            return x.contiguous(memory_format=_memory_format(x.dim() - 2))  # weights stay as they are: oneDNN follows x
         return x
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        # a one-channel input is contiguous in both layouts, and the convolution then keeps NC...: "auto" sets the
+        # layout again on the stem's output (a no-op when it came out channels-last)
+        return self._to_format(self.conv_stem(self._to_format(x)))
 
     def _stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.checkpointing and self.training and torch.is_grad_enabled():
@@ -303,7 +308,7 @@ class EfficientNet(nn.Module):
         Returns:
             One tensor per ``feature_info`` entry, ``(B, channels, *spatial / reduction)``.
         """
-        x = norm_act(self.bn1, self.act1, self.conv_stem(self._to_format(x)))
+        x = norm_act(self.bn1, self.act1, self._stem(x))
         wanted, last = set(self.out_indices), max(self.out_indices)
         feats = [x] if 0 in wanted else []
         for i, stage in enumerate(self.blocks):
@@ -325,7 +330,7 @@ class EfficientNet(nn.Module):
         """Logits ``(B, num_classes)``, or the feature list when ``features_only``."""
         if self.features_only:
             return self.forward_features(x)
-        x = norm_act(self.bn1, self.act1, self.conv_stem(self._to_format(x)))
+        x = norm_act(self.bn1, self.act1, self._stem(x))
         for stage in self.blocks:
             x = self._stage(stage, x)
         return self.forward_head(x)

@@ -11,8 +11,10 @@ other, faster kernels:
   ``B * C`` channels is convolved (``groups=B*C``) with ``grad_output`` viewed as ``B * C`` kernels,
   giving ``(B, C, *k)`` partial weight gradients that are summed over the batch. Large volumes are
   processed in slabs along the first spatial axis so that each slab stays in cache.
-* Strided layers use aten's ``convolution_backward`` in contiguous (NC...) layout, which measured
-  fastest for them (``conv_transpose`` with groups was no faster).
+* ``grad_input`` of a strided layer is the stride-1 rule applied to ``grad_output`` spread onto the stride-1
+  output grid (zeros between its samples): one channels-last depthwise conv, 3-9x faster than aten's backward.
+* ``grad_weight`` of a strided layer is aten's ``convolution_backward`` asked for the weight alone, in contiguous
+  (NC...) layout: it is aten's input gradient that is slow, not its weight gradient.
 
 Only the gradients that autograd asks for are computed. On CUDA (or any non-CPU device) the native
 convolution is used unchanged. Double backward is not supported (the backward is not differentiable).
@@ -82,20 +84,36 @@ def supports_fast_path(kernel_size: Sequence[int], stride: Sequence[int], paddin
 
 
 def depthwise_grad_input(
-    grad_output: torch.Tensor, weight: torch.Tensor, padding: Sequence[int]
+    grad_output: torch.Tensor,
+    weight: torch.Tensor,
+    padding: Sequence[int],
+    stride: Sequence[int] | None = None,
+    input_size: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """``grad_input`` of a stride-1 depthwise convolution: a depthwise conv of ``grad_output`` with the flipped kernel.
+    """``grad_input`` of a depthwise convolution: a stride-1 depthwise conv of ``grad_output`` with the flipped kernel.
+
+    A strided layer's ``grad_output`` is first spread onto the stride-1 output grid (``grad_output[o]`` at position
+    ``o * stride``, zeros between), which turns its input gradient into the stride-1 one.
 
     Args:
         grad_output: ``(B, C, *out_spatial)``.
         weight: ``(C, 1, *k)``.
         padding: the forward padding per axis (each ``<= k - 1``).
+        stride: the forward stride per axis; None for stride 1.
+        input_size: the forward input's spatial size; needed when any stride is above 1.
 
     Returns:
         ``(B, C, *in_spatial)`` in channels-last layout (2D/3D).
     """
     n = grad_output.dim() - 2
     kernel = weight.shape[2:]
+    if stride is not None and any(s != 1 for s in stride):
+        if input_size is None:
+            raise ValueError("depthwise_grad_input: a strided layer needs input_size (the forward input's spatial size).")
+        grid = [size + 2 * p - k + 1 for size, p, k in zip(input_size, padding, kernel)]
+        spread = grad_output.new_zeros(grad_output.shape[0], *grid, grad_output.shape[1]).movedim(-1, 1)
+        spread[(slice(None), slice(None), *(slice(None, None, s) for s in stride))] = grad_output
+        grad_output = spread  # channels-last already (2D/3D): the conv below needs no copy
     flipped = weight.flip(tuple(range(2, 2 + n)))
     back_pad = tuple(k - 1 - p for k, p in zip(kernel, padding))
     grad_output = grad_output.contiguous(memory_format=_channels_last(n))
@@ -173,10 +191,11 @@ def _aten_backward(
     stride: Sequence[int],
     padding: Sequence[int],
     mask: list[bool],
+    fmt: torch.memory_format = torch.contiguous_format,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     n = x.dim() - 2
     grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
-        grad_output.contiguous(), x.contiguous(), weight, None, list(stride), list(padding), [1] * n, False,
+        grad_output.contiguous(memory_format=fmt), x.contiguous(memory_format=fmt), weight, None, list(stride), list(padding), [1] * n, False,
         [0] * n, weight.shape[0], [mask[0], mask[1], False],
     )
     return grad_input, grad_weight
@@ -200,9 +219,11 @@ class DepthwiseConvFunction(torch.autograd.Function):
         out = _CONV[n](x_run, weight, bias, stride, padding, 1, weight.shape[0])
         out = out.contiguous(memory_format=fmt if x_is_cl else torch.contiguous_format)
         ctx.stride, ctx.padding = tuple(stride), tuple(padding)
+        ctx.input_size = tuple(x.shape[2:])
+        ctx.input_format = fmt if x_is_cl else torch.contiguous_format
         ctx.has_bias = bias is not None
-        # the grad_weight trick and aten's strided backward both want x in contiguous layout: keep the caller's tensor
-        ctx.save_for_backward(x if ctx.needs_input_grad[1] or strided else None, weight)
+        # only the weight gradient reads x (the trick and aten's strided weight gradient, both in contiguous layout)
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
         return out
 
     @staticmethod
@@ -213,8 +234,11 @@ class DepthwiseConvFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         kernel = tuple(weight.shape[2:])
         if any(s != 1 for s in ctx.stride):
-            if need_x or need_w:
-                grad_x, grad_w = _aten_backward(grad_output, x, weight, ctx.stride, ctx.padding, [need_x, need_w])
+            if need_x:  # in the input's layout: a channels-last gradient of an NC... input slowed the block's backward
+                grad_x = depthwise_grad_input(grad_output, weight, ctx.padding, ctx.stride, ctx.input_size)
+                grad_x = grad_x.contiguous(memory_format=ctx.input_format)
+            if need_w:
+                _, grad_w = _aten_backward(grad_output, x, weight, ctx.stride, ctx.padding, [False, True], ctx.input_format)
         else:
             if need_x:
                 grad_x = depthwise_grad_input(grad_output, weight, ctx.padding)

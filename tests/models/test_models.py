@@ -251,15 +251,19 @@ def test_channels_last_3d_runs_and_matches():
     assert out.shape == (1, 2, 16, 24, 16)
 
 
-def test_2d_auto_layout_runs_channels_last_on_cpu_with_the_same_results():
+@pytest.mark.parametrize("spatial_dims,in_channels,size", [(2, 3, (32, 40)), (3, 1, (32, 40, 32))])
+def test_auto_layout_runs_channels_last_on_cpu_with_the_same_results(spatial_dims, in_channels, size):
+    # a one-channel input is contiguous in both layouts: the stem's output is what must come out channels-last
+    fmt = {2: torch.channels_last, 3: torch.channels_last_3d}[spatial_dims]
     torch.manual_seed(0)
-    plain = create_model(SMALL, spatial_dims=2, in_channels=3, num_classes=4, channels_last=False).double()
-    auto = create_model(SMALL, spatial_dims=2, in_channels=3, num_classes=4).double()  # default "auto"
+    kw = dict(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=4)
+    plain = create_model(SMALL, channels_last=False, **kw).double()
+    auto = create_model(SMALL, **kw).double()  # default "auto"
     auto.load_state_dict(plain.state_dict())
     assert auto.channels_last == "auto" and auto.conv_stem.weight.is_contiguous()  # weights keep their layout
     seen = []
-    hook = auto.conv_stem.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
-    x = torch.randn(2, 3, 32, 40, dtype=torch.float64)
+    hook = auto.blocks[0].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    x = torch.randn(2, in_channels, *size, dtype=torch.float64)
     results = []
     for model in (plain, auto):
         torch.manual_seed(1)  # same drop-path draws
@@ -267,19 +271,18 @@ def test_2d_auto_layout_runs_channels_last_on_cpu_with_the_same_results():
         out.square().mean().backward()
         results.append((out, [p.grad.clone() for p in model.parameters()]))
     hook.remove()
-    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    assert seen[0].is_contiguous(memory_format=fmt) and not seen[0].is_contiguous()
     torch.testing.assert_close(results[0][0], results[1][0])  # float64: only the summation order differs
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b)
-    # 3D inputs keep NCDHW under "auto" (the 3D depthwise op is written for it), and tracing keeps the input's layout
-    assert create_model(SMALL, spatial_dims=3, in_channels=1, num_classes=2).channels_last is False
+    # tracing (and export) keeps the input's layout
     seen.clear()
-    hook = auto.conv_stem.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    hook = auto.blocks[0].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
     torch.jit.trace(auto.eval(), x[:1], check_trace=False)  # the check would rerun it eagerly
     hook.remove()
     assert seen and all(t.is_contiguous() for t in seen)
     with pytest.raises(ValueError, match="'yes'"):
-        create_model(SMALL, spatial_dims=2, in_channels=3, num_classes=2, channels_last="yes")
+        create_model(SMALL, channels_last="yes", **kw)
 
 
 def test_same_tf_padding_runs_on_odd_sizes():
