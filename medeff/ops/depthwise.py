@@ -14,7 +14,9 @@ other, faster kernels:
 * ``grad_input`` of a strided layer is the stride-1 rule applied to ``grad_output`` spread onto the stride-1
   output grid (zeros between its samples): one channels-last depthwise conv, 3-9x faster than aten's backward.
 * ``grad_weight`` of a strided layer is aten's ``convolution_backward`` asked for the weight alone, in contiguous
-  (NC...) layout: it is aten's input gradient that is slow, not its weight gradient.
+  (NC...) layout: it is aten's input gradient that is slow, not its weight gradient. Channels-last inputs are
+  copied to NC... for it: in channels-last, oneDNN's depthwise weight gradient takes a scratch buffer of up to 83 MB
+  (a 672-channel layer at 4^3), which set the peak memory of a whole 3D B0 train step.
 
 Only the gradients that autograd asks for are computed. On CUDA (or any non-CPU device) the native
 convolution is used unchanged. Double backward is not supported (the backward is not differentiable).
@@ -191,11 +193,10 @@ def _aten_backward(
     stride: Sequence[int],
     padding: Sequence[int],
     mask: list[bool],
-    fmt: torch.memory_format = torch.contiguous_format,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     n = x.dim() - 2
     grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
-        grad_output.contiguous(memory_format=fmt), x.contiguous(memory_format=fmt), weight, None, list(stride), list(padding), [1] * n, False,
+        grad_output.contiguous(), x.contiguous(), weight, None, list(stride), list(padding), [1] * n, False,
         [0] * n, weight.shape[0], [mask[0], mask[1], False],
     )
     return grad_input, grad_weight
@@ -238,7 +239,7 @@ class DepthwiseConvFunction(torch.autograd.Function):
                 grad_x = depthwise_grad_input(grad_output, weight, ctx.padding, ctx.stride, ctx.input_size)
                 grad_x = grad_x.contiguous(memory_format=ctx.input_format)
             if need_w:
-                _, grad_w = _aten_backward(grad_output, x, weight, ctx.stride, ctx.padding, [False, True], ctx.input_format)
+                _, grad_w = _aten_backward(grad_output, x, weight, ctx.stride, ctx.padding, [False, True])
         else:
             if need_x:
                 grad_x = depthwise_grad_input(grad_output, weight, ctx.padding)

@@ -24,12 +24,15 @@ def _pair(**kwargs):
     return ref, rec
 
 
-def test_recompute_default_on_in_3d_only():
-    m3 = create_model("efficientnet_b0", spatial_dims=3, in_channels=1, num_classes=2, width=0.25, depth=0.25)
-    m2 = create_model("efficientnet_b0", spatial_dims=2, in_channels=1, num_classes=2, width=0.25, depth=0.25)
+def test_recompute_default_on_in_3d_encoders_only():
+    kw = dict(in_channels=1, num_classes=2, width=0.25, depth=0.25)
+    unet = create_model("efficientnet_b0", spatial_dims=3, task="segmentation", **kw)
+    m3 = create_model("efficientnet_b0", spatial_dims=3, **kw)  # a classifier: its peak is not lowered
+    m2 = create_model("efficientnet_b0", spatial_dims=2, task="segmentation", **kw)
     ck = create_model("efficientnet_b0", spatial_dims=3, in_channels=1, num_classes=2, width=0.25, depth=0.25,
-                      checkpointing=True)
-    assert all(b.recompute == "auto" for b in m3.modules() if isinstance(b, MBConv))
+                      checkpointing=True, task="segmentation")
+    assert all(b.recompute == "auto" for b in unet.modules() if isinstance(b, MBConv))
+    assert not any(b.recompute for b in m3.modules() if isinstance(b, MBConv))
     assert not any(b.recompute for b in m2.modules() if isinstance(b, MBConv))
     assert not any(b.recompute for b in ck.modules() if isinstance(b, MBConv))  # stages are recomputed instead
 
