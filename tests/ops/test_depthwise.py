@@ -149,3 +149,24 @@ def test_native_path_without_grad_and_errors():
     with pytest.raises(ValueError, match="stride"):
         depthwise_conv(x, w, stride=(1, 2))
     assert DepthwiseConvFunction is dw.DepthwiseConvFunction
+
+
+@pytest.mark.parametrize("size,expect_cl", [(24, True), (4, False)])
+def test_strided_weight_grad_layout_follows_the_scratch_rule(monkeypatch, size, expect_cl):
+    """Channels-last only when oneDNN's scratch (per weight element) is no larger than the copy of x it saves."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 16, size, size, size, generator=gen).contiguous(memory_format=torch.channels_last_3d)
+    w = torch.randn(16, 1, 3, 3, 3, generator=gen)
+    g = torch.randn(2, 16, size // 2, size // 2, size // 2, generator=gen)
+    assert (w.numel() * dw.CL_WEIGHT_GRAD_SCRATCH_BYTES <= x.numel() * 4) is expect_cl
+    seen = []
+    real = dw._aten_backward
+    monkeypatch.setattr(dw, "_aten_backward", lambda *a: seen.append(a[-1]) or real(*a))
+    got = dw.strided_grad_weight(g, x, w, (2, 2, 2), (1, 1, 1))
+    assert seen == [torch.channels_last_3d if expect_cl else torch.contiguous_format]
+    ref = torch.ops.aten.convolution_backward(g, x.contiguous(), w, None, [2] * 3, [1] * 3, [1] * 3, False,
+                                              [0] * 3, 16, [False, True, False])[1]
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    seen.clear()
+    dw.strided_grad_weight(g, x.contiguous(), w, (2, 2, 2), (1, 1, 1))  # an NCDHW input is never copied
+    assert seen == [torch.contiguous_format]
