@@ -218,12 +218,16 @@ def strided_grad_weight(
     (:data:`CL_WEIGHT_GRAD_SCRATCH_BYTES` per weight element) is no larger than the contiguous copy of ``x`` it
     saves; otherwise in contiguous layout (a channels-last ``x`` is copied).
     """
-    n = x.dim() - 2
-    fmt = _channels_last(n)
-    x_is_cl = n > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
-    small_scratch = weight.numel() * CL_WEIGHT_GRAD_SCRATCH_BYTES <= x.numel() * x.element_size()
-    layout = fmt if x_is_cl and small_scratch else torch.contiguous_format
+    layout = _channels_last(x.dim() - 2) if cl_weight_grad_fits(x, weight) else torch.contiguous_format
     return _aten_backward(grad_output, x, weight, stride, padding, [False, True], layout)[1]
+
+
+def cl_weight_grad_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN's channels-last weight gradient suits this layer: ``x`` is channels-last (2D/3D) and the
+    scratch buffer it takes (:data:`CL_WEIGHT_GRAD_SCRATCH_BYTES` per weight element) is no larger than ``x``."""
+    n = x.dim() - 2
+    x_is_cl = n > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=_channels_last(n))
+    return x_is_cl and weight.numel() * CL_WEIGHT_GRAD_SCRATCH_BYTES <= x.numel() * x.element_size()
 
 
 class DepthwiseConvFunction(torch.autograd.Function):
