@@ -218,16 +218,12 @@ def strided_grad_weight(
     (:data:`CL_WEIGHT_GRAD_SCRATCH_BYTES` per weight element) is no larger than the contiguous copy of ``x`` it
     saves; otherwise in contiguous layout (a channels-last ``x`` is copied).
     """
-    layout = _channels_last(x.dim() - 2) if cl_weight_grad_fits(x, weight) else torch.contiguous_format
-    return _aten_backward(grad_output, x, weight, stride, padding, [False, True], layout)[1]
-
-
-def cl_weight_grad_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether oneDNN's channels-last weight gradient suits this layer: ``x`` is channels-last (2D/3D) and the
-    scratch buffer it takes (:data:`CL_WEIGHT_GRAD_SCRATCH_BYTES` per weight element) is no larger than ``x``."""
     n = x.dim() - 2
-    x_is_cl = n > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=_channels_last(n))
-    return x_is_cl and weight.numel() * CL_WEIGHT_GRAD_SCRATCH_BYTES <= x.numel() * x.element_size()
+    fmt = _channels_last(n)
+    x_is_cl = n > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
+    scratch_fits = weight.numel() * CL_WEIGHT_GRAD_SCRATCH_BYTES <= x.numel() * x.element_size()
+    layout = fmt if x_is_cl and scratch_fits else torch.contiguous_format
+    return _aten_backward(grad_output, x, weight, stride, padding, [False, True], layout)[1]
 
 
 class DepthwiseConvFunction(torch.autograd.Function):
@@ -251,7 +247,7 @@ class DepthwiseConvFunction(torch.autograd.Function):
         ctx.input_size = tuple(x.shape[2:])
         ctx.input_format = fmt if x_is_cl else torch.contiguous_format
         ctx.has_bias = bias is not None
-        # only the weight gradient reads x (the trick and aten's strided weight gradient, both in contiguous layout)
+        # only the weight gradient reads x (the grouped-conv trick, or aten's strided weight gradient)
         ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
         return out
 
