@@ -192,21 +192,20 @@ def depthwise_grad_weight(
     return total.sum(0).unsqueeze(1).contiguous()
 
 
-def _aten_backward(
+def _aten_grad_weight(
     grad_output: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor,
     stride: Sequence[int],
     padding: Sequence[int],
-    mask: list[bool],
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    memory_format: torch.memory_format,
+) -> torch.Tensor:
+    """aten's ``convolution_backward`` asked for the weight gradient alone, its inputs in ``memory_format``."""
     n = x.dim() - 2
-    grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
+    return torch.ops.aten.convolution_backward(
         grad_output.contiguous(memory_format=memory_format), x.contiguous(memory_format=memory_format), weight,
-        None, list(stride), list(padding), [1] * n, False, [0] * n, weight.shape[0], [mask[0], mask[1], False],
-    )
-    return grad_input, grad_weight
+        None, list(stride), list(padding), [1] * n, False, [0] * n, weight.shape[0], [False, True, False],
+    )[1]
 
 
 def strided_grad_weight(
@@ -223,7 +222,7 @@ def strided_grad_weight(
     x_is_cl = n > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
     scratch_fits = weight.numel() * CL_WEIGHT_GRAD_SCRATCH_BYTES <= x.numel() * x.element_size()
     layout = fmt if x_is_cl and scratch_fits else torch.contiguous_format
-    return _aten_backward(grad_output, x, weight, stride, padding, [False, True], layout)[1]
+    return _aten_grad_weight(grad_output, x, weight, stride, padding, layout)
 
 
 class DepthwiseConvFunction(torch.autograd.Function):

@@ -160,8 +160,8 @@ def test_strided_weight_grad_layout_follows_the_scratch_rule(monkeypatch, size, 
     g = torch.randn(2, 16, size // 2, size // 2, size // 2, generator=gen)
     assert (w.numel() * dw.CL_WEIGHT_GRAD_SCRATCH_BYTES <= x.numel() * 4) is expect_cl
     seen = []
-    real = dw._aten_backward
-    monkeypatch.setattr(dw, "_aten_backward", lambda *a: seen.append(a[-1]) or real(*a))
+    real = dw._aten_grad_weight
+    monkeypatch.setattr(dw, "_aten_grad_weight", lambda *a: seen.append(a[-1]) or real(*a))
     got = dw.strided_grad_weight(g, x, w, (2, 2, 2), (1, 1, 1))
     assert seen == [torch.channels_last_3d if expect_cl else torch.contiguous_format]
     ref = torch.ops.aten.convolution_backward(g, x.contiguous(), w, None, [2] * 3, [1] * 3, [1] * 3, False,
