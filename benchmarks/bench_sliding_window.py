@@ -11,7 +11,8 @@ blending and the same ``sw_batch_size``, under ``torch.inference_mode``, float32
 Each side is warmed up with one window batch, then ``--repeats`` rounds run one full inference per side,
 alternating which goes first; the result is the median over rounds of ``time(medeff) / time(MONAI)`` of the same
 round (a slow phase of a shared machine hits both sides). The script re-executes itself once with the allocator
-settings of ``medeff bench`` (``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=10000000000``) for both sides.
+settings of ``medeff bench`` (``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=10000000000``) and medeff's thread policy
+(``medeff.utils.threads.thread_env``: the OpenMP wait policy chosen from the load at startup) for both sides.
 
 Usage::
 
@@ -34,6 +35,7 @@ from monai.inferers import sliding_window_inference
 
 from medeff.engine.inference import sliding_window
 from medeff.utils.atomic import write_json_atomic
+from medeff.utils.threads import thread_env
 
 __all__ = ["PRESETS", "main"]
 
@@ -97,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="JSON report (default: the preset's)")
     a = p.parse_args(argv)
-    if any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):  # same allocator settings for both sides
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ALLOCATOR_ENV})
+    # same allocator settings for both sides, and medeff's thread policy (the wait policy chosen from the load now)
+    wanted = {**ALLOCATOR_ENV, **thread_env(threads=a.threads)}
+    if any(os.environ.get(k) != v for k, v in wanted.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
     shape, repeats, out_path = PRESETS[a.preset]
     shape = a.shape or shape
     repeats = a.repeats or repeats
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_s": {k: statistics.median(v) for k, v in times.items()},
         "load_average_start": load_start, "load_average_per_round": loads, "load_average_end": _load(),
         "torch": torch.__version__, "python": platform.python_version(), "allocator_env": ALLOCATOR_ENV,
+        "wait_policy": {k: os.environ.get(k) for k in ("MEDEFF_WAIT_POLICY", "OMP_WAIT_POLICY")},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     print("| side | median time (s) | min (s) | rounds |\n|---|---|---|---|")

@@ -2,8 +2,9 @@
 # OpenMP waiting under load: time-only `medeff bench` cases with each waiting setting, without and with one competing
 # busy process (a Python busy loop). Results: OUT_DIR/threads_<setting>_busy<0|1>.json (docs/benchmarks.md,
 # "Thread policy").
-# Settings (libgomp, torch's OpenMP runtime; default "passive spin300k"): passive (medeff's default, spin 0: sleep at once), spin10k (spin
-# ~10,000 iterations, then sleep), spin300k (OpenMP's default when nothing is set), active (spin ~forever).
+# Settings (libgomp, torch's OpenMP runtime; default "passive spin300k"): passive (spin 0: sleep at once), spin10k (spin
+# ~10,000 iterations, then sleep), spin300k (OpenMP's default when nothing is set), active (spin ~forever), auto
+# (medeff's default: spin300k or passive, chosen from the load before every case; recorded in the JSON).
 # Usage: benchmarks/thread_policy.sh [OUT_DIR] [extra medeff bench overrides, e.g. pairs=5 'cases=[cls3d_b0]']
 set -u
 OUT="${1:-benchmarks/results}"
@@ -18,6 +19,7 @@ settings_env() {
     spin10k) echo "OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=10000" ;;
     spin300k) echo "OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=300000" ;;
     active) echo "OMP_WAIT_POLICY=ACTIVE GOMP_SPINCOUNT=30000000000" ;;
+    auto) echo "MEDEFF_WAIT_POLICY=auto" ;;
     *) echo "unknown setting $1" >&2; exit 2 ;;
   esac
 }

@@ -41,7 +41,8 @@ def _version(module: str) -> str | None:
 
 def describe_environment(threads: int, allocator_env: dict[str, str],
                          memory_allocator_env: dict[str, str] | None = None, *,
-                         omp_wait_policy: str | None = None) -> dict[str, Any]:
+                         omp_wait_policy: str | None = None,
+                         wait_policy: dict[str, Any] | None = None) -> dict[str, Any]:
     """Versions, thread count, CPU and load (taken when called: call it at the start of a run).
 
     Args:
@@ -49,6 +50,8 @@ def describe_environment(threads: int, allocator_env: dict[str, str],
         allocator_env: environment variables set for every timing worker (e.g. glibc malloc settings).
         memory_allocator_env: the same for every memory worker.
         omp_wait_policy: ``OMP_WAIT_POLICY`` of the workers (None: OpenMP's default).
+        wait_policy: medeff's choice of wait policy at the start of the run, with its reason (each case records its
+            own; see :func:`medeff.benchmarks.runner.wait_policy`).
 
     Returns:
         A JSON-serialisable dict.
@@ -67,6 +70,7 @@ def describe_environment(threads: int, allocator_env: dict[str, str],
         "cpu_count": os.cpu_count(),
         "available_cores": available_cores(),
         "omp_wait_policy": omp_wait_policy,
+        "wait_policy": wait_policy,
         "load_average_start": load_average(),
         "allocator_env": dict(allocator_env),
         "memory_allocator_env": dict(memory_allocator_env or {}),

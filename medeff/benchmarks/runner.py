@@ -17,9 +17,10 @@ the two sides (1.0: equal work) and the time ratio per FLOP. Before the cases, o
 matrix product (:mod:`medeff.benchmarks.gemm`, ``cfg.gemm``); every side's train-step FLOP rate is reported as a
 fraction of it (``peak_fraction``), which a check can hold to a floor.
 
-Every worker gets ``threads`` torch/OpenMP threads (``auto``: the cores the process may use, never more),
-``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (:mod:`medeff.utils.threads`) and the same glibc
-malloc settings on every side: timing workers
+Every worker gets ``threads`` torch/OpenMP threads (``auto``: the cores the process may use, never more), the
+OpenMP wait policy of :mod:`medeff.utils.threads` (spin when the cores are idle, passive when another process keeps
+them busy; decided again before every case, recorded per case; the user's ``OMP_WAIT_POLICY`` or
+``MEDEFF_WAIT_POLICY`` wins) and the same glibc malloc settings on every side: timing workers
 ``allocator_env`` (large buffers stay in the heap: fresh buffers would otherwise pay page faults on every step,
 which would be measured as model time), memory workers ``memory_allocator_env`` (large buffers are mapped and given
 back when freed, so the RSS high-water mark follows the memory the step holds rather than heap fragmentation: under
@@ -45,7 +46,7 @@ from medeff.errors import ConfigError
 from medeff.utils.atomic import check_writable, write_json_atomic
 from medeff.utils.logging import get_logger
 from medeff.utils.options import look_up
-from medeff.utils.threads import available_cores, thread_env
+from medeff.utils.threads import available_cores, choose_wait_policy, thread_env, user_environ
 
 __all__ = ["METRICS", "check_ratio", "flops_per_time", "resolve_config", "run_bench", "run_worker",
            "summarise_times", "work_ratios"]
@@ -100,15 +101,25 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def _worker_env(cfg: Mapping[str, Any], allocator_key: str = "allocator_env") -> dict[str, str]:
-    """Environment of a worker: this process's, ``threads`` OpenMP/MKL threads, medeff's thread policy
-    (``OMP_WAIT_POLICY=PASSIVE`` unless this process's environment sets it) and ``cfg[allocator_key]``."""
-    env = dict(os.environ)
+def _worker_env(cfg: Mapping[str, Any], policy: str, allocator_key: str = "allocator_env") -> dict[str, str]:
+    """Environment of a worker: the user's (:func:`medeff.utils.threads.user_environ`), ``threads`` OpenMP/MKL
+    threads, the wait ``policy`` (unless the user set ``OMP_WAIT_POLICY``) and ``cfg[allocator_key]``."""
+    env = user_environ()
     threads = str(int(cfg["threads"]))
     env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
-    env.update(thread_env(env))
+    env.update(thread_env(env, policy=policy))
     env.update({str(k): str(v) for k, v in (cfg.get(allocator_key) or {}).items()})
     return env
+
+
+def wait_policy() -> dict[str, str | None]:
+    """The wait policy the next workers get, decided now from the user's settings and the machine's load
+    (:func:`medeff.utils.threads.choose_wait_policy`): ``{"policy", "reason", "omp_wait_policy"}``."""
+    env = user_environ()
+    if env.get("OMP_WAIT_POLICY"):
+        return {"policy": None, "reason": "OMP_WAIT_POLICY set by the user", "omp_wait_policy": env["OMP_WAIT_POLICY"]}
+    policy, reason = choose_wait_policy(env)
+    return {"policy": policy, "reason": reason, "omp_wait_policy": "PASSIVE" if policy == "passive" else None}
 
 
 def run_worker(job: dict[str, Any], env: Mapping[str, str], timeout_s: float | None = None) -> dict[str, Any]:
@@ -265,21 +276,26 @@ def run_bench(cfg: Mapping[str, Any], *, write: bool = True) -> dict[str, Any]:
     cfg = resolve_config(cfg)
     if write and cfg.get("output"):  # fail before hours of measuring, not after
         check_writable(Path(cfg["output"]), overwrite=bool(cfg.get("overwrite", True)))
-    env = _worker_env(cfg)
-    memory_env = _worker_env(cfg, "memory_allocator_env")
+    waiting = wait_policy()
+    env = _worker_env(cfg, waiting["policy"])
     report: dict[str, Any] = {
         "environment": describe_environment(int(cfg["threads"]), dict(cfg.get("allocator_env") or {}),
                                             dict(cfg.get("memory_allocator_env") or {}),
-                                            omp_wait_policy=env.get("OMP_WAIT_POLICY")),
+                                            omp_wait_policy=waiting["omp_wait_policy"], wait_policy=waiting),
         "settings": {k: cfg.get(k) for k in ("preset", "pairs", "warmup", "memory_steps", "threads", "seed")},
         "cases": {},
     }
     peak = _gemm_peak(cfg, env)
     report["environment"]["gemm_peak"] = peak
-    for name in cfg["cases"]:
-        _log.info("bench: case %s", name)
-        report["cases"][name] = _run_case(name, cfg["case_defs"][name], cfg, env, memory_env,
+    for i, name in enumerate(cfg["cases"]):
+        if i:  # decided again before every case, with no worker of ours running: the load may have changed
+            waiting = wait_policy()
+        _log.info("bench: case %s (OpenMP wait policy %s: %s)", name, waiting["policy"] or waiting["omp_wait_policy"],
+                  waiting["reason"])
+        report["cases"][name] = _run_case(name, cfg["case_defs"][name], cfg, _worker_env(cfg, waiting["policy"]),
+                                          _worker_env(cfg, waiting["policy"], "memory_allocator_env"),
                                           (peak or {}).get("gflops"))
+        report["cases"][name]["wait_policy"] = waiting
         report["environment"]["load_average_end"] = load_average()
         if write and cfg.get("output"):  # after every case: an interrupted run keeps the finished cases
             overwrite = bool(cfg.get("overwrite", True)) or "output" in report  # later cases replace our own file

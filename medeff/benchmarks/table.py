@@ -54,13 +54,22 @@ def _peak_line(env: dict[str, Any]) -> str:
     return f"GEMM peak {peak['gflops']:.1f} GFLOP/s ({peak['size']}^2 float32, {peak['threads']} threads)"
 
 
+def _waits(report: dict[str, Any]) -> str:
+    """The OpenMP wait policy the cases ran with ("spin", "passive" or the user's OMP_WAIT_POLICY)."""
+    per_case = {name: (case.get("wait_policy") or {}) for name, case in report["cases"].items()}
+    names = {name: w.get("policy") or w.get("omp_wait_policy") or "-" for name, w in per_case.items()}
+    if len(set(names.values())) <= 1:
+        return f"OpenMP wait policy {next(iter(names.values()), '-')}"
+    return "OpenMP wait policy " + ", ".join(f"{name} {value}" for name, value in names.items())
+
+
 def format_report(report: dict[str, Any]) -> list[Any]:
     """Build the rich tables of a report (a list of ``rich.table.Table``)."""
     from rich.table import Table
 
     env = report["environment"]
     checks = Table(title=f"medeff bench: checks (threads {env['threads']}, load at start {env['load_average_start']}, "
-                         f"{_peak_line(env)})")
+                         f"{_peak_line(env)}; {_waits(report)})")
     for col in ("case", "metric", "side / ref", "ratio", "target", "result", "ratio of min times", "FLOPs ratio",
                 "ratio per FLOP"):
         checks.add_column(col)
@@ -98,7 +107,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [f"torch {env['torch']}, MONAI {env['monai']}, {env['threads']} threads, {env['cpu_model']} "
              f"({env['cpu_count']} CPUs), load average at start {env['load_average_start']}, at end "
-             f"{env.get('load_average_end')}; {_peak_line(env)}", "",
+             f"{env.get('load_average_end')}; {_peak_line(env)}; {_waits(report)}", "",
              "| case | metric | side / ref | ratio | target | result | ratio of min times | FLOPs ratio "
              "| ratio per FLOP |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -85,7 +85,11 @@ def format_error(text: str, stream: TextIO) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from medeff.utils.threads import apply_thread_policy
 
-    apply_thread_policy()  # before any command imports torch: threads = usable cores, OMP_WAIT_POLICY=PASSIVE
+    try:  # before any command imports torch: threads = usable cores, wait policy by the load at startup
+        apply_thread_policy()
+    except MedeffError as exc:  # a bad MEDEFF_WAIT_POLICY
+        print(format_error(f"medeff: error: {exc}", sys.stderr), file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -18,6 +18,8 @@ from medeff.benchmarks import runner as bench_runner
 from medeff.cli.main import main
 from medeff.config import compose
 from medeff.errors import ConfigError, OutputExistsError
+from medeff.utils import threads
+from medeff.utils.threads import user_environ
 
 
 def _cfg(*overrides: str) -> dict:
@@ -106,7 +108,14 @@ def test_cli_quick_run_writes_json_with_consistent_ratios(tmp_path, capsys):
     report = json.loads(out.read_text())
     env = report["environment"]
     assert env["threads"] == 1 and env["torch"] == torch.__version__ and len(env["load_average_start"]) == 3
-    assert env["available_cores"] >= 1 and env["omp_wait_policy"] in ("PASSIVE", os.environ.get("OMP_WAIT_POLICY"))
+    assert env["available_cores"] >= 1
+    waiting = report["cases"]["cls3d_b0"]["wait_policy"]  # decided from the load, or the user's OMP_WAIT_POLICY
+    user = user_environ()  # not what an earlier main() in this process set
+    if user.get("OMP_WAIT_POLICY"):
+        assert waiting["omp_wait_policy"] == user["OMP_WAIT_POLICY"] and waiting["policy"] is None
+    else:
+        assert waiting["policy"] in ("spin", "passive") and waiting["reason"]
+        assert waiting["omp_wait_policy"] == ("PASSIVE" if waiting["policy"] == "passive" else None)
     assert env["allocator_env"]["MALLOC_MMAP_MAX_"] == "0"
     assert env["memory_allocator_env"] == {"MALLOC_MMAP_THRESHOLD_": "1048576"}
     case = report["cases"]["cls3d_b0"]
@@ -164,6 +173,8 @@ def test_threads_auto_and_capped_at_the_usable_cores(monkeypatch):
 
 def test_timing_and_memory_workers_get_their_own_allocator_settings(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("MEDEFF_WAIT_POLICY", "passive")
+    monkeypatch.setattr(threads, "_applied", {})  # an earlier main() in this process may have set the same value
     seen = []
     monkeypatch.setattr(bench_runner, "run_worker", lambda job, env, timeout=None: seen.append((job["mode"], env)) or (
         {"times_s": {n: [1.0] for n in job["sides"]}} if job["mode"] == "time"
@@ -177,11 +188,31 @@ def test_timing_and_memory_workers_get_their_own_allocator_settings(monkeypatch)
     assert time_env["MALLOC_MMAP_MAX_"] == "0" and "MALLOC_MMAP_THRESHOLD_" not in time_env
     assert memory_env["MALLOC_MMAP_THRESHOLD_"] == "1048576" and "MALLOC_MMAP_MAX_" not in memory_env
     assert time_env["OMP_NUM_THREADS"] == memory_env["OMP_NUM_THREADS"]
-    assert time_env["OMP_WAIT_POLICY"] == memory_env["OMP_WAIT_POLICY"] == "PASSIVE"  # medeff's thread policy
+    assert time_env["OMP_WAIT_POLICY"] == memory_env["OMP_WAIT_POLICY"] == "PASSIVE"  # as MEDEFF_WAIT_POLICY asks
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's setting wins
     seen.clear()
     bench_runner.run_bench(_cfg("bench_preset=quick", "cases=[cls3d_b0]"), write=False)
     assert {env["OMP_WAIT_POLICY"] for _, env in seen} == {"ACTIVE"}
+
+
+def test_wait_policy_is_decided_again_before_every_case(monkeypatch):
+    for var in ("OMP_WAIT_POLICY", "MEDEFF_WAIT_POLICY"):
+        monkeypatch.delenv(var, raising=False)
+    choices = iter([("spin", "idle"), ("passive", "busy"), ("spin", "idle again")])
+    monkeypatch.setattr(bench_runner, "choose_wait_policy", lambda env: next(choices))
+    seen = []
+    monkeypatch.setattr(bench_runner, "run_worker", lambda job, env, timeout=None: seen.append((job["mode"], env)) or (
+        {"times_s": {n: [1.0] for n in job["sides"]}} if job["mode"] == "time"
+        else {"gflops": 10.0, "size": 256, "threads": 1}))
+    report = bench_runner.run_bench(_cfg("bench_preset=quick", "cases=[cls3d_b0,cls2d_b0]", "memory=false"),
+                                    write=False)
+    assert [mode for mode, _ in seen] == ["gemm", "time", "time"]
+    # spinning is the runtime's default (nothing set); passive waiting is OMP_WAIT_POLICY=PASSIVE
+    assert [env.get("OMP_WAIT_POLICY") for _, env in seen] == [None, None, "PASSIVE"]
+    assert [env["MEDEFF_WAIT_POLICY"] for _, env in seen] == ["spin", "spin", "passive"]
+    assert report["cases"]["cls3d_b0"]["wait_policy"] == {"policy": "spin", "reason": "idle", "omp_wait_policy": None}
+    assert report["cases"]["cls2d_b0"]["wait_policy"]["policy"] == "passive"
+    assert "OpenMP wait policy cls3d_b0 spin, cls2d_b0 passive" in markdown_report(report)
 
 
 def test_existing_output_without_overwrite_fails_before_measuring(tmp_path, monkeypatch):
