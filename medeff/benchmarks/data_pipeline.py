@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import os
 import resource
 import statistics
 import time
@@ -322,7 +323,9 @@ def run_data_bench(cfg: Mapping[str, Any], *, write: bool = True) -> dict[str, A
     shared_data, work_dir = Path(str(cfg["shared_data"])).absolute(), Path(str(cfg["work_dir"]))
     report: dict[str, Any] = {
         "environment": {"torch": torch.__version__, "monai": monai.__version__, "threads": torch.get_num_threads(),
-                        "cpu_model": cpu_model(), "load_average_start": load_average()},
+                        "cpu_model": cpu_model(), "load_average_start": load_average(),
+                        # the OpenMP wait policy this process started with (medeff.utils.threads; None: not set)
+                        "wait_policy": {k: os.environ.get(k) for k in ("MEDEFF_WAIT_POLICY", "OMP_WAIT_POLICY")}},
         "settings": {k: cfg.get(k) for k in ("epochs", "max_batches", "model_steps", "model_warmup", "threads",
                                              "num_workers", "overrides")},
         "cases": {},

@@ -4,6 +4,7 @@ Tiny runs (a few batches, one model step): they check what is measured and repor
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -56,6 +57,8 @@ def test_phantom_cases_report_pipeline_model_and_monai(phantom_indexes, tmp_path
     report = run_data_bench(cfg)
     slices, organs, missing = (report["cases"][k] for k in ("slices", "organs", "missing"))
     assert missing["status"] == "skipped" and "MEDEFF_SHARED_DATA" in missing["reason"]
+    assert report["environment"]["wait_policy"] == {k: os.environ.get(k)  # what this process runs with
+                                                    for k in ("MEDEFF_WAIT_POLICY", "OMP_WAIT_POLICY")}
     assert slices["status"] == organs["status"] == "ok"
     assert slices["batch_augmentation"] is True and organs["batch_augmentation"] is False
     for case, per_batch in ((slices, 8), (organs, 2)):  # organs: one case per batch, two patches per case
