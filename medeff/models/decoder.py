@@ -76,7 +76,8 @@ class DecoderBlock(nn.Module):
             the multiply-adds on the upsampled part of a 3x3x3 layer, no upsampled tensor): ``"auto"`` (on CPU,
             where it was measured, for inputs of at least :data:`POLYPHASE_MIN_VOXELS` voxels over the batch),
             True (every input) or False. It applies when the skip's size is an integer multiple of the input's and
-            the convolution is a plain zero-padded one; never while tracing, scripting or exporting.
+            the convolution is a plain zero-padded one; never while tracing, scripting, exporting or compiling
+            (``torch.compile`` gets the plain upsample-and-convolve graph).
     """
 
     def __init__(self, cfg: LayerConfig, in_channels: int, skip_channels: int, out_channels: int,
@@ -95,8 +96,8 @@ class DecoderBlock(nn.Module):
         use = self.polyphase
         if use == "auto":
             use = x.device.type == "cpu" and x.shape[0] * math.prod(x.shape[2:]) >= POLYPHASE_MIN_VOXELS
-        if not use or _exporting() or not polyphase_ready(self.conv1.conv):
-            return None
+        if not use or _exporting() or torch.compiler.is_compiling() or not polyphase_ready(self.conv1.conv):
+            return None  # a compiler gets the plain graph: it cannot trace the in-place phase scatter
         return nearest_scale(x.shape[2:], size)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None, size: Sequence[int]) -> torch.Tensor:
