@@ -24,7 +24,7 @@ def _set_polyphase(model: torch.nn.Module, value: bool) -> None:
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_compile_fullgraph_on_cpu_matches_eager(task):
-    torch._dynamo.reset()
+    torch.compiler.reset()
     torch.manual_seed(0)
     kwargs = {"task": task, "decoder_polyphase": True} if task == "segmentation" else {}
     model = create_model("efficientnet_b0", spatial_dims=3, in_channels=1, num_classes=2, **kwargs)
