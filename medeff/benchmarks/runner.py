@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import statistics
 import subprocess
 import sys
