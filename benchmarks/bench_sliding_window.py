@@ -35,7 +35,7 @@ from monai.inferers import sliding_window_inference
 
 from medeff.engine.inference import sliding_window
 from medeff.utils.atomic import write_json_atomic
-from medeff.utils.threads import thread_env
+from medeff.utils.threads import thread_env, wait_settings
 
 __all__ = ["PRESETS", "main"]
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_s": {k: statistics.median(v) for k, v in times.items()},
         "load_average_start": load_start, "load_average_per_round": loads, "load_average_end": _load(),
         "torch": torch.__version__, "python": platform.python_version(), "allocator_env": ALLOCATOR_ENV,
-        "wait_policy": {k: os.environ.get(k) for k in ("MEDEFF_WAIT_POLICY", "OMP_WAIT_POLICY")},
+        "wait_policy": wait_settings(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     print("| side | median time (s) | min (s) | rounds |\n|---|---|---|---|")

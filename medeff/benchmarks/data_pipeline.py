@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import os
 import resource
 import statistics
 import time
@@ -47,6 +46,7 @@ from medeff.errors import ConfigError
 from medeff.utils.atomic import check_writable, write_json_atomic
 from medeff.utils.logging import get_logger
 from medeff.utils.options import look_up
+from medeff.utils.threads import wait_settings
 
 __all__ = ["run_data_bench", "format_data_report", "build_case_index", "monai_reference_dataset",
            "batchgenerators_reference"]
@@ -324,8 +324,7 @@ def run_data_bench(cfg: Mapping[str, Any], *, write: bool = True) -> dict[str, A
     report: dict[str, Any] = {
         "environment": {"torch": torch.__version__, "monai": monai.__version__, "threads": torch.get_num_threads(),
                         "cpu_model": cpu_model(), "load_average_start": load_average(),
-                        # the OpenMP wait policy this process started with (medeff.utils.threads; None: not set)
-                        "wait_policy": {k: os.environ.get(k) for k in ("MEDEFF_WAIT_POLICY", "OMP_WAIT_POLICY")}},
+                        "wait_policy": wait_settings()},  # the OpenMP wait policy this process started with
         "settings": {k: cfg.get(k) for k in ("epochs", "max_batches", "model_steps", "model_warmup", "threads",
                                              "num_workers", "overrides")},
         "cases": {},

@@ -89,7 +89,7 @@ def phase_weight(weight: torch.Tensor, plans: Sequence[AxisPlan]) -> torch.Tenso
     equation = f"oi{kernel_idx},{terms}->{phase_idx}oi{tap_idx}"
     mixes = [torch.tensor(p.mix, dtype=weight.dtype, device=weight.device) for p in plans]
     out = torch.einsum(equation, weight, *mixes)
-    phases = math.prod([p.scale for p in plans])
+    phases = math.prod(p.scale for p in plans)
     return out.reshape(phases * weight.shape[0], weight.shape[1], *[p.taps for p in plans])
 
 

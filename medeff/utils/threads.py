@@ -35,7 +35,7 @@ from medeff.errors import ConfigError
 
 __all__ = ["BUSY_CORES", "CGROUP_ROOT", "WAIT_POLICY_VAR", "affinity_cores", "apply_thread_policy", "available_cores",
            "busy_cores", "cgroup_cpu_limit", "choose_wait_policy", "other_load", "read_cpu_times", "thread_env",
-           "user_environ"]
+           "user_environ", "wait_settings"]
 
 #: where the cgroup file system is mounted (v2 unified, or v1 with a ``cpu`` controller directory)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -226,6 +226,13 @@ def thread_env(environ: Mapping[str, str] | None = None, *, threads: int | None 
         if policy == "passive":
             wanted["OMP_WAIT_POLICY"] = "PASSIVE"
     return {k: v for k, v in wanted.items() if not environ.get(k)}
+
+
+def wait_settings(environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """The wait-policy variables of ``environ`` (default ``os.environ``): ``MEDEFF_WAIT_POLICY`` and
+    ``OMP_WAIT_POLICY``, None where unset; what a report records of the policy a process runs with."""
+    environ = os.environ if environ is None else environ
+    return {k: environ.get(k) for k in (WAIT_POLICY_VAR, "OMP_WAIT_POLICY")}
 
 
 def user_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
